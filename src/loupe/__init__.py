@@ -1,0 +1,1 @@
+"""loupe: end-to-end tracing for an order pipeline."""

@@ -1,0 +1,3 @@
+from loupe.cli import app
+
+app(prog_name="loupe")

@@ -1,0 +1,91 @@
+"""Settings shared by every loupe process, read from the environment.
+
+Each setting has a documented default that works on a developer machine set up by
+`make run`; production overrides them through the environment (see docs/runbook.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("shop", "crm", "mes")
+"""The three order services, in the order `loupe up` starts them."""
+
+SERVICE_NAMES = {"shop": "shop-api", "crm": "crm-api", "mes": "mes-api"}
+"""OpenTelemetry `service.name` of each service."""
+
+DEFAULT_PORTS = {"shop": 8081, "crm": 8082, "mes": 8083}
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/loupe"
+    # PostgreSQL over the Unix socket with peer authentication: no password to keep.
+    postgres_dsn: str = "postgresql:///postgres?host=/var/run/postgresql"
+    database_prefix: str = "loupe"
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    service_urls: dict[str, str] = field(
+        default_factory=lambda: {s: f"http://127.0.0.1:{p}" for s, p in DEFAULT_PORTS.items()}
+    )
+    pricing_seconds: float = 2.0
+    max_delivery_attempts: int = 5
+    retry_delay_ms: int = 1000
+    prefetch: int = 8
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        urls = {
+            s: _env(f"LOUPE_{s.upper()}_URL", f"http://127.0.0.1:{p}")
+            for s, p in DEFAULT_PORTS.items()
+        }
+        settings = cls(
+            amqp_url=_env("LOUPE_AMQP_URL", cls.amqp_url),
+            postgres_dsn=_env("LOUPE_POSTGRES_DSN", cls.postgres_dsn),
+            database_prefix=_env("LOUPE_DATABASE_PREFIX", cls.database_prefix),
+            data_dir=Path(_env("LOUPE_DATA_DIR", str(cls.data_dir))),
+            host=_env("LOUPE_HOST", cls.host),
+            service_urls=urls,
+            pricing_seconds=_env_float("LOUPE_PRICING_SECONDS", cls.pricing_seconds),
+            max_delivery_attempts=_env_int(
+                "LOUPE_MAX_DELIVERY_ATTEMPTS", cls.max_delivery_attempts
+            ),
+            retry_delay_ms=_env_int("LOUPE_RETRY_DELAY_MS", cls.retry_delay_ms),
+            prefetch=_env_int("LOUPE_PREFETCH", cls.prefetch),
+        )
+        if settings.max_delivery_attempts < 1:
+            raise ValueError("LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1")
+        return settings
+
+    def database_name(self, service: str) -> str:
+        return f"{self.database_prefix}_{service}"
+
+    @property
+    def object_store(self) -> Path:
+        return self.data_dir / "objects"
+
+    def port(self, service: str) -> int:
+        return int(self.service_urls[service].rsplit(":", 1)[1].split("/")[0])

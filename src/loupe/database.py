@@ -1,0 +1,101 @@
+"""PostgreSQL for loupe's services: each owns one database, created and migrated by itself.
+
+Migrations are numbered SQL files (`001_orders.sql`, …) in the service's `migrations/`
+folder, applied in order, each in its own transaction, recorded in `schema_migrations`, under
+an advisory lock so two starting replicas never race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_MIGRATION_LOCK = 0x6C6F757065  # "loupe"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(folder: Path) -> list[Migration]:
+    migrations = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if not match:
+            raise ValueError(f"migration file {path} must be named NNN_name.sql")
+        migrations.append(Migration(int(match[1]), match[2], path.read_text()))
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migrations in {folder} must be numbered 001, 002, … without gaps")
+    return migrations
+
+
+def dsn_for(base_dsn: str, database: str) -> str:
+    """The base DSN pointed at another database (the query string, e.g. host=, is kept)."""
+    parts = urlsplit(base_dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def ensure_database(base_dsn: str, database: str) -> None:
+    connection = await asyncpg.connect(dsn_for(base_dsn, "postgres"))
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            log.info("creating database %s", database)
+            # Another service replica may create it first; that is fine.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await connection.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await connection.close()
+
+
+async def migrate(pool: asyncpg.Pool, migrations: list[Migration]) -> list[int]:
+    """Apply what is missing; returns the versions applied now."""
+    applied_now = []
+    async with pool.acquire() as connection:
+        await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            done = {
+                r["version"]
+                for r in await connection.fetch("SELECT version FROM schema_migrations")
+            }
+            for migration in migrations:
+                if migration.version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(migration.sql)
+                    await connection.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                log.info("applied migration %03d_%s", migration.version, migration.name)
+                applied_now.append(migration.version)
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def open_database(base_dsn: str, database: str, migrations_folder: Path) -> asyncpg.Pool:
+    """Create the database if needed, connect, migrate; the pool is ready for the service."""
+    await ensure_database(base_dsn, database)
+    pool = await asyncpg.create_pool(dsn_for(base_dsn, database), min_size=1, max_size=10)
+    await migrate(pool, load_migrations(migrations_folder))
+    return pool

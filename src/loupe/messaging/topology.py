@@ -1,0 +1,122 @@
+"""Every exchange and queue loupe uses, declared idempotently by whichever service starts first.
+
+Status events go to one topic exchange, routed by `order.<status>`; each interested service
+has its own durable quorum queue bound to the keys it needs, so one event fans out to all of
+them. Retries wait in a per-queue delay queue; what cannot be processed ends in the
+dead-letter queue with its reason; what no queue is bound for lands in the unroutable queue
+through the topic exchange's alternate exchange, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+ORDERS_EXCHANGE = "loupe.orders"
+UNROUTABLE_EXCHANGE = "loupe.unroutable"
+UNROUTABLE_QUEUE = "loupe.unroutable"
+DEAD_LETTER_EXCHANGE = "loupe.dead-letter"
+DEAD_LETTER_QUEUE = "loupe.dead-letter"
+RETRY_EXCHANGE = "loupe.retry"
+# A consumer that crashes on a message before acking it would otherwise get it back forever;
+# past this many broker redeliveries the quorum queue dead-letters it itself.
+BROKER_DELIVERY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    service: str
+    bindings: tuple[str, ...]
+    purpose: str
+
+    @property
+    def retry_queue(self) -> str:
+        return f"{self.name}.retry"
+
+
+QUEUES: dict[str, QueueSpec] = {
+    spec.name: spec
+    for spec in (
+        QueueSpec(
+            "mes.order-submitted",
+            "mes",
+            ("order.submitted",),
+            "new orders from the shop and B2B partners, waiting to be priced",
+        ),
+        QueueSpec(
+            "mes.order-decisions",
+            "mes",
+            ("order.manufacturing_approved", "order.rejected", "order.failed"),
+            "sellers' decisions and failures: approved orders enter the operators' work queue",
+        ),
+        QueueSpec(
+            "crm.order-status",
+            "crm",
+            ("order.*",),
+            "every status change, for the sellers' view of each order",
+        ),
+        QueueSpec(
+            "shop.order-status",
+            "shop",
+            ("order.*",),
+            "every status change, for the customer's view of each order",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Exchanges:
+    orders: AbstractExchange
+    retry: AbstractExchange
+    dead_letter: AbstractExchange
+
+
+async def declare_topology(channel: AbstractChannel) -> Exchanges:
+    durable = {"durable": True}
+    unroutable = await channel.declare_exchange(
+        UNROUTABLE_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable
+    )
+    orders = await channel.declare_exchange(
+        ORDERS_EXCHANGE,
+        aio_pika.ExchangeType.TOPIC,
+        arguments={"alternate-exchange": UNROUTABLE_EXCHANGE},
+        **durable,
+    )
+    dead_letter = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable
+    )
+    retry = await channel.declare_exchange(RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable)
+    quorum = {"x-queue-type": "quorum"}
+    queue = await channel.declare_queue(UNROUTABLE_QUEUE, arguments=quorum, **durable)
+    await queue.bind(unroutable)
+    queue = await channel.declare_queue(DEAD_LETTER_QUEUE, arguments=quorum, **durable)
+    await queue.bind(dead_letter)
+    for spec in QUEUES.values():
+        queue = await channel.declare_queue(
+            spec.name,
+            arguments={
+                **quorum,
+                "x-delivery-limit": BROKER_DELIVERY_LIMIT,
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            },
+            **durable,
+        )
+        for key in spec.bindings:
+            await queue.bind(orders, routing_key=key)
+        # A classic queue: it holds each message for the delay its publisher set as the
+        # message's expiration (per message, so services may differ in delay without clashing
+        # queue arguments), then hands it back to the work queue through the default exchange.
+        delay = await channel.declare_queue(
+            spec.retry_queue,
+            arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": spec.name,
+            },
+            **durable,
+        )
+        await delay.bind(retry, routing_key=spec.name)
+    return Exchanges(orders=orders, retry=retry, dead_letter=dead_letter)
