@@ -395,7 +395,10 @@ def run_service(service: str, port: int | None = None) -> None:
     HTTPXClientInstrumentor().instrument()
     module = importlib.import_module(f"loupe.{service}.app")
     app: FastAPI = module.create_app(settings)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
