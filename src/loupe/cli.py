@@ -59,3 +59,18 @@ def up(
         choices = ", ".join(STORAGES)
         raise typer.BadParameter(f"unknown storage {storage!r}; choose one of {choices}")
     raise typer.Exit(run_up(storage=storage, rate=rate, actors=not no_actors))
+
+
+@app.command()
+def openapi(
+    out: str = typer.Option(
+        "docs/openapi", "--out", help="Folder to write shop-api.json, crm-api.json, mes-api.json."
+    ),
+) -> None:
+    """Write the shop, CRM and MES services' OpenAPI documents (no service needs to run)."""
+    from pathlib import Path
+
+    from loupe.openapi import export_openapi
+
+    for path in export_openapi(Path(out)):
+        typer.echo(str(path))

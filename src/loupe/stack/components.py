@@ -1,0 +1,213 @@
+"""The processes loupe runs (Jaeger, the services, the actors) and the infrastructure check."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from loupe.config import DEFAULT_PORTS, SERVICES, Settings
+from loupe.stack.process import DEFAULT_LOGS_DIR, Process, StackError, free_port, port_open
+
+Storage = Literal["badger", "memory"]
+STORAGES: tuple[Storage, ...] = ("badger", "memory")
+
+# src/loupe/stack/components.py -> the repository root, where deploy/ and .cache/ live.
+REPO_ROOT = Path(__file__).resolve().parents[3]
+JAEGER_BINARY = REPO_ROOT / ".cache" / "bin" / "jaeger"
+JAEGER_CONFIG_DIR = REPO_ROOT / "deploy" / "jaeger"
+
+OTLP_PROTOCOL = "http/protobuf"
+
+
+@dataclass(frozen=True)
+class JaegerPorts:
+    """Jaeger's ports, each passed to its config file through a LOUPE_JAEGER_* variable."""
+
+    otlp_grpc: int = 4317
+    otlp_http: int = 4318
+    query: int = 16686
+    query_grpc: int = 16685
+    health: int = 13133
+    metrics: int = 8888
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> JaegerPorts:
+        values = {}
+        for f in fields(cls):
+            name = f"LOUPE_JAEGER_{f.name.upper()}_PORT"
+            raw = environ.get(name, "").strip()
+            if raw:
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise StackError(f"{name} must be a port number, got {raw!r}") from None
+        return cls(**values)
+
+    @classmethod
+    def pick_free(cls) -> JaegerPorts:
+        """Ports free right now, so a test's Jaeger can run beside a developer's."""
+        chosen: set[int] = set()
+        while len(chosen) < len(fields(cls)):
+            chosen.add(free_port())
+        return cls(*sorted(chosen))
+
+    def env(self) -> dict[str, str]:
+        # Always every variable with a value: the collector expands a set-but-empty variable to
+        # "" rather than to the default, which would make it listen on a random port.
+        return {
+            f"LOUPE_JAEGER_{f.name.upper()}_PORT": str(getattr(self, f.name)) for f in fields(self)
+        }
+
+    def all(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    @property
+    def otlp_http_url(self) -> str:
+        return f"http://127.0.0.1:{self.otlp_http}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.query}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health}/status"
+
+
+def jaeger_process(
+    storage: Storage = "badger",
+    ports: JaegerPorts | None = None,
+    data_dir: Path = Path(".data/jaeger"),
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+    *,
+    binary: Path = JAEGER_BINARY,
+    ready_timeout: float = 60.0,
+) -> Process:
+    """Jaeger v2 all-in-one with the given storage; `data_dir` is only used by badger."""
+    if storage not in STORAGES:
+        raise StackError(f"unknown Jaeger storage {storage!r}; choose one of {', '.join(STORAGES)}")
+    if not binary.is_file():
+        raise StackError(
+            f"the Jaeger binary is missing ({binary}); "
+            "build it with `make setup` or `scripts/build-tools.sh`"
+        )
+    ports = ports or JaegerPorts()
+    config = JAEGER_CONFIG_DIR / f"all-in-one-{storage}.yaml"
+    env = {**os.environ, **ports.env()}
+    if storage == "badger":
+        data_dir = data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env["LOUPE_JAEGER_BADGER_DIR"] = str(data_dir)
+    return Process(
+        name="jaeger",
+        argv=[str(binary), "--config", str(config)],
+        env=env,
+        # The health check turns 200 once the pipelines run; the query API is checked too
+        # because it is what tests and users talk to.
+        ready_urls=(ports.health_url, f"{ports.query_url}/api/services"),
+        listens_on=ports.all(),
+        ready_timeout=ready_timeout,
+        logs_dir=logs_dir,
+    )
+
+
+def _child_env(env: Mapping[str, str] | None, otlp_endpoint: str) -> dict[str, str]:
+    merged = {**os.environ, **(env or {})}
+    # Not overriding what the user set lets them point the services at another collector.
+    merged.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+    merged.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", OTLP_PROTOCOL)
+    return merged
+
+
+def service_url(service: str, env: Mapping[str, str]) -> str:
+    url = env.get(f"LOUPE_{service.upper()}_URL", "").strip()
+    return (url or f"http://127.0.0.1:{DEFAULT_PORTS[service]}").rstrip("/")
+
+
+def service_process(
+    service: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    otlp_endpoint: str = "http://127.0.0.1:4318",
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+    ready_timeout: float = 60.0,
+) -> Process:
+    """`loupe serve <service>`; `env` is added to ours and also decides the service's URL."""
+    if service not in SERVICES:
+        raise StackError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    child_env = _child_env(env, otlp_endpoint)
+    url = urlsplit(service_url(service, child_env))
+    local = url.hostname in ("127.0.0.1", "localhost")
+    return Process(
+        name=service,
+        argv=[sys.executable, "-m", "loupe", "serve", service],
+        env=child_env,
+        # Generous: the first start creates and migrates the service's database.
+        ready_urls=(f"{url.geturl()}/healthz",),
+        listens_on=(url.port,) if local and url.port else (),
+        ready_timeout=ready_timeout,
+        logs_dir=logs_dir,
+    )
+
+
+def actors_process(
+    env: Mapping[str, str] | None = None,
+    rate: float = 0.5,
+    *,
+    otlp_endpoint: str = "http://127.0.0.1:4318",
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+) -> Process:
+    """`loupe actors`; it serves nothing, so it counts as ready once it has stayed up 1 s."""
+    return Process(
+        name="actors",
+        argv=[sys.executable, "-m", "loupe", "actors", "--rate", str(rate)],
+        env=_child_env(env, otlp_endpoint),
+        min_uptime=1.0,
+        logs_dir=logs_dir,
+    )
+
+
+def preflight(settings: Settings | None = None) -> None:
+    """Fail early, with the fix, when RabbitMQ or PostgreSQL is not reachable."""
+    settings = settings or Settings.from_env()
+    problems = []
+
+    amqp = urlsplit(settings.amqp_url)
+    amqp_host, amqp_port = amqp.hostname or "127.0.0.1", amqp.port or 5672
+    if not port_open(amqp_host, amqp_port, timeout=2.0):
+        problems.append(f"RabbitMQ is not reachable on {amqp_host}:{amqp_port}")
+
+    where, reachable = _postgres_reachable(settings.postgres_dsn)
+    if not reachable:
+        problems.append(f"PostgreSQL is not reachable on {where}")
+
+    if problems:
+        raise StackError(
+            "; ".join(problems)
+            + ". Start them with `make run` or `scripts/setup-infra.sh` (installs and starts"
+            " RabbitMQ and PostgreSQL on 127.0.0.1)."
+        )
+
+
+def _postgres_reachable(dsn: str) -> tuple[str, bool]:
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "/var/run/postgresql"])[0]
+    port = int(query.get("port", [parts.port or 5432])[0])
+    if host.startswith("/"):
+        # libpq's convention: a host starting with "/" is the directory of the Unix socket.
+        path = Path(host) / f".s.PGSQL.{port}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            try:
+                sock.connect(str(path))
+            except OSError:
+                return str(path), False
+        return str(path), True
+    return f"{host}:{port}", port_open(host, port, timeout=2.0)
