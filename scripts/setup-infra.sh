@@ -22,21 +22,30 @@ if [ "${#packages[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}"
 fi
 
-# RabbitMQ: loopback only, management API for queue depths, then start when stopped.
+# RabbitMQ: loopback only, management API for queue depths, and a consumer timeout above the
+# longest pricing (30 minutes in production; an unacknowledged delivery older than the timeout
+# makes the broker close the consumer's channel). Rewritten when it differs; a running broker
+# is restarted to take it.
 rabbit_conf=/etc/rabbitmq/rabbitmq.conf
-if ! grep -q 'loupe' "$rabbit_conf" 2>/dev/null; then
-  need_root "configuring RabbitMQ"
-  say "configuring RabbitMQ for loopback only"
-  cat > "$rabbit_conf" <<'CONF'
-# written by loupe's scripts/setup-infra.sh
+wanted_conf='# written by loupe scripts/setup-infra.sh
 listeners.tcp.default = 127.0.0.1:5672
 management.tcp.ip = 127.0.0.1
 management.tcp.port = 15672
 distribution.listener.interface = 127.0.0.1
 loopback_users.guest = true
-CONF
+consumer_timeout = 3600000'
+rabbit_restart=no
+if [ "$(cat "$rabbit_conf" 2>/dev/null)" != "$wanted_conf" ]; then
+  need_root "configuring RabbitMQ"
+  say "configuring RabbitMQ (loopback only, management API, consumer timeout 1 h)"
+  printf '%s\n' "$wanted_conf" > "$rabbit_conf"
   echo 'export ERL_EPMD_ADDRESS=127.0.0.1' > /etc/rabbitmq/rabbitmq-env.conf
   echo '[rabbitmq_management].' > /etc/rabbitmq/enabled_plugins
+  rabbit_restart=yes
+fi
+if [ "$rabbit_restart" = yes ] && rabbitmqctl -q status >/dev/null 2>&1; then
+  say "restarting RabbitMQ for its new configuration"
+  rabbitmqctl -q stop >/dev/null
 fi
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
   say "starting RabbitMQ"
@@ -47,7 +56,7 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   done
   rabbitmqctl -q await_startup >/dev/null || { echo "error: RabbitMQ did not start; see /var/log/rabbitmq/" >&2; exit 1; }
 fi
-for vhost in loupe loupe-test; do
+for vhost in loupe; do
   if ! rabbitmqctl -q list_vhosts | grep -qx "$vhost"; then
     rabbitmqctl -q add_vhost "$vhost"
     rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*'

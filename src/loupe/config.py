@@ -53,7 +53,7 @@ class Settings:
     )
     pricing_seconds: float = 2.0
     max_delivery_attempts: int = 5
-    retry_delay_ms: int = 1000
+    retry_delay_ms: int = 2000
     prefetch: int = 8
 
     @classmethod

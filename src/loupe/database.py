@@ -55,7 +55,8 @@ async def ensure_database(base_dsn: str, database: str) -> None:
         if not exists:
             log.info("creating database %s", database)
             # Another service replica may create it first; that is fine.
-            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+            # (PostgreSQL reports a concurrent CREATE DATABASE as a unique violation.)
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
                 await connection.execute(f'CREATE DATABASE "{database}"')
     finally:
         await connection.close()
@@ -97,5 +98,9 @@ async def open_database(base_dsn: str, database: str, migrations_folder: Path) -
     """Create the database if needed, connect, migrate; the pool is ready for the service."""
     await ensure_database(base_dsn, database)
     pool = await asyncpg.create_pool(dsn_for(base_dsn, database), min_size=1, max_size=10)
-    await migrate(pool, load_migrations(migrations_folder))
+    try:
+        await migrate(pool, load_migrations(migrations_folder))
+    except BaseException:
+        await pool.close()
+        raise
     return pool

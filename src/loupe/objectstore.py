@@ -24,7 +24,7 @@ class ObjectStore:
         self.root = root
 
     def _path(self, sha256: str) -> Path:
-        if not _SHA256.match(sha256):
+        if not _SHA256.fullmatch(sha256):
             raise ObjectNotFound(f"{sha256!r} is not a SHA-256 hex digest")
         return self.root / sha256[:2] / sha256
 

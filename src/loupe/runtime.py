@@ -73,12 +73,8 @@ class ServiceRuntime:
     last_step_context (the span of the last step, for linking work resumed later).
     """
 
-    def __init__(
-        self, service: str, settings: Settings, migrations: Path, *, adopts_unknown_orders: bool
-    ) -> None:
+    def __init__(self, service: str, settings: Settings, migrations: Path) -> None:
         self.service = service
-        # MES and CRM take in orders they first hear of by event; the shop knows only its own.
-        self.adopts_unknown_orders = adopts_unknown_orders
         self.service_name = SERVICE_NAMES[service]
         self.settings = settings
         self._migrations = migrations
@@ -239,8 +235,11 @@ class ServiceRuntime:
         event_fields: Mapping[str, Any] | None,
     ) -> TransitionResult:
         order_id = row["id"]
-        set_order_attributes(OrderAttributes(order_id, source, current, to))
+        set_order_attributes(OrderAttributes(order_id, source))
+        # Only a transition that is allowed marks the span as one: a refused request (409)
+        # must not look like a move in Jaeger.
         check_transition(order_id, current, to)
+        set_order_attributes(OrderAttributes(order_id, source, current, to))
         columns = dict(updates or {})
         columns["status"] = to.value
         columns["last_step_context"] = span_context_to_text(
@@ -325,8 +324,6 @@ class ServiceRuntime:
             return
         async with self.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow("SELECT status FROM orders WHERE id = $1", order_id)
-            if row is None and not self.adopts_unknown_orders:
-                return
             if row is None:
                 source = event.source if event is not None else OrderSource.SHOP
                 await connection.execute(

@@ -51,15 +51,13 @@ def _view(row: Any) -> CrmOrder:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    runtime = ServiceRuntime(
-        "crm", settings, Path(__file__).parent / "migrations", adopts_unknown_orders=True
-    )
+    runtime = ServiceRuntime("crm", settings, Path(__file__).parent / "migrations")
     app = runtime.create_app("crm-api", "The CRM's API: sellers decide on and ship orders.")
 
     async def follow_status(event: OrderEvent, delivery: Delivery) -> None:
         await runtime.mirror(event, delivery, insert_missing=True)
 
-    runtime.consume("crm.order-status", follow_status, runtime.fail_order)
+    runtime.consume("crm.order-status", follow_status)
 
     async def decide(
         order_id: str, to: OrderStatus, operation: str, updates: dict[str, Any], **event: Any

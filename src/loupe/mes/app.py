@@ -57,9 +57,7 @@ def _view(row: Any) -> MesOrder:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    runtime = ServiceRuntime(
-        "mes", settings, Path(__file__).parent / "migrations", adopts_unknown_orders=True
-    )
+    runtime = ServiceRuntime("mes", settings, Path(__file__).parent / "migrations")
     store = ObjectStore(settings.object_store)
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     runtime.on_stop(http.aclose)
@@ -140,8 +138,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def follow_decision(event: OrderEvent, delivery: Delivery) -> None:
         await runtime.mirror(event, delivery, insert_missing=True)
 
+    # Only MES's intake fails the order itself: an order it cannot take in can never be made.
+    # A view that cannot follow an event (shop, CRM, MES decisions) keeps the message in the
+    # dead-letter queue to replay, and the order goes on.
     runtime.consume("mes.order-submitted", price_order, runtime.fail_order)
-    runtime.consume("mes.order-decisions", follow_decision, runtime.fail_order)
+    runtime.consume("mes.order-decisions", follow_decision)
 
     async def operate(order_id: str, to: OrderStatus, operation: str, operator: str) -> MesOrder:
         async with runtime.pool.acquire() as connection, connection.transaction():

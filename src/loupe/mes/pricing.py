@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import struct
+from collections import Counter
 from dataclasses import dataclass
 
 # Cast in 14-carat gold: grams per cubic millimetre, and the workshop's demo tariff.
@@ -46,9 +48,12 @@ def _ascii_triangles(text: str) -> list[Triangle]:
         words = line.split()
         if words[:1] == ["vertex"]:
             try:
-                vertices.append(tuple(float(w) for w in words[1:4]))
+                if len(words) != 4:
+                    raise ValueError
+                vertex = tuple(float(w) for w in words[1:])
             except ValueError:
                 raise ModelError(f"unreadable vertex line: {line.strip()[:60]}") from None
+            vertices.append(vertex)
     if len(vertices) % 3:
         raise ModelError("ASCII STL has a facet without three vertices")
     return [tuple(vertices[i : i + 3]) for i in range(0, len(vertices), 3)]  # type: ignore[misc]
@@ -64,6 +69,24 @@ def parse_stl(data: bytes) -> list[Triangle]:
     raise ModelError("not an STL model (too short for binary, no 'solid' header)")
 
 
+def check_closed(triangles: list[Triangle]) -> None:
+    """A solid's surface is closed: every edge is shared by exactly two triangles.
+
+    The volume of an open surface depends on where it sits, so it cannot be priced.
+    """
+    edges: Counter[tuple[tuple[float, ...], tuple[float, ...]]] = Counter()
+    for triangle in triangles:
+        for vertex in triangle:
+            if not all(math.isfinite(c) for c in vertex):
+                raise ModelError("the model has a vertex that is not a finite number")
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            edge = tuple(sorted((tuple(triangle[a]), tuple(triangle[b]))))
+            edges[edge] += 1  # type: ignore[index]
+    open_edges = sum(1 for count in edges.values() if count != 2)
+    if open_edges:
+        raise ModelError(f"the model is not a closed solid ({open_edges} open or shared edges)")
+
+
 def volume(triangles: list[Triangle]) -> float:
     """Enclosed volume by the divergence theorem: signed tetrahedra from the origin."""
     total = 0.0
@@ -76,6 +99,7 @@ def price_model(data: bytes) -> Quote:
     triangles = parse_stl(data)
     if not triangles:
         raise ModelError("the model has no triangles")
+    check_closed(triangles)
     mm3 = volume(triangles)
     if mm3 <= 0:
         raise ModelError("the model encloses no volume (not a closed solid)")

@@ -38,6 +38,7 @@ ROUTING_KEY_HEADER = "x-loupe-routing-key"
 FAILED_AT_HEADER = "x-loupe-failed-at"
 SERVICE_HEADER = "x-loupe-service"
 ORDER_HEADER = "x-loupe-order-id"
+_BROKER_DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 
 
 class PoisonMessage(Exception):
@@ -198,7 +199,8 @@ class Consumer:
             await message.ack()
 
     def _forward_headers(self, headers: dict[str, Any], exchange: str, key: str) -> dict[str, Any]:
-        forwarded = {k: v for k, v in headers.items() if not k.startswith("x-death")}
+        # The broker's own dead-lettering history (from the delay queue) would only mislead.
+        forwarded = {k: v for k, v in headers.items() if not k.startswith(_BROKER_DEATH_HEADERS)}
         forwarded.pop("x-delivery-count", None)
         forwarded[EXCHANGE_HEADER] = exchange
         forwarded[ROUTING_KEY_HEADER] = key

@@ -102,6 +102,10 @@ async def declare_topology(channel: AbstractChannel) -> Exchanges:
                 **quorum,
                 "x-delivery-limit": BROKER_DELIVERY_LIMIT,
                 "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                # The broker's own dead-lettering (past the delivery limit) is at-most-once
+                # unless asked; at-least-once needs reject-publish overflow.
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
             },
             **durable,
         )

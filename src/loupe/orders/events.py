@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,9 @@ class OrderEvent:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise OrderEventError(f"body is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            # Numbers too long to read, or nesting too deep: hostile or broken, never retryable.
+            raise OrderEventError(f"body is not readable JSON: {type(exc).__name__}") from None
         if not isinstance(data, dict):
             raise OrderEventError("body must be a JSON object")
         order_id = data.get("order_id")
@@ -77,6 +81,13 @@ class OrderEvent:
         except ValueError:
             raise OrderEventError("field occurred_at is not an ISO 8601 time", order_id) from None
         price = optional("price", (int, float))
+        if price is not None:
+            try:
+                price = float(price)
+            except OverflowError:
+                raise OrderEventError("field price is too large", order_id) from None
+            if not math.isfinite(price) or price < 0:
+                raise OrderEventError("field price must be a finite, non-negative number", order_id)
         return cls(
             order_id=order_id,
             status=enum("status", OrderStatus),
@@ -85,7 +96,7 @@ class OrderEvent:
             occurred_at=occurred_at,
             model_sha256=optional("model_sha256", str),
             model_url=optional("model_url", str),
-            price=float(price) if price is not None else None,
+            price=price,
             currency=optional("currency", str),
             reason=optional("reason", str),
         )

@@ -42,9 +42,7 @@ def _field_error(field: str, message: str) -> HTTPException:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    runtime = ServiceRuntime(
-        "shop", settings, Path(__file__).parent / "migrations", adopts_unknown_orders=False
-    )
+    runtime = ServiceRuntime("shop", settings, Path(__file__).parent / "migrations")
     store = ObjectStore(settings.object_store)
     app = runtime.create_app(
         "shop-api", "The online shop's API: customers place orders with a 3D model."
@@ -53,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def follow_status(event: OrderEvent, delivery: Delivery) -> None:
         await runtime.mirror(event, delivery, insert_missing=False)
 
-    runtime.consume("shop.order-status", follow_status, runtime.fail_order)
+    runtime.consume("shop.order-status", follow_status)
 
     @app.post("/orders", status_code=201, response_model=OrderView, tags=["orders"])
     async def place_order(

@@ -8,6 +8,7 @@ runs in the exporter, on the batch thread, so the request path pays nothing for 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,6 +77,7 @@ SCRUBBED_KEYS = frozenset(
         "db.query.text",
         "otel.status_description",
         "loupe.trace_context.note",
+        "loupe.messaging.reason",
         "order.failure.reason",
     }
 )
@@ -116,16 +118,29 @@ def redact_attributes(attributes: Attributes | Mapping[str, Any] | None) -> tupl
     return kept, dropped
 
 
+def operator_resource_keys() -> frozenset[str]:
+    """Resource keys an operator named in OTEL_RESOURCE_ATTRIBUTES: configuration, not data."""
+    raw = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    return frozenset(item.split("=", 1)[0].strip() for item in raw.split(",") if "=" in item)
+
+
+def _redact_resource(resource: Resource) -> Resource:
+    extra = operator_resource_keys()
+    kept, _ = redact_attributes({k: v for k, v in resource.attributes.items() if k not in extra})
+    kept.update({k: v for k, v in resource.attributes.items() if k in extra})
+    return Resource(kept, resource.schema_url)
+
+
 def redact_span(span: ReadableSpan) -> ReadableSpan:
     attributes, dropped = redact_attributes(span.attributes)
     if dropped:
         attributes[DROPPED_COUNT] = dropped
     events = [
-        Event(event.name, redact_attributes(event.attributes)[0], event.timestamp)
+        Event(scrub_text(event.name), redact_attributes(event.attributes)[0], event.timestamp)
         for event in span.events
     ]
     links = [Link(link.context, redact_attributes(link.attributes)[0]) for link in span.links]
-    resource = Resource(redact_attributes(span.resource.attributes)[0], span.resource.schema_url)
+    resource = _redact_resource(span.resource)
     return ReadableSpan(
         name=scrub_text(span.name),
         context=span.context,

@@ -1,0 +1,126 @@
+"""Settings from the environment: documented defaults, overrides, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loupe.config import DEFAULT_PORTS, SERVICE_NAMES, SERVICES, Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("LOUPE_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env()
+    assert settings == Settings()
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/loupe"
+    assert settings.postgres_dsn == "postgresql:///postgres?host=/var/run/postgresql"
+    assert settings.database_prefix == "loupe"
+    assert settings.data_dir == Path(".data")
+    assert settings.host == "127.0.0.1"
+    assert settings.service_urls == {
+        "shop": "http://127.0.0.1:8081",
+        "crm": "http://127.0.0.1:8082",
+        "mes": "http://127.0.0.1:8083",
+    }
+    assert settings.pricing_seconds == 2.0
+    assert settings.max_delivery_attempts == 5
+    assert settings.retry_delay_ms == 2000
+    assert settings.prefetch == 8
+
+
+def test_derived_values() -> None:
+    settings = Settings()
+    assert [settings.database_name(s) for s in SERVICES] == ["loupe_shop", "loupe_crm", "loupe_mes"]
+    assert settings.object_store == Path(".data") / "objects"
+    assert {s: settings.port(s) for s in SERVICES} == DEFAULT_PORTS
+    assert set(SERVICE_NAMES) == set(SERVICES)
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    values = {
+        "LOUPE_AMQP_URL": "amqp://u:p@127.0.0.1:5673/other",
+        "LOUPE_POSTGRES_DSN": "postgresql:///postgres?host=/tmp",
+        "LOUPE_DATABASE_PREFIX": "staging",
+        "LOUPE_DATA_DIR": str(tmp_path),
+        "LOUPE_HOST": "127.0.0.2",
+        "LOUPE_SHOP_URL": "http://127.0.0.1:9001",
+        "LOUPE_CRM_URL": "http://127.0.0.1:9002/",
+        "LOUPE_MES_URL": "http://127.0.0.1:9003/api",
+        "LOUPE_PRICING_SECONDS": "0.25",
+        "LOUPE_MAX_DELIVERY_ATTEMPTS": "3",
+        "LOUPE_RETRY_DELAY_MS": "100",
+        "LOUPE_PREFETCH": "1",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    assert settings.amqp_url == "amqp://u:p@127.0.0.1:5673/other"
+    assert settings.postgres_dsn == "postgresql:///postgres?host=/tmp"
+    assert settings.database_name("mes") == "staging_mes"
+    assert settings.data_dir == tmp_path
+    assert settings.object_store == tmp_path / "objects"
+    assert settings.host == "127.0.0.2"
+    assert settings.service_urls["shop"] == "http://127.0.0.1:9001"
+    assert (settings.port("shop"), settings.port("crm"), settings.port("mes")) == (9001, 9002, 9003)
+    assert settings.pricing_seconds == 0.25
+    assert settings.max_delivery_attempts == 3
+    assert settings.retry_delay_ms == 100
+    assert settings.prefetch == 1
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_blank_values_mean_the_default(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    monkeypatch.setenv("LOUPE_AMQP_URL", blank)
+    monkeypatch.setenv("LOUPE_PREFETCH", blank)
+    monkeypatch.setenv("LOUPE_PRICING_SECONDS", blank)
+    settings = Settings.from_env()
+    assert settings.amqp_url == Settings.amqp_url
+    assert settings.prefetch == 8
+    assert settings.pricing_seconds == 2.0
+
+
+def test_surrounding_whitespace_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOUPE_RETRY_DELAY_MS", " 250 ")
+    monkeypatch.setenv("LOUPE_HOST", " 127.0.0.1\n")
+    settings = Settings.from_env()
+    assert settings.retry_delay_ms == 250
+    assert settings.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOUPE_PRICING_SECONDS", "two"),
+        ("LOUPE_PRICING_SECONDS", "1,5"),
+        ("LOUPE_MAX_DELIVERY_ATTEMPTS", "five"),
+        ("LOUPE_MAX_DELIVERY_ATTEMPTS", "2.5"),
+        ("LOUPE_RETRY_DELAY_MS", "1s"),
+        ("LOUPE_RETRY_DELAY_MS", "100ms"),
+        ("LOUPE_PREFETCH", "many"),
+    ],
+)
+def test_bad_number_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name) as raised:
+        Settings.from_env()
+    assert repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_fewer_than_one_delivery_attempt_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("LOUPE_MAX_DELIVERY_ATTEMPTS", value)
+    with pytest.raises(ValueError, match="LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1"):
+        Settings.from_env()
