@@ -188,8 +188,14 @@ class ServiceRuntime:
             return await self._apply(connection, row, current, source, to, updates, event_fields)
         previous = span_context_from_text(row["last_step_context"])
         links = [Link(previous, {"loupe.link.reason": "previous order step"})] if previous else []
-        with _tracer.start_as_current_span(resumed_by, links=links):
-            return await self._apply(connection, row, current, source, to, updates, event_fields)
+        with _tracer.start_as_current_span(resumed_by, links=links) as span:
+            try:
+                return await self._apply(
+                    connection, row, current, source, to, updates, event_fields
+                )
+            except Exception as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                raise
 
     async def submit(
         self,

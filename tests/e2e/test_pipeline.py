@@ -318,3 +318,50 @@ async def test_orders_keep_flowing_with_jaeger_stopped(pipeline: Pipeline) -> No
     finally:
         await workshop.close()
         pipeline.stack.start_process("jaeger")
+
+
+async def test_bad_requests_get_clear_errors_and_refusals_are_not_transitions(
+    pipeline: Pipeline,
+) -> None:
+    closed = pipeline.orders["shop"][0]
+    urls = pipeline.settings.service_urls
+    async with httpx.AsyncClient() as client:
+        refused = await client.post(
+            f"{urls['crm']}/orders/{closed}/approve", json={"seller": "anna.seller"}
+        )
+        assert refused.status_code == 409
+        assert "CLOSED" in refused.json()["detail"]
+        assert "MANUFACTURING_APPROVED" in refused.json()["detail"]
+
+        missing_field = await client.post(f"{urls['crm']}/orders/{closed}/approve", json={})
+        assert missing_field.status_code == 422
+        assert "seller" in missing_field.text
+
+        bad_email = await client.post(
+            f"{urls['shop']}/orders",
+            data={
+                "customer_name": "A",
+                "customer_email": "not-an-address",
+                "customer_phone": "+1 555 0100 200",
+                "shipping_address": "1 Main St",
+            },
+            files={"model": ("ring.stl", b"solid x\nendsolid x\n", "model/stl")},
+        )
+        assert bad_email.status_code == 422
+        assert bad_email.json()["detail"]["field"] == "customer_email"
+
+        unknown = await client.get(f"{urls['mes']}/orders/{uuid.uuid4()}")
+        assert unknown.status_code == 404
+
+    def refusal_span() -> dict[str, Any] | None:
+        for trace in pipeline.traces_for_order(closed).values():
+            for span in trace["spans"]:
+                if span["operationName"] == "approve manufacturing" and tags(span).get(
+                    "error.type"
+                ):
+                    return span
+        return None
+
+    span = wait_for(refusal_span, 30, "the refused approval in Jaeger")
+    assert tags(span)["error.type"] == "IllegalTransition"
+    assert "order.status.to" not in tags(span), "a refused step must not look like a move"

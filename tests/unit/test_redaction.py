@@ -351,3 +351,19 @@ def test_faker_emails_and_phones_in_exception_text_are_scrubbed(
         assert person["phone"] not in text
         # Not a digit of the phone number is left: the message around it has none.
         assert not any(c.isdigit() for c in text.split("did not answer")[0]), text
+
+
+def test_resource_attributes_the_operator_configured_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=workshop, team=devops")
+    tracing = Tracing(
+        Resource.create(
+            {"k8s.namespace.name": "workshop", "team": "devops", "customer.email": EMAIL}
+        )
+    )
+    with tracing.tracer.start_as_current_span("step"):
+        pass
+    resource = dict(tracing.only_span().resource.attributes)
+    tracing.provider.shutdown()
+    assert resource["k8s.namespace.name"] == "workshop"
+    assert resource["team"] == "devops"
+    assert "customer.email" not in resource, "only keys the operator named get through"
