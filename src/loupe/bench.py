@@ -1,10 +1,11 @@
 """`make bench`: what tracing costs the order pipeline, measured side by side in one run.
 
-The same stack runs in rounds alternating tracing off (OTEL_SDK_DISABLED=true) and on (100%
-sampling, exported to Jaeger all-in-one); alternating spreads machine noise over both. In
-each round a fixed number of orders goes through the whole lifecycle, a few at a time, and
-every step's latency is the time from a person's action to the status it causes being
-visible where the next person looks. Results go to the console and to docs/benchmarks.md.
+The same stack runs in rounds that cycle through three modes: tracing off
+(OTEL_SDK_DISABLED=true), on at 100% sampling and on at 10% (both exported to Jaeger
+all-in-one); cycling spreads machine noise over all of them. In each round a fixed number of
+orders goes through the whole lifecycle, a few at a time; every step's latency is the time
+from a person's action to the status it causes being visible where the next person looks, and
+the services' CPU time is read from /proc. Results go to the console and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -35,11 +36,32 @@ POLL_SECONDS = 0.02
 STEP_TIMEOUT = 60.0
 
 
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    env: dict[str, str]
+
+
+MODES = (
+    Mode("off", {"OTEL_SDK_DISABLED": "true"}),
+    Mode("100%", {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "always_on"}),
+    Mode(
+        "10%",
+        {
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        },
+    ),
+)
+
+
 @dataclass
 class Round:
-    tracing: bool
+    mode: str
     orders: int
     seconds: float
+    cpu_seconds: float
     steps: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -135,14 +157,20 @@ async def _drive(
     return time.perf_counter() - started, steps
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def run_round(
-    sandbox: Sandbox, jaeger: JaegerPorts, tracing: bool, orders: int, concurrency: int
+    sandbox: Sandbox, jaeger: JaegerPorts, mode: Mode, orders: int, concurrency: int
 ) -> Round:
-    env = {**sandbox.env, "LOUPE_PRICING_SECONDS": "0", "LOUPE_LOG_LEVEL": "WARNING"}
-    if tracing:
-        env |= {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_SDK_DISABLED": "false"}
-    else:
-        env["OTEL_SDK_DISABLED"] = "true"
+    env = {**sandbox.env, "LOUPE_PRICING_SECONDS": "0", "LOUPE_LOG_LEVEL": "WARNING", **mode.env}
     stack = Stack(
         service_process(s, env, otlp_endpoint=jaeger.otlp_http_url, logs_dir=sandbox.logs)
         for s in SERVICES
@@ -150,8 +178,11 @@ def run_round(
     with stack:
         # One untimed order first: connections, caches and the database's plans warm up.
         asyncio.run(_drive(sandbox, 1, 1))
+        pids = [p.pid for p in stack if p.pid is not None]
+        cpu_before = _cpu_seconds(pids)
         seconds, steps = asyncio.run(_drive(sandbox, orders, concurrency))
-    return Round(tracing, orders, seconds, steps)
+        cpu = _cpu_seconds(pids) - cpu_before
+    return Round(mode.name, orders, seconds, cpu, steps)
 
 
 def _machine() -> str:
@@ -174,68 +205,102 @@ def _machine() -> str:
     )
 
 
-def _summary(rounds: list[Round], tracing: bool) -> tuple[float, float, float]:
-    chosen = [r for r in rounds if r.tracing is tracing]
-    throughput = sum(r.orders for r in chosen) / sum(r.seconds for r in chosen)
+@dataclass(frozen=True)
+class Summary:
+    throughput: float
+    p50: float
+    p99: float
+    cpu_per_order: float
+
+
+def summarize(rounds: list[Round], mode: str) -> Summary:
+    chosen = [r for r in rounds if r.mode == mode]
     latencies = [latency for r in chosen for latency in r.all_steps()]
-    return throughput, percentile(latencies, 50), percentile(latencies, 99)
+    orders = sum(r.orders for r in chosen)
+    return Summary(
+        orders / sum(r.seconds for r in chosen),
+        percentile(latencies, 50),
+        percentile(latencies, 99),
+        sum(r.cpu_seconds for r in chosen) / orders,
+    )
+
+
+def _rows(rounds: list[Round]) -> list[tuple[str, ...]]:
+    """Each figure per mode, and each traced mode's ratio to tracing off."""
+    summaries = {mode.name: summarize(rounds, mode.name) for mode in MODES}
+    off = summaries["off"]
+    rows = []
+    for label, value, fmt in (
+        ("orders per second", lambda s: s.throughput, "{:.2f}"),
+        ("step latency p50 (ms)", lambda s: s.p50 * 1000, "{:.1f}"),
+        ("step latency p99 (ms)", lambda s: s.p99 * 1000, "{:.1f}"),
+        ("services' CPU per order (ms)", lambda s: s.cpu_per_order * 1000, "{:.1f}"),
+    ):
+        cells = [fmt.format(value(summaries[m.name])) for m in MODES]
+        ratios = [f"{value(summaries[m.name]) / value(off):.3f}" for m in MODES[1:]]
+        rows.append((label, *cells, *ratios))
+    return rows
+
+
+HEADERS = ("", "off", "100%", "10%", "100% / off", "10% / off")
 
 
 def report(rounds: list[Round], orders: int, concurrency: int) -> str:
-    off, on = _summary(rounds, False), _summary(rounds, True)
-    ratio = on[0] / off[0]
-    step_names = list(rounds[0].steps)
+    summaries = {mode.name: summarize(rounds, mode.name) for mode in MODES}
+    ratio = summaries["100%"].throughput / summaries["off"].throughput
+    ratio10 = summaries["10%"].throughput / summaries["off"].throughput
     lines = [
         "# Benchmarks",
         "",
         "Produced by `make bench` (`uv run python -m loupe.bench`); every figure below comes",
-        "from one run, tracing off and on measured side by side in alternating rounds.",
+        "from one run, the modes measured side by side in rounds that take turns.",
         "",
         "## What tracing costs the order pipeline",
         "",
         f"- Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {_machine()}",
-        f"- Workload: {len(rounds) // 2} rounds each way, {orders} orders a round, "
+        f"- Workload: {len(rounds) // len(MODES)} rounds per mode, {orders} orders a round, "
         f"{concurrency} in flight, pricing time 0 s; each order goes through all seven "
         "statuses (shop, MES, CRM, RabbitMQ, PostgreSQL, all real processes).",
-        "- Tracing on: OpenTelemetry SDK in every service, 100% sampling (`always_on`), "
-        "batch export over OTLP/HTTP to Jaeger all-in-one (memory storage) on the same machine.",
+        "- Tracing on: OpenTelemetry SDK in every service, batch export over OTLP/HTTP to "
+        "Jaeger all-in-one (memory storage) on the same machine; 100% (`always_on`) or 10% "
+        "(`parentbased_traceidratio`, 0.1) sampling.",
         "- Tracing off: `OTEL_SDK_DISABLED=true` (no-op tracer; the instrumentation stays in "
         "place).",
         "",
-        "| | tracing off | tracing on | on / off |",
-        "|---|---:|---:|---:|",
-        f"| orders per second | {off[0]:.2f} | {on[0]:.2f} | {ratio:.3f} |",
-        f"| step latency p50 (ms) | {off[1] * 1000:.1f} | {on[1] * 1000:.1f} | "
-        f"{on[1] / off[1]:.3f} |",
-        f"| step latency p99 (ms) | {off[2] * 1000:.1f} | {on[2] * 1000:.1f} | "
-        f"{on[2] / off[2]:.3f} |",
-        "",
-        f"Throughput with tracing is **{ratio * 100:.1f}%** of throughput without it "
-        f"(cost {max(0.0, (1 - ratio) * 100):.1f}%; the aim is at most 5%).",
-        "",
-        "Median latency per step (ms), off → on:",
-        "",
-        "| step | off | on |",
-        "|---|---:|---:|",
+        "| " + " | ".join(HEADERS) + " |",
+        "|---|" + "---:|" * (len(HEADERS) - 1),
     ]
-    for name in step_names:
-        off_values = [v for r in rounds if not r.tracing for v in r.steps.get(name, [])]
-        on_values = [v for r in rounds if r.tracing for v in r.steps.get(name, [])]
-        lines.append(
-            f"| {name} | {statistics.median(off_values) * 1000:.1f} | "
-            f"{statistics.median(on_values) * 1000:.1f} |"
-        )
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(rounds)]
+    lines += [
+        "",
+        f"At 100% sampling, throughput is **{ratio * 100:.1f}%** of throughput without tracing "
+        f"(cost {max(0.0, (1 - ratio) * 100):.1f}%; the aim is at most 5%); at 10% sampling "
+        f"it is {ratio10 * 100:.1f}%.",
+        "",
+        "Median latency per step (ms):",
+        "",
+        "| step | " + " | ".join(m.name for m in MODES) + " |",
+        "|---|" + "---:|" * len(MODES),
+    ]
+    for name in rounds[0].steps:
+        medians = [
+            statistics.median(v for r in rounds if r.mode == m.name for v in r.steps.get(name, []))
+            for m in MODES
+        ]
+        lines.append(f"| {name} | " + " | ".join(f"{v * 1000:.1f}" for v in medians) + " |")
     lines += [
         "",
         "Each round's throughput (orders per second), in the order they ran:",
         "",
-        ", ".join(f"{'on' if r.tracing else 'off'} {r.throughput:.2f}" for r in rounds),
+        ", ".join(f"{r.mode} {r.throughput:.2f}" for r in rounds),
         "",
         "A step's latency runs from a person's action (an HTTP call) to the status it causes "
         f"being visible where the next person looks, polled every {POLL_SECONDS * 1000:.0f} ms;"
-        " both modes poll alike. With two cores shared by RabbitMQ, PostgreSQL, Jaeger, three "
-        "services and the driver, expect a few percent of noise between runs.",
+        " all modes poll alike. CPU per order is the three services' user and system time "
+        "during the timed orders, divided by their number. With two cores shared by RabbitMQ, "
+        "PostgreSQL, Jaeger, three services and the driver, rounds of one mode differ by up "
+        "to ±20%; compare the modes' ratios, not single rounds.",
         "",
     ]
     return "\n".join(lines)
@@ -244,7 +309,7 @@ def report(rounds: list[Round], orders: int, concurrency: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=40, help="orders per round (default 40)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds each way (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode (default 3)")
     parser.add_argument("--concurrency", type=int, default=8, help="orders in flight (8)")
     parser.add_argument(
         "--output",
@@ -255,25 +320,26 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     rounds: list[Round] = []
+    total = args.rounds * len(MODES)
     with tempfile.TemporaryDirectory(prefix="loupe-bench-") as root, Sandbox(Path(root)) as sandbox:
         jaeger = JaegerPorts.pick_free()
         with Stack([jaeger_process("memory", jaeger, logs_dir=sandbox.logs)]):
-            for n in range(args.rounds * 2):
-                tracing = n % 2 == 1
-                label = "on" if tracing else "off"
-                with console.status(f"round {n + 1}/{args.rounds * 2}: tracing {label}"):
-                    result = run_round(sandbox, jaeger, tracing, args.orders, args.concurrency)
+            for n in range(total):
+                mode = MODES[n % len(MODES)]
+                with console.status(f"round {n + 1}/{total}: tracing {mode.name}"):
+                    result = run_round(sandbox, jaeger, mode, args.orders, args.concurrency)
                 rounds.append(result)
-                console.print(f"round {n + 1}: tracing {label:3} {result.throughput:6.2f} orders/s")
-    text = report(rounds, args.orders, args.concurrency)
-    table = Table("", "tracing off", "tracing on", "on / off")
-    off, on = _summary(rounds, False), _summary(rounds, True)
-    table.add_row("orders/s", f"{off[0]:.2f}", f"{on[0]:.2f}", f"{on[0] / off[0]:.3f}")
-    table.add_row("p50 ms", f"{off[1] * 1000:.1f}", f"{on[1] * 1000:.1f}", f"{on[1] / off[1]:.3f}")
-    table.add_row("p99 ms", f"{off[2] * 1000:.1f}", f"{on[2] * 1000:.1f}", f"{on[2] / off[2]:.3f}")
+                console.print(
+                    f"round {n + 1}/{total}: tracing {mode.name:4} "
+                    f"{result.throughput:6.2f} orders/s, "
+                    f"{result.cpu_seconds / result.orders * 1000:5.1f} ms CPU per order"
+                )
+    table = Table(*HEADERS)
+    for row in _rows(rounds):
+        table.add_row(*row)
     console.print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    args.output.write_text(report(rounds, args.orders, args.concurrency))
     console.print(f"written to {args.output}")
 
 

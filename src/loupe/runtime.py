@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
@@ -33,6 +33,24 @@ from loupe.telemetry import OrderAttributes, set_order_attributes
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("loupe.orders")
+
+
+MAX_MODEL_BYTES = 50 * 1024 * 1024
+
+
+def field_error(field: str, message: str) -> HTTPException:
+    """A 422 that names the offending field, like FastAPI's own validation errors do."""
+    return HTTPException(422, {"field": field, "message": message})
+
+
+async def read_model_upload(model: UploadFile) -> bytes:
+    """The bytes of an uploaded 3D model, refused when empty or too large to be jewellery."""
+    data = await model.read(MAX_MODEL_BYTES + 1)
+    if not data:
+        raise field_error("model", "is empty")
+    if len(data) > MAX_MODEL_BYTES:
+        raise field_error("model", f"is larger than {MAX_MODEL_BYTES} bytes")
+    return data
 
 
 class OrderNotFound(Exception):

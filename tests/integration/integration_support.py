@@ -52,26 +52,25 @@ async def eventually(probe: Callable[[], T | None], what: str) -> T:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def consumer_spans(exporter: InMemorySpanExporter, queue: str) -> list[ReadableSpan]:
-    """Finished consumer spans of one queue, in the order they started."""
+def _spans(
+    exporter: InMemorySpanExporter, kind: SpanKind, key: str, value: str
+) -> list[ReadableSpan]:
     found = [
         s
         for s in exporter.get_finished_spans()
-        if s.kind is SpanKind.CONSUMER
-        and (s.attributes or {}).get("messaging.destination.subscription.name") == queue
+        if s.kind is kind and (s.attributes or {}).get(key) == value
     ]
     return sorted(found, key=lambda s: s.start_time or 0)
+
+
+def consumer_spans(exporter: InMemorySpanExporter, queue: str) -> list[ReadableSpan]:
+    """Finished consumer spans of one queue, in the order they started."""
+    return _spans(exporter, SpanKind.CONSUMER, "messaging.destination.subscription.name", queue)
 
 
 def producer_spans(exporter: InMemorySpanExporter, exchange: str) -> list[ReadableSpan]:
     """Finished producer spans that published to one exchange, in the order they started."""
-    found = [
-        s
-        for s in exporter.get_finished_spans()
-        if s.kind is SpanKind.PRODUCER
-        and (s.attributes or {}).get("messaging.destination.name") == exchange
-    ]
-    return sorted(found, key=lambda s: s.start_time or 0)
+    return _spans(exporter, SpanKind.PRODUCER, "messaging.destination.name", exchange)
 
 
 @dataclass

@@ -25,8 +25,12 @@ from loupe.messaging import Delivery, PoisonMessage
 from loupe.messaging.inbox import claim_delivery
 from loupe.objectstore import ObjectNotFound, ObjectStore
 from loupe.orders import OrderEvent, OrderSource, OrderStatus
-from loupe.runtime import OrderNotFound, ServiceRuntime, span_context_to_text
-from loupe.shop.app import MAX_MODEL_BYTES
+from loupe.runtime import (
+    OrderNotFound,
+    ServiceRuntime,
+    read_model_upload,
+    span_context_to_text,
+)
 
 _tracer = trace.get_tracer("loupe.mes")
 
@@ -158,12 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
         model: Annotated[UploadFile, File(description="The piece's 3D model (STL)")],
     ) -> MesOrder:
         """A business partner submits an order straight into MES; it is priced like any other."""
-        data = await model.read(MAX_MODEL_BYTES + 1)
-        if not data:
-            raise HTTPException(422, {"field": "model", "message": "is empty"})
-        if len(data) > MAX_MODEL_BYTES:
-            raise HTTPException(422, {"field": "model", "message": "is too large"})
-        sha256 = store.put(data)
+        sha256 = store.put(await read_model_upload(model))
         model_url = f"{settings.service_urls['mes']}/models/{sha256}"
         async with runtime.pool.acquire() as connection, connection.transaction():
             event = await runtime.submit(

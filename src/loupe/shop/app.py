@@ -20,9 +20,8 @@ from loupe.config import Settings
 from loupe.messaging.consumer import Delivery
 from loupe.objectstore import ObjectNotFound, ObjectStore
 from loupe.orders import OrderEvent, OrderSource
-from loupe.runtime import OrderNotFound, ServiceRuntime
+from loupe.runtime import OrderNotFound, ServiceRuntime, field_error, read_model_upload
 
-MAX_MODEL_BYTES = 50 * 1024 * 1024
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+?[\d\s().x-]{7,30}$")
 
@@ -35,10 +34,6 @@ class OrderView(BaseModel):
     failure_reason: str | None = None
     created_at: str
     updated_at: str
-
-
-def _field_error(field: str, message: str) -> HTTPException:
-    return HTTPException(422, {"field": field, "message": message})
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -63,14 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> OrderView:
         """Place an order; its 3D model is stored and the order goes to MES for pricing."""
         if not _EMAIL.match(customer_email):
-            raise _field_error("customer_email", "is not an e-mail address")
+            raise field_error("customer_email", "is not an e-mail address")
         if not _PHONE.match(customer_phone):
-            raise _field_error("customer_phone", "is not a phone number")
-        data = await model.read(MAX_MODEL_BYTES + 1)
-        if not data:
-            raise _field_error("model", "is empty")
-        if len(data) > MAX_MODEL_BYTES:
-            raise _field_error("model", f"is larger than {MAX_MODEL_BYTES} bytes")
+            raise field_error("customer_phone", "is not a phone number")
+        data = await read_model_upload(model)
         sha256 = store.put(data)
         async with runtime.pool.acquire() as connection, connection.transaction():
             event = await runtime.submit(

@@ -8,6 +8,7 @@ runs in the exporter, on the batch thread, so the request path pays nothing for 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -124,7 +125,10 @@ def operator_resource_keys() -> frozenset[str]:
     return frozenset(item.split("=", 1)[0].strip() for item in raw.split(",") if "=" in item)
 
 
+@functools.lru_cache(maxsize=16)
 def _redact_resource(resource: Resource) -> Resource:
+    # A process has one resource: redact it once, and hand the exporter the same object for
+    # every span so it groups them under one resource.
     extra = operator_resource_keys()
     kept, _ = redact_attributes({k: v for k, v in resource.attributes.items() if k not in extra})
     kept.update({k: v for k, v in resource.attributes.items() if k in extra})

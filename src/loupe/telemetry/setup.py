@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -24,11 +23,11 @@ from opentelemetry.sdk.trace.export import (
 
 from loupe.telemetry.logs import configure_logging
 from loupe.telemetry.redaction import RedactingSpanExporter
+from loupe.telemetry.sampling import configured_sampler
 
 log = logging.getLogger(__name__)
 
 _provider: TracerProvider | None = None
-GIL_SWITCH_INTERVAL = 0.0005
 
 
 def _truthy(name: str) -> bool:
@@ -79,11 +78,7 @@ def configure_telemetry(service_name: str, service_version: str = "0.1.0") -> Tr
             "service.version": service_version,
         }
     )
-    # The batch exporter's thread encodes spans while holding the GIL; with the default 5 ms
-    # switch interval the event loop waits up to that long to get the GIL back after every
-    # socket call (the "convoy effect"), which cost more throughput than the encoding itself.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=configured_sampler())
     exporter = _exporter()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(exporter)))
