@@ -13,7 +13,7 @@ need_root() {
 
 packages=()
 command -v rabbitmq-server >/dev/null 2>&1 || packages+=(rabbitmq-server)
-command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /usr/lib/postgresql/15 ] || packages+=(postgresql)
+[ -x /usr/lib/postgresql/15/bin/postgres ] && command -v pg_ctlcluster >/dev/null 2>&1 || packages+=(postgresql)
 if [ "${#packages[@]}" -gt 0 ]; then
   need_root "installing ${packages[*]}"
   say "apt-get update (once)"

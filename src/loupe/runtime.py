@@ -30,6 +30,7 @@ from loupe.messaging.topology import Exchanges
 from loupe.orders import IllegalTransition, OrderEvent, OrderSource, OrderStatus, check_transition
 from loupe.orders.lifecycle import is_behind
 from loupe.telemetry import OrderAttributes, set_order_attributes
+from loupe.telemetry.attributes import ORDER_FAILURE_REASON
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("loupe.orders")
@@ -264,6 +265,9 @@ class ServiceRuntime:
         # must not look like a move in Jaeger.
         check_transition(order_id, current, to)
         set_order_attributes(OrderAttributes(order_id, source, current, to))
+        reason = (event_fields or {}).get("reason")
+        if reason:
+            trace.get_current_span().set_attribute(ORDER_FAILURE_REASON, str(reason))
         columns = dict(updates or {})
         columns["status"] = to.value
         columns["last_step_context"] = span_context_to_text(

@@ -31,6 +31,7 @@ from loupe.runtime import (
     read_model_upload,
     span_context_to_text,
 )
+from loupe.telemetry.attributes import ORDER_ID, ORDER_PRICE
 
 _tracer = trace.get_tracer("loupe.mes")
 
@@ -104,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
             return
         failure: str | None = None
         with _tracer.start_as_current_span("price order") as span:
-            span.set_attribute("order.id", event.order_id)
+            span.set_attribute(ORDER_ID, event.order_id)
             try:
                 data = await fetch_model(event)
                 # Stands in for the slicer and cost model, which take minutes in production.
@@ -137,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
                 },
                 event_fields={"price": quote.price, "currency": quote.currency},
             )
-            trace.get_current_span().set_attribute("order.price", quote.price)
+            trace.get_current_span().set_attribute(ORDER_PRICE, quote.price)
 
     async def follow_decision(event: OrderEvent, delivery: Delivery) -> None:
         await runtime.mirror(event, delivery, insert_missing=True)

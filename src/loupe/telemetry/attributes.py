@@ -13,7 +13,7 @@ ORDER_STATUS_FROM = "order.status.from"
 ORDER_STATUS_TO = "order.status.to"
 ORDER_SOURCE = "order.source"
 ORDER_PRICE = "order.price"
-ORDER_MODEL_SHA256 = "order.model.sha256"
+ORDER_FAILURE_REASON = "order.failure.reason"
 NEW = "NEW"
 
 # loupe's own messaging details that the OpenTelemetry conventions have no name for.
