@@ -14,7 +14,7 @@ help: ## Show this help
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## Install and start RabbitMQ + PostgreSQL, sync Python deps, build Jaeger
+setup: ## Install and start RabbitMQ + PostgreSQL, sync Python deps, build Jaeger, Dex, oauth2-proxy
 	$(call say,infrastructure: RabbitMQ and PostgreSQL)
 	@scripts/setup-infra.sh
 	@$(MAKE) ensure-uv
@@ -31,7 +31,7 @@ ensure-uv:
 	  command -v uv >/dev/null 2>&1 || { echo "error: uv was installed but is not on PATH" >&2; exit 1; }; \
 	fi
 
-run: setup ## Start everything (Jaeger, services, actors); Ctrl-C stops it
+run: setup ## Start everything (Jaeger, Dex, sign-in gateway, services, actors); Ctrl-C stops it
 	$(call say,loupe up)
 	@uv run loupe up
 

@@ -51,7 +51,7 @@ def up(
     rate: float = typer.Option(0.5, help="New orders per second from the simulated actors."),
     no_actors: bool = typer.Option(False, "--no-actors", help="Do not start the actors."),
 ) -> None:
-    """Start Jaeger, the shop, CRM and MES services and the actors; Ctrl-C stops them all."""
+    """Start Jaeger, Dex, the sign-in gateway, the services and the actors; Ctrl-C stops them."""
     from loupe.stack import STORAGES
     from loupe.stack.up import run_up
 

@@ -339,7 +339,10 @@ def test_jaeger_process_passes_ports_and_badger_dir(tmp_path: Path) -> None:
     assert proc.env["LOUPE_JAEGER_OTLP_HTTP_PORT"] == "2"
     assert proc.env["LOUPE_JAEGER_QUERY_GRPC_PORT"] == "4"
     assert proc.env["LOUPE_JAEGER_BADGER_DIR"] == str((tmp_path / "data").resolve())
-    assert proc.ready_urls == ("http://127.0.0.1:5/status", "http://127.0.0.1:3/api/services")
+    assert proc.ready_urls == (
+        "http://127.0.0.1:5/status",
+        "http://127.0.0.1:3/jaeger/api/services",
+    )
     assert sorted(proc.listens_on) == [1, 2, 3, 4, 5, 6]
     assert proc.log_path == tmp_path / "logs" / "jaeger.log"
     with pytest.raises(StackError, match="unknown Jaeger storage"):

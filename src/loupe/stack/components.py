@@ -1,4 +1,5 @@
-"""The processes loupe runs (Jaeger, the services, the actors) and the infrastructure check."""
+"""The processes loupe runs (Jaeger, Dex, the gateway, the services, the actors) and the
+infrastructure check."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from loupe.config import DEFAULT_PORTS, SERVICES, Settings
+from loupe.stack.gateway import GatewayFiles, GatewaySettings
 from loupe.stack.process import DEFAULT_LOGS_DIR, Process, StackError, free_port, port_open
 
 Storage = Literal["badger", "memory"]
@@ -21,8 +23,12 @@ STORAGES: tuple[Storage, ...] = ("badger", "memory")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 JAEGER_BINARY = REPO_ROOT / ".cache" / "bin" / "jaeger"
 JAEGER_CONFIG_DIR = REPO_ROOT / "deploy" / "jaeger"
+DEX_BINARY = REPO_ROOT / ".cache" / "bin" / "dex"
+GATEWAY_BINARY = REPO_ROOT / ".cache" / "bin" / "oauth2-proxy"
 
 OTLP_PROTOCOL = "http/protobuf"
+# `base_path` of jaeger_query in deploy/jaeger/*.yaml: the gateway serves Jaeger under it too.
+JAEGER_BASE_PATH = "/jaeger"
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class JaegerPorts:
 
     @property
     def query_url(self) -> str:
-        return f"http://127.0.0.1:{self.query}"
+        """The query service's base URL, its base path included (`/api/...` goes after it)."""
+        return f"http://127.0.0.1:{self.query}{JAEGER_BASE_PATH}"
 
     @property
     def health_url(self) -> str:
@@ -92,11 +99,7 @@ def jaeger_process(
     """Jaeger v2 all-in-one with the given storage; `data_dir` is only used by badger."""
     if storage not in STORAGES:
         raise StackError(f"unknown Jaeger storage {storage!r}; choose one of {', '.join(STORAGES)}")
-    if not binary.is_file():
-        raise StackError(
-            f"the Jaeger binary is missing ({binary}); "
-            "build it with `make setup` or `scripts/build-tools.sh`"
-        )
+    _require_binary(binary, "Jaeger")
     ports = ports or JaegerPorts()
     config = JAEGER_CONFIG_DIR / f"all-in-one-{storage}.yaml"
     env = {**os.environ, **ports.env()}
@@ -112,6 +115,62 @@ def jaeger_process(
         # because it is what tests and users talk to.
         ready_urls=(ports.health_url, f"{ports.query_url}/api/services"),
         listens_on=ports.all(),
+        ready_timeout=ready_timeout,
+        logs_dir=logs_dir,
+    )
+
+
+def _require_binary(binary: Path, what: str) -> None:
+    if not binary.is_file():
+        raise StackError(
+            f"the {what} binary is missing ({binary}); "
+            "build it with `make setup` or `scripts/build-tools.sh`"
+        )
+
+
+def dex_process(
+    settings: GatewaySettings,
+    files: GatewayFiles,
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+    *,
+    binary: Path = DEX_BINARY,
+    ready_timeout: float = 30.0,
+) -> Process:
+    """Dex, the local identity provider, serving `files.dex_config` (see gateway.render)."""
+    _require_binary(binary, "Dex")
+    return Process(
+        name="dex",
+        argv=[str(binary), "serve", str(files.dex_config)],
+        ready_urls=(f"{settings.dex_issuer}/.well-known/openid-configuration",),
+        listens_on=(settings.dex_port,),
+        ready_timeout=ready_timeout,
+        logs_dir=logs_dir,
+    )
+
+
+def gateway_process(
+    settings: GatewaySettings,
+    files: GatewayFiles,
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+    *,
+    binary: Path = GATEWAY_BINARY,
+    ready_timeout: float = 30.0,
+) -> Process:
+    """oauth2-proxy in front of Jaeger's query API; it needs the OIDC provider up to start.
+
+    Its audit log goes to `files.audit_log`; what it writes to the terminal (errors) to the
+    process log.
+    """
+    _require_binary(binary, "oauth2-proxy")
+    local = settings.address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "0.0.0.0", "")
+    return Process(
+        name="gateway",
+        argv=[str(binary), "--config", str(files.gateway_config)],
+        # Over TLS the certificate may be one the probe does not trust: the port answering is
+        # enough there.
+        ready_urls=() if settings.tls else (f"{settings.url}/ping",),
+        ready_port=settings.port if settings.tls else None,
+        listens_on=(settings.port,) if local else (),
         ready_timeout=ready_timeout,
         logs_dir=logs_dir,
     )

@@ -1,4 +1,5 @@
-"""`loupe up`: run Jaeger, the services and the actors until Ctrl-C or SIGTERM."""
+"""`loupe up`: run Jaeger, Dex, the sign-in gateway, the services and the actors until Ctrl-C
+or SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from loupe.stack.components import (
     JaegerPorts,
     Storage,
     actors_process,
+    dex_process,
+    gateway_process,
     jaeger_process,
     preflight,
     service_process,
     service_url,
 )
+from loupe.stack.gateway import DEMO_USERS, GatewayFiles, GatewaySettings, Secrets, render
 from loupe.stack.process import StackError, indent
 from loupe.stack.supervisor import Stack
 
@@ -64,12 +68,18 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     data_dir = settings.data_dir.resolve()
     logs_dir = data_dir / "logs"
     ports = JaegerPorts.from_env()
+    gateway = GatewaySettings.from_env()
 
     with console.status("Checking RabbitMQ and PostgreSQL"):
         preflight(settings)
     console.print("[green]✓[/] RabbitMQ and PostgreSQL are reachable")
 
+    keys = Secrets.ensure(gateway.secrets_dir)
+    files = render(gateway, ports.query_url, data_dir, logs_dir, keys)
+
     stack.add(jaeger_process(storage, ports, data_dir / "jaeger", logs_dir))
+    stack.add(dex_process(gateway, files, logs_dir))
+    stack.add(gateway_process(gateway, files, logs_dir))
     for service in SERVICES:
         stack.add(service_process(service, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     if actors:
@@ -82,7 +92,8 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         took = time.monotonic() - began
         console.print(f"[green]✓[/] {process.name} is up in {took:.1f} s (pid {process.pid})")
 
-    console.print(_urls(ports, storage, logs_dir))
+    console.print(_urls(ports, storage, logs_dir, gateway, files))
+    console.print(_sign_in(gateway, keys), highlight=False)
     console.print("[bold]==>[/] running; press Ctrl-C to stop everything")
 
     while True:
@@ -112,17 +123,50 @@ def _stop(stack: Stack, console: Console) -> None:
     console.print("[bold]==>[/] everything is stopped")
 
 
-def _urls(ports: JaegerPorts, storage: Storage, logs_dir: Path) -> Table:
+def _urls(
+    ports: JaegerPorts,
+    storage: Storage,
+    logs_dir: Path,
+    gateway: GatewaySettings,
+    files: GatewayFiles,
+) -> Table:
     table = Table(title="loupe is running", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    table.add_row("Sign in (gateway)", f"{gateway.url}/")
+    table.add_row("Jaeger API, signed in", f"{gateway.url}/jaeger/api/services")
+    table.add_row("Sign out", f"{gateway.url}/oauth2/sign_out")
+    table.add_row("Identity provider (Dex)", gateway.dex_issuer)
+    table.add_row("Audit log", str(files.audit_log))
     for service in SERVICES:
         url = service_url(service, os.environ)
         table.add_row(f"{service} API", url)
         table.add_row(f"{service} API docs", f"{url}/docs")
-    table.add_row("Jaeger query API", f"{ports.query_url}/api/services")
+    table.add_row("Jaeger query API, direct", f"{ports.query_url}/api/services")
     table.add_row("Jaeger OTLP/HTTP", ports.otlp_http_url)
     table.add_row("Jaeger storage", storage)
     table.add_row("RabbitMQ management", RABBITMQ_MANAGEMENT_URL)
     table.add_row("Logs", str(logs_dir))
     return table
+
+
+def _sign_in(gateway: GatewaySettings, keys: Secrets) -> str:
+    """Who can sign in, and with which password (shown only when it was just generated)."""
+    users = ", ".join(
+        f"{email} ({', '.join(groups) or 'no group'})" for email, groups in DEMO_USERS.items()
+    )
+    allowed = ", ".join(gateway.allowed_groups)
+    lines = [
+        f"[bold]==>[/] sign in at [bold]{escape(gateway.url)}/[/] as one of: {escape(users)}",
+        f"    only the groups {escape(allowed)} get in (LOUPE_ALLOWED_GROUPS)",
+    ]
+    if keys.demo_password_source == "environment":
+        lines.append("    password: the value of LOUPE_DEMO_PASSWORD")
+    elif keys.demo_password_source == "generated":
+        lines.append(
+            f"    password (generated now, kept in {escape(str(keys.demo_password_file))}): "
+            f"[bold]{escape(keys.demo_password)}[/]"
+        )
+    else:
+        lines.append(f"    password: in {escape(str(keys.demo_password_file))}")
+    return "\n".join(lines)

@@ -1,0 +1,333 @@
+"""The sign-in gateway's local pieces: secrets kept in `.secrets/`, and the Dex and oauth2-proxy
+configurations rendered from the templates in `deploy/dex/` and `deploy/oauth2-proxy/`.
+
+Nothing here starts a process (see `components.dex_process` and `components.gateway_process`);
+it decides addresses, makes sure the secrets exist and writes the files those processes read.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Literal
+from urllib.parse import urlsplit
+
+import bcrypt
+
+from loupe.stack.process import StackError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEX_TEMPLATE = REPO_ROOT / "deploy" / "dex" / "config.yaml"
+GATEWAY_TEMPLATE = REPO_ROOT / "deploy" / "oauth2-proxy" / "oauth2-proxy.cfg"
+GATEWAY_PAGES = REPO_ROOT / "deploy" / "oauth2-proxy" / "templates"
+
+DEFAULT_SECRETS_DIR = Path(".secrets")
+DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:4180"
+DEFAULT_DEX_PORT = 5556
+DEFAULT_ALLOWED_GROUPS = ("devops", "developers")
+CLIENT_ID = "loupe-gateway"
+
+DEMO_USERS = {
+    "devops@example.com": ("devops",),
+    "developer@example.com": ("developers",),
+    "guest@example.com": (),
+}
+"""The local users Dex knows (deploy/dex/config.yaml) and their groups."""
+
+PasswordSource = Literal["environment", "generated", "file"]
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+def _write_private(path: Path, value: str) -> None:
+    """Creates `path` with mode 0600 holding `value`; refuses to replace an existing file."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        # No trailing newline: oauth2-proxy reads secret files byte for byte.
+        file.write(value)
+
+
+def _read_private(path: Path) -> str:
+    # A file someone copied in with a wider mode is narrowed rather than trusted as it is.
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    value = path.read_text(encoding="utf-8").strip()
+    if not value:
+        raise StackError(f"{path} is empty; delete it to have a new secret made on the next run")
+    return value
+
+
+def _token() -> str:
+    # 32 random bytes, URL-safe base64 without padding: oauth2-proxy decodes this form of a
+    # cookie secret back to 32 bytes (an AES-256 key).
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+def _generated(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
+    """The secret in `path`, made (and kept, mode 0600) on first use; True when made now."""
+    try:
+        return _read_private(path), False
+    except FileNotFoundError:
+        pass
+    value = make()
+    try:
+        _write_private(path, value)
+    except FileExistsError:
+        # Another run created it in between: theirs wins, so both use the same secret.
+        return _read_private(path), False
+    return value, True
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The local gateway's secrets; files under `directory` have mode 0600."""
+
+    directory: Path
+    demo_password: str
+    demo_password_source: PasswordSource
+    client_secret: str
+
+    @property
+    def demo_password_file(self) -> Path:
+        return self.directory / "demo-password"
+
+    @property
+    def client_secret_file(self) -> Path:
+        return self.directory / "oauth2-client-secret"
+
+    @property
+    def cookie_secret_file(self) -> Path:
+        return self.directory / "cookie-secret"
+
+    @classmethod
+    def ensure(
+        cls, directory: Path = DEFAULT_SECRETS_DIR, environ: Mapping[str, str] = os.environ
+    ) -> Secrets:
+        """Reads the secrets, generating the missing ones.
+
+        The demo users' password is LOUPE_DEMO_PASSWORD when set (then nothing is written for
+        it); otherwise the one kept in `demo-password`, generated on the first run.
+        """
+        directory = directory.resolve()
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        blank = cls(directory, "", "environment", "")
+        from_env = environ.get("LOUPE_DEMO_PASSWORD", "")
+        source: PasswordSource
+        if from_env.strip():
+            password, source = from_env, "environment"
+        else:
+            password, made = _generated(blank.demo_password_file, lambda: secrets.token_urlsafe(12))
+            source = "generated" if made else "file"
+        client_secret, _ = _generated(blank.client_secret_file, _token)
+        _generated(blank.cookie_secret_file, _token)
+        return cls(directory, password, source, client_secret)
+
+
+def bcrypt_hash(password: str, rounds: int = 10) -> str:
+    """The bcrypt hash Dex expects in staticPasswords[].hash."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+# -- addresses and configuration -----------------------------------------------------------
+
+
+def _split_address(address: str, name: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StackError(f"{name} must be host:port, got {address!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Where the gateway and Dex listen, who gets in, and where TLS material lives.
+
+    Read from LOUPE_GATEWAY_ADDRESS (host:port, default 127.0.0.1:4180),
+    LOUPE_GATEWAY_TLS_CERT and LOUPE_GATEWAY_TLS_KEY (PEM files; both or neither),
+    LOUPE_DEX_PORT (default 5556), LOUPE_ALLOWED_GROUPS (comma-separated, default
+    devops,developers) and LOUPE_SECRETS_DIR (default .secrets).
+    """
+
+    address: str = DEFAULT_GATEWAY_ADDRESS
+    dex_port: int = DEFAULT_DEX_PORT
+    allowed_groups: tuple[str, ...] = DEFAULT_ALLOWED_GROUPS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    secrets_dir: Path = DEFAULT_SECRETS_DIR
+
+    def __post_init__(self) -> None:
+        _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise StackError(
+                "set both LOUPE_GATEWAY_TLS_CERT and LOUPE_GATEWAY_TLS_KEY for TLS, or neither"
+            )
+        if not self.allowed_groups:
+            raise StackError("LOUPE_ALLOWED_GROUPS names no group, so nobody could sign in")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewaySettings:
+        def get(name: str) -> str:
+            return environ.get(name, "").strip()
+
+        values: dict[str, object] = {}
+        if get("LOUPE_GATEWAY_ADDRESS"):
+            values["address"] = get("LOUPE_GATEWAY_ADDRESS")
+        if get("LOUPE_DEX_PORT"):
+            raw = get("LOUPE_DEX_PORT")
+            if not raw.isdigit():
+                raise StackError(f"LOUPE_DEX_PORT must be a port number, got {raw!r}")
+            values["dex_port"] = int(raw)
+        if get("LOUPE_ALLOWED_GROUPS"):
+            groups = [g.strip() for g in get("LOUPE_ALLOWED_GROUPS").split(",")]
+            values["allowed_groups"] = tuple(g for g in groups if g)
+        if get("LOUPE_GATEWAY_TLS_CERT"):
+            values["tls_cert"] = Path(get("LOUPE_GATEWAY_TLS_CERT"))
+        if get("LOUPE_GATEWAY_TLS_KEY"):
+            values["tls_key"] = Path(get("LOUPE_GATEWAY_TLS_KEY"))
+        if get("LOUPE_SECRETS_DIR"):
+            values["secrets_dir"] = Path(get("LOUPE_SECRETS_DIR"))
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def port(self) -> int:
+        return _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")[1]
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL as a browser on this machine reaches it."""
+        host, port = _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")
+        if host in ("0.0.0.0", "", "[::]", "::"):
+            host = "127.0.0.1"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    @property
+    def dex_issuer(self) -> str:
+        return f"http://127.0.0.1:{self.dex_port}/dex"
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.url}/oauth2/callback"
+
+
+@dataclass(frozen=True)
+class GatewayFiles:
+    """What `render` wrote: the two configurations, the pages folder and the audit log path."""
+
+    directory: Path
+    dex_config: Path
+    gateway_config: Path
+    pages: Path
+    audit_log: Path
+    secrets: Secrets = field(repr=False)
+
+
+def _encoded(values: Mapping[str, object]) -> dict[str, str]:
+    # JSON strings and arrays of strings read back the same in YAML (double-quoted scalars,
+    # flow sequences) and in TOML (basic strings, arrays).
+    return {name: json.dumps(value) for name, value in values.items()}
+
+
+def _render(template: Path, values: Mapping[str, str], target: Path) -> None:
+    try:
+        text = Template(template.read_text(encoding="utf-8")).substitute(values)
+    except (KeyError, ValueError) as exc:
+        raise StackError(f"cannot render {template}: {exc!r}") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written anew each run, mode 0600: the Dex configuration holds the client secret.
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    tmp.replace(target)
+
+
+def render(
+    settings: GatewaySettings,
+    jaeger_query_url: str,
+    data_dir: Path,
+    logs_dir: Path,
+    secrets_: Secrets | None = None,
+) -> GatewayFiles:
+    """Writes dex.yaml, oauth2-proxy.cfg and templates/error.html under `data_dir`/gateway.
+
+    `jaeger_query_url` is Jaeger's query URL with its base path (`JaegerPorts.query_url`).
+    """
+    for name, path in (("certificate", settings.tls_cert), ("key", settings.tls_key)):
+        if path is not None and not path.is_file():
+            raise StackError(f"the gateway's TLS {name} {path} does not exist")
+    secrets_ = secrets_ or Secrets.ensure(settings.secrets_dir)
+    directory = (data_dir / "gateway").resolve()
+    logs_dir = logs_dir.resolve()
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    files = GatewayFiles(
+        directory=directory,
+        dex_config=directory / "dex.yaml",
+        gateway_config=directory / "oauth2-proxy.cfg",
+        pages=directory / "templates",
+        audit_log=logs_dir / "audit.jsonl",
+        secrets=secrets_,
+    )
+
+    _render(
+        DEX_TEMPLATE,
+        _encoded(
+            {
+                "issuer": settings.dex_issuer,
+                "web_address": f"127.0.0.1:{settings.dex_port}",
+                "client_id": CLIENT_ID,
+                "client_secret": secrets_.client_secret,
+                "redirect_uri": settings.callback_url,
+                "demo_password_hash": bcrypt_hash(secrets_.demo_password),
+            }
+        ),
+        files.dex_config,
+    )
+
+    # oauth2-proxy passes request paths through unchanged, so Jaeger is served under the same
+    # path on the gateway as its base_path on the query port.
+    jaeger = urlsplit(jaeger_query_url)
+    if jaeger.path.strip("/") == "":
+        raise StackError(f"Jaeger's query URL needs its base path, got {jaeger_query_url!r}")
+    _render(
+        GATEWAY_TEMPLATE,
+        _encoded(
+            {
+                "http_address": settings.address,
+                "https_address": settings.address,
+                "tls_cert_file": str(settings.tls_cert.resolve()) if settings.tls_cert else "",
+                "tls_key_file": str(settings.tls_key.resolve()) if settings.tls_key else "",
+                "upstreams": [jaeger_query_url.rstrip("/") + "/", "static://200"],
+                "provider_name": "loupe sign-in (Dex)",
+                "oidc_issuer_url": settings.dex_issuer,
+                "client_id": CLIENT_ID,
+                "client_secret_file": str(secrets_.client_secret_file),
+                "redirect_url": settings.callback_url,
+                "allowed_groups": list(settings.allowed_groups),
+                "cookie_secret_file": str(secrets_.cookie_secret_file),
+                "templates_dir": str(files.pages),
+                "audit_log": str(files.audit_log),
+            }
+        )
+        # A bare TOML boolean, not a string.
+        | {"cookie_secure": "true" if settings.tls else "false"},
+        files.gateway_config,
+    )
+
+    groups = ", ".join(settings.allowed_groups)
+    for page in sorted(GATEWAY_PAGES.glob("*.html")):
+        _render(page, {"allowed_groups": html.escape(groups)}, files.pages / page.name)
+    return files

@@ -1,0 +1,174 @@
+"""Local secrets and the rendered Dex and oauth2-proxy configurations (no process started)."""
+
+from __future__ import annotations
+
+import base64
+import tomllib
+from pathlib import Path
+
+import bcrypt
+import pytest
+import yaml
+
+from loupe.stack import StackError
+from loupe.stack.components import dex_process, gateway_process
+from loupe.stack.gateway import DEMO_USERS, GatewaySettings, Secrets, render
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_secrets_are_generated_once_with_private_modes(tmp_path: Path) -> None:
+    first = Secrets.ensure(tmp_path / "s", environ={})
+    assert first.demo_password_source == "generated"
+    assert mode(first.directory) == 0o700
+    for path in (first.demo_password_file, first.client_secret_file, first.cookie_secret_file):
+        assert mode(path) == 0o600, path
+        assert not path.read_text().endswith("\n")
+    assert first.demo_password_file.read_text() == first.demo_password
+
+    again = Secrets.ensure(tmp_path / "s", environ={})
+    assert again.demo_password_source == "file"
+    assert (again.demo_password, again.client_secret) == (first.demo_password, first.client_secret)
+
+
+def test_demo_password_from_environment_is_not_written(tmp_path: Path) -> None:
+    keys = Secrets.ensure(tmp_path / "s", environ={"LOUPE_DEMO_PASSWORD": "correct horse"})
+    assert (keys.demo_password, keys.demo_password_source) == ("correct horse", "environment")
+    assert not keys.demo_password_file.exists()
+
+
+def test_cookie_secret_decodes_to_an_aes_key(tmp_path: Path) -> None:
+    keys = Secrets.ensure(tmp_path / "s", environ={})
+    raw = keys.cookie_secret_file.read_text()
+    assert len(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))) == 32
+
+
+def test_widened_secret_file_is_narrowed(tmp_path: Path) -> None:
+    keys = Secrets.ensure(tmp_path / "s", environ={})
+    keys.client_secret_file.chmod(0o644)
+    Secrets.ensure(tmp_path / "s", environ={})
+    assert mode(keys.client_secret_file) == 0o600
+
+
+def test_settings_from_env() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "LOUPE_GATEWAY_ADDRESS": "0.0.0.0:8443",
+            "LOUPE_GATEWAY_TLS_CERT": "/etc/loupe/cert.pem",
+            "LOUPE_GATEWAY_TLS_KEY": "/etc/loupe/key.pem",
+            "LOUPE_ALLOWED_GROUPS": " sre, ,devops ",
+            "LOUPE_DEX_PORT": "15556",
+        }
+    )
+    assert settings.allowed_groups == ("sre", "devops")
+    assert settings.url == "https://127.0.0.1:8443"
+    assert settings.callback_url == "https://127.0.0.1:8443/oauth2/callback"
+    assert settings.dex_issuer == "http://127.0.0.1:15556/dex"
+    defaults = GatewaySettings.from_env({})
+    assert (defaults.url, defaults.allowed_groups) == (
+        "http://127.0.0.1:4180",
+        ("devops", "developers"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"LOUPE_GATEWAY_ADDRESS": "4180"}, "host:port"),
+        ({"LOUPE_GATEWAY_TLS_CERT": "/c.pem"}, "both"),
+        ({"LOUPE_ALLOWED_GROUPS": " , "}, "no group"),
+        ({"LOUPE_DEX_PORT": "dex"}, "port number"),
+    ],
+)
+def test_settings_refuse_bad_values(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(StackError, match=problem):
+        GatewaySettings.from_env(environ)
+
+
+def test_render_writes_consistent_configs(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        address="127.0.0.1:14180",
+        dex_port=15556,
+        allowed_groups=("devops", 'we"ird'),
+        secrets_dir=tmp_path / "s",
+    )
+    keys = Secrets.ensure(settings.secrets_dir, environ={"LOUPE_DEMO_PASSWORD": "pw"})
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l", keys)
+
+    dex = yaml.safe_load(files.dex_config.read_text())
+    assert dex["issuer"] == "http://127.0.0.1:15556/dex"
+    assert dex["web"]["http"] == "127.0.0.1:15556"
+    assert dex["storage"]["type"] == "memory"
+    (client,) = dex["staticClients"]
+    assert client["secret"] == keys.client_secret
+    assert client["redirectURIs"] == ["http://127.0.0.1:14180/oauth2/callback"]
+    users = {u["email"]: u for u in dex["staticPasswords"]}
+    assert {e: tuple(u["groups"]) for e, u in users.items()} == DEMO_USERS
+    for user in users.values():
+        assert bcrypt.checkpw(b"pw", user["hash"].encode())
+    assert mode(files.dex_config) == 0o600
+
+    proxy = tomllib.loads(files.gateway_config.read_text())
+    assert proxy["http_address"] == "127.0.0.1:14180"
+    assert proxy["tls_cert_file"] == proxy["tls_key_file"] == ""
+    assert proxy["cookie_secure"] is False
+    assert proxy["upstreams"] == ["http://127.0.0.1:16686/jaeger/", "static://200"]
+    assert proxy["oidc_issuer_url"] == dex["issuer"]
+    assert proxy["redirect_url"] == client["redirectURIs"][0]
+    assert proxy["allowed_groups"] == ["devops", 'we"ird']
+    assert proxy["client_secret_file"] == str(keys.client_secret_file)
+    assert proxy["cookie_secret_file"] == str(keys.cookie_secret_file)
+    assert proxy["logging_filename"] == str(files.audit_log)
+    assert keys.client_secret not in files.gateway_config.read_text()
+
+    page = (files.pages / "error.html").read_text()
+    assert "devops, we&quot;ird" in page
+    assert "${" not in page
+
+
+def test_render_with_tls_marks_the_cookie_secure(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem", secrets_dir=tmp_path / "s"
+    )
+    with pytest.raises(StackError, match="TLS certificate"):
+        render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    (tmp_path / "cert.pem").write_text("not checked here")
+    (tmp_path / "key.pem").write_text("not checked here")
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    proxy = tomllib.loads(files.gateway_config.read_text())
+    assert proxy["cookie_secure"] is True
+    assert proxy["tls_cert_file"] == str((tmp_path / "cert.pem").resolve())
+    assert proxy["https_address"] == "127.0.0.1:4180"
+    assert proxy["redirect_url"].startswith("https://")
+    gateway = gateway_process(settings, files, tmp_path / "l", binary=tmp_path / "cert.pem")
+    # Over TLS the probe only checks that the port answers.
+    assert gateway.ready_urls == ()
+    assert gateway.ready_port == 4180
+
+
+def test_render_needs_jaegers_base_path(tmp_path: Path) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    with pytest.raises(StackError, match="base path"):
+        render(settings, "http://127.0.0.1:16686", tmp_path / "d", tmp_path / "l")
+
+
+def test_processes_say_how_to_build_missing_binaries(tmp_path: Path) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    with pytest.raises(StackError, match=r"Dex binary is missing.*build-tools\.sh"):
+        dex_process(settings, files, binary=tmp_path / "nope")
+    with pytest.raises(StackError, match=r"oauth2-proxy binary is missing.*build-tools\.sh"):
+        gateway_process(settings, files, binary=tmp_path / "nope")
+
+    binary = tmp_path / "bin"
+    binary.write_text("")
+    dex = dex_process(settings, files, tmp_path / "l", binary=binary)
+    assert dex.argv == [str(binary), "serve", str(files.dex_config)]
+    assert dex.ready_urls == ("http://127.0.0.1:5556/dex/.well-known/openid-configuration",)
+    assert dex.listens_on == (5556,)
+    gateway = gateway_process(settings, files, tmp_path / "l", binary=binary)
+    assert gateway.argv == [str(binary), "--config", str(files.gateway_config)]
+    assert gateway.ready_urls == ("http://127.0.0.1:4180/ping",)
+    assert gateway.listens_on == (4180,)
