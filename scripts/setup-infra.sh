@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs and starts what loupe runs on: RabbitMQ and PostgreSQL from Debian's packages.
+# Installs and starts what loupe runs on: RabbitMQ and PostgreSQL from Debian's packages (and
+# Chromium, which the browser test drives).
 # Idempotent: a second run only checks. Everything listens on 127.0.0.1.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ need_root() {
 packages=()
 command -v rabbitmq-server >/dev/null 2>&1 || packages+=(rabbitmq-server)
 [ -x /usr/lib/postgresql/15/bin/postgres ] && command -v pg_ctlcluster >/dev/null 2>&1 || packages+=(postgresql)
+# Debian's Chromium, for the headless-browser sign-in test (Playwright never downloads one).
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 if [ "${#packages[@]}" -gt 0 ]; then
   need_root "installing ${packages[*]}"
   say "apt-get update (once)"

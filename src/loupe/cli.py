@@ -44,6 +44,14 @@ def actors(
 
 
 @app.command()
+def portal() -> None:
+    """Run loupe-portal (behind the sign-in gateway) in the foreground; see LOUPE_PORTAL_URL."""
+    from loupe.portal.app import run_portal
+
+    run_portal()
+
+
+@app.command()
 def up(
     storage: str = typer.Option(
         "badger", help="Jaeger storage: badger (on disk, kept 72 h) or memory (lost on exit)."

@@ -3,127 +3,17 @@ ports, and an HTTP client with a cookie jar that fills in Dex's sign-in form lik
 
 from __future__ import annotations
 
-import json
-import secrets
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from loupe.stack import JaegerPorts, Stack, free_port, jaeger_process
-from loupe.stack.components import dex_process, gateway_process
-from loupe.stack.gateway import GatewayFiles, GatewaySettings, Secrets, render
+from .conftest import API, BROWSER, GATEWAY_SERVICES, Gateway, sign_in
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ("shop-api", "crm-api", "mes-api")
-BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-API = {"Accept": "application/json"}
-
-
-@dataclass
-class Gateway:
-    settings: GatewaySettings
-    files: GatewayFiles
-    jaeger: JaegerPorts
-    password: str
-
-    @property
-    def url(self) -> str:
-        return self.settings.url
-
-    def client(self) -> httpx.Client:
-        # trust_env=False: a proxy from the environment must not see loopback traffic.
-        return httpx.Client(trust_env=False, timeout=10, follow_redirects=True)
-
-    def audit(self) -> list[dict[str, Any]]:
-        lines = self.files.audit_log.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-
-
-class _FormFinder(HTMLParser):
-    """The first form's action and method, with entities already decoded by the parser."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.method: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "form" and self.action is None:
-            values = dict(attrs)
-            self.action = values.get("action") or ""
-            self.method = (values.get("method") or "get").lower()
-
-
-def sign_in(gateway: Gateway, client: httpx.Client, email: str, path: str) -> httpx.Response:
-    """Opens `path` through the gateway as a browser would and completes Dex's password form."""
-    page = client.get(f"{gateway.url}{path}", headers=BROWSER)
-    assert page.status_code == 200, page.text
-    dex = urlsplit(gateway.settings.dex_issuer)
-    assert (page.url.host, page.url.port) == (dex.hostname, dex.port), page.url
-    assert page.url.path.startswith("/dex/auth/local/login"), page.url
-    finder = _FormFinder()
-    finder.feed(page.text)
-    assert finder.action is not None and finder.method == "post", page.text
-    return client.post(
-        urljoin(str(page.url), finder.action),
-        data={"login": email, "password": gateway.password},
-        headers=BROWSER,
-    )
-
-
-def export_span(jaeger: JaegerPorts, service: str) -> None:
-    exporter = OTLPSpanExporter(endpoint=f"{jaeger.otlp_http_url}/v1/traces", timeout=10)
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    try:
-        with provider.get_tracer("loupe.tests").start_as_current_span("probe"):
-            pass
-    finally:
-        provider.shutdown()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    root = tmp_path_factory.mktemp("gateway")
-    password = secrets.token_urlsafe(12)
-    settings = GatewaySettings(
-        address=f"127.0.0.1:{free_port()}",
-        dex_port=free_port(),
-        secrets_dir=root / "secrets",
-    )
-    jaeger = JaegerPorts.pick_free()
-    keys = Secrets.ensure(settings.secrets_dir, {"LOUPE_DEMO_PASSWORD": password})
-    files = render(settings, jaeger.query_url, root / "data", root / "logs", keys)
-    logs = root / "logs"
-    stack = Stack(
-        [
-            jaeger_process("memory", jaeger, logs_dir=logs),
-            dex_process(settings, files, logs),
-            gateway_process(settings, files, logs),
-        ]
-    )
-    with stack:
-        for service in SERVICES:
-            export_span(jaeger, service)
-        deadline = time.monotonic() + 20
-        while True:
-            listed = httpx.get(f"{jaeger.query_url}/api/services", trust_env=False).json()
-            if set(SERVICES) <= set(listed["data"] or []) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        yield Gateway(settings, files, jaeger, password)
+SERVICES = GATEWAY_SERVICES
 
 
 @pytest.mark.parametrize("email", ["devops@example.com", "developer@example.com"])

@@ -172,3 +172,109 @@ def test_processes_say_how_to_build_missing_binaries(tmp_path: Path) -> None:
     assert gateway.argv == [str(binary), "--config", str(files.gateway_config)]
     assert gateway.ready_urls == ("http://127.0.0.1:4180/ping",)
     assert gateway.listens_on == (4180,)
+
+
+def test_external_provider_settings_from_env(tmp_path: Path) -> None:
+    secret = tmp_path / "client-secret"
+    settings = GatewaySettings.from_env(
+        {
+            "LOUPE_OIDC_ISSUER_URL": "https://sso.example.com/realms/workshop/",
+            "LOUPE_OIDC_CLIENT_ID": "loupe-gateway",
+            "LOUPE_OIDC_CLIENT_SECRET_FILE": str(secret),
+            "LOUPE_OIDC_GROUPS_CLAIM": "roles",
+            "LOUPE_GATEWAY_PUBLIC_URL": "https://loupe.example.com/",
+        }
+    )
+    assert not settings.uses_dex
+    assert settings.issuer == "https://sso.example.com/realms/workshop"
+    assert settings.oidc_groups_claim == "roles"
+    assert settings.oidc_scope == "openid email profile"
+    assert settings.callback_url == "https://loupe.example.com/oauth2/callback"
+    assert GatewaySettings.from_env({}).uses_dex
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"LOUPE_OIDC_ISSUER_URL": "https://sso.example.com"}, "LOUPE_OIDC_CLIENT_ID"),
+        (
+            {"LOUPE_OIDC_ISSUER_URL": "https://sso.example.com", "LOUPE_OIDC_CLIENT_ID": "c"},
+            "LOUPE_OIDC_CLIENT_SECRET_FILE",
+        ),
+        (
+            {
+                "LOUPE_OIDC_ISSUER_URL": "http://sso.example.com",
+                "LOUPE_OIDC_CLIENT_ID": "c",
+                "LOUPE_OIDC_CLIENT_SECRET_FILE": "/s",
+            },
+            "https://",
+        ),
+        ({"LOUPE_GATEWAY_PUBLIC_URL": "loupe.example.com"}, "http"),
+    ],
+)
+def test_external_provider_refuses_incomplete_settings(
+    environ: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(StackError, match=problem):
+        GatewaySettings.from_env(environ)
+
+
+def test_render_for_dex_asks_for_groups_and_refresh_tokens(tmp_path: Path) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    proxy = tomllib.loads(files.gateway_config.read_text())
+    assert settings.uses_dex
+    assert files.dex_config.is_file()
+    assert proxy["provider"] == "oidc"
+    assert proxy["oidc_issuer_url"] == "http://127.0.0.1:5556/dex"
+    assert proxy["client_id"] == "loupe-gateway"
+    assert proxy["scope"] == "openid email profile groups offline_access"
+    assert proxy["oidc_groups_claim"] == "groups"
+    assert proxy["provider_display_name"] == "loupe sign-in (Dex)"
+
+
+def test_render_for_another_provider_leaves_dex_out(tmp_path: Path) -> None:
+    secret = tmp_path / "keycloak-client-secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    # A Dex configuration left from an earlier run with Dex is removed.
+    Path(tmp_path / "d" / "gateway").mkdir(parents=True)
+    (tmp_path / "d" / "gateway" / "dex.yaml").write_text("old")
+    settings = GatewaySettings(
+        address="0.0.0.0:8443",
+        public_url="https://loupe.example.com",
+        secrets_dir=tmp_path / "s",
+        oidc_issuer_url="https://sso.example.com/realms/workshop",
+        oidc_client_id="loupe-gateway",
+        oidc_client_secret_file=secret,
+        oidc_groups_claim="roles",
+        oidc_scope="openid email profile roles",
+        oidc_provider_name="Workshop SSO",
+    )
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    assert not files.dex_config.exists()
+    proxy = tomllib.loads(files.gateway_config.read_text())
+    assert proxy["oidc_issuer_url"] == "https://sso.example.com/realms/workshop"
+    assert proxy["client_id"] == "loupe-gateway"
+    assert proxy["client_secret_file"] == str(secret.resolve())
+    assert proxy["redirect_url"] == "https://loupe.example.com/oauth2/callback"
+    assert proxy["oidc_groups_claim"] == "roles"
+    assert proxy["scope"] == "openid email profile roles"
+    assert proxy["provider_display_name"] == "Workshop SSO"
+    assert proxy["allowed_groups"] == ["devops", "developers"]
+    assert "s3cret" not in files.gateway_config.read_text()
+
+    secret.write_text("\n")
+    with pytest.raises(StackError, match="is empty"):
+        render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    secret.unlink()
+    with pytest.raises(StackError, match="cannot read the OIDC client secret file"):
+        render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+
+
+def test_https_public_url_marks_the_cookie_secure(tmp_path: Path) -> None:
+    settings = GatewaySettings(public_url="https://loupe.example.com", secrets_dir=tmp_path / "s")
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    proxy = tomllib.loads(files.gateway_config.read_text())
+    assert proxy["cookie_secure"] is True
+    assert proxy["http_address"] == "127.0.0.1:4180"

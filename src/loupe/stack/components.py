@@ -176,6 +176,30 @@ def gateway_process(
     )
 
 
+def portal_process(
+    env: Mapping[str, str] | None = None,
+    *,
+    otlp_endpoint: str = "http://127.0.0.1:4318",
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+    ready_timeout: float = 30.0,
+) -> Process:
+    """`loupe portal`, which the gateway serves at `/`; `env` decides LOUPE_PORTAL_URL."""
+    from loupe.portal.settings import PortalSettings
+
+    child_env = _child_env(env, otlp_endpoint)
+    settings = PortalSettings.from_env(child_env)
+    local = settings.host in ("127.0.0.1", "localhost")
+    return Process(
+        name="portal",
+        argv=[sys.executable, "-m", "loupe", "portal"],
+        env=child_env,
+        ready_urls=(f"{settings.url}/healthz",),
+        listens_on=(settings.port,) if local else (),
+        ready_timeout=ready_timeout,
+        logs_dir=logs_dir,
+    )
+
+
 def _child_env(env: Mapping[str, str] | None, otlp_endpoint: str) -> dict[str, str]:
     merged = {**os.environ, **(env or {})}
     # Not overriding what the user set lets them point the services at another collector.

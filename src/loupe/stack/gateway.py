@@ -33,6 +33,11 @@ DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:4180"
 DEFAULT_DEX_PORT = 5556
 DEFAULT_ALLOWED_GROUPS = ("devops", "developers")
 CLIENT_ID = "loupe-gateway"
+DEFAULT_GROUPS_CLAIM = "groups"
+# Dex knows the `groups` scope and hands out refresh tokens for offline_access; other providers
+# may refuse scopes they do not know (Google does), so theirs is LOUPE_OIDC_SCOPE.
+DEX_SCOPE = "openid email profile groups offline_access"
+DEFAULT_OIDC_SCOPE = "openid email profile"
 
 DEMO_USERS = {
     "devops@example.com": ("devops",),
@@ -155,6 +160,13 @@ class GatewaySettings:
     LOUPE_GATEWAY_TLS_CERT and LOUPE_GATEWAY_TLS_KEY (PEM files; both or neither),
     LOUPE_DEX_PORT (default 5556), LOUPE_ALLOWED_GROUPS (comma-separated, default
     devops,developers) and LOUPE_SECRETS_DIR (default .secrets).
+
+    Another OpenID Connect provider replaces Dex when LOUPE_OIDC_ISSUER_URL is set; then
+    LOUPE_OIDC_CLIENT_ID and LOUPE_OIDC_CLIENT_SECRET_FILE are required, and
+    LOUPE_OIDC_GROUPS_CLAIM (default groups), LOUPE_OIDC_SCOPE (default "openid email
+    profile") and LOUPE_OIDC_PROVIDER_NAME are optional. LOUPE_GATEWAY_PUBLIC_URL is the
+    gateway's URL as browsers reach it (the redirect URI follows it) when that is not the
+    listening address, e.g. behind a DNS name.
     """
 
     address: str = DEFAULT_GATEWAY_ADDRESS
@@ -163,9 +175,33 @@ class GatewaySettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     secrets_dir: Path = DEFAULT_SECRETS_DIR
+    public_url: str = ""
+    oidc_issuer_url: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret_file: Path | None = None
+    oidc_groups_claim: str = DEFAULT_GROUPS_CLAIM
+    oidc_scope: str = DEFAULT_OIDC_SCOPE
+    oidc_provider_name: str = ""
 
     def __post_init__(self) -> None:
         _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")
+        if self.public_url:
+            public = urlsplit(self.public_url)
+            if public.scheme not in ("http", "https") or not public.hostname:
+                raise StackError(
+                    f"LOUPE_GATEWAY_PUBLIC_URL must be an http(s) URL, got {self.public_url!r}"
+                )
+        if self.oidc_issuer_url:
+            _check_issuer(self.oidc_issuer_url)
+            if not self.oidc_client_id:
+                raise StackError("LOUPE_OIDC_ISSUER_URL is set, so LOUPE_OIDC_CLIENT_ID must be")
+            if self.oidc_client_secret_file is None:
+                raise StackError(
+                    "LOUPE_OIDC_ISSUER_URL is set, so LOUPE_OIDC_CLIENT_SECRET_FILE must name"
+                    " the file holding the client secret"
+                )
+            if not self.oidc_groups_claim:
+                raise StackError("LOUPE_OIDC_GROUPS_CLAIM must name a claim")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise StackError(
                 "set both LOUPE_GATEWAY_TLS_CERT and LOUPE_GATEWAY_TLS_KEY for TLS, or neither"
@@ -195,6 +231,20 @@ class GatewaySettings:
             values["tls_key"] = Path(get("LOUPE_GATEWAY_TLS_KEY"))
         if get("LOUPE_SECRETS_DIR"):
             values["secrets_dir"] = Path(get("LOUPE_SECRETS_DIR"))
+        if get("LOUPE_GATEWAY_PUBLIC_URL"):
+            values["public_url"] = get("LOUPE_GATEWAY_PUBLIC_URL").rstrip("/")
+        if get("LOUPE_OIDC_ISSUER_URL"):
+            values["oidc_issuer_url"] = get("LOUPE_OIDC_ISSUER_URL").rstrip("/")
+            values["oidc_client_id"] = get("LOUPE_OIDC_CLIENT_ID")
+            if get("LOUPE_OIDC_CLIENT_SECRET_FILE"):
+                values["oidc_client_secret_file"] = Path(get("LOUPE_OIDC_CLIENT_SECRET_FILE"))
+            for name, key in (
+                ("LOUPE_OIDC_GROUPS_CLAIM", "oidc_groups_claim"),
+                ("LOUPE_OIDC_SCOPE", "oidc_scope"),
+                ("LOUPE_OIDC_PROVIDER_NAME", "oidc_provider_name"),
+            ):
+                if get(name):
+                    values[key] = get(name)
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -206,8 +256,20 @@ class GatewaySettings:
         return _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")[1]
 
     @property
+    def uses_dex(self) -> bool:
+        """True unless LOUPE_OIDC_ISSUER_URL names another provider (then Dex is not run)."""
+        return not self.oidc_issuer_url
+
+    @property
+    def issuer(self) -> str:
+        """The OpenID Connect issuer the gateway signs users in with."""
+        return self.oidc_issuer_url or self.dex_issuer
+
+    @property
     def url(self) -> str:
-        """The gateway's base URL as a browser on this machine reaches it."""
+        """The gateway's base URL as a browser reaches it (on this machine, by default)."""
+        if self.public_url:
+            return self.public_url
         host, port = _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")
         if host in ("0.0.0.0", "", "[::]", "::"):
             host = "127.0.0.1"
@@ -222,9 +284,26 @@ class GatewaySettings:
         return f"{self.url}/oauth2/callback"
 
 
+def _check_issuer(issuer: str) -> None:
+    parts = urlsplit(issuer)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and loopback:
+        return
+    raise StackError(
+        f"LOUPE_OIDC_ISSUER_URL must be an https:// URL (http:// only on this machine), "
+        f"got {issuer!r}"
+    )
+
+
 @dataclass(frozen=True)
 class GatewayFiles:
-    """What `render` wrote: the two configurations, the pages folder and the audit log path."""
+    """What `render` wrote: the two configurations, the pages folder and the audit log path.
+
+    With another provider than Dex (`GatewaySettings.uses_dex` false) `dex_config` is not
+    written (and an old one is removed).
+    """
 
     directory: Path
     dex_config: Path
@@ -261,10 +340,12 @@ def render(
     data_dir: Path,
     logs_dir: Path,
     secrets_: Secrets | None = None,
+    portal_url: str | None = None,
 ) -> GatewayFiles:
     """Writes dex.yaml, oauth2-proxy.cfg and templates/error.html under `data_dir`/gateway.
 
-    `jaeger_query_url` is Jaeger's query URL with its base path (`JaegerPorts.query_url`).
+    `jaeger_query_url` is Jaeger's query URL with its base path (`JaegerPorts.query_url`);
+    `portal_url` is loupe-portal's, served at `/` (a static 200 there without it).
     """
     for name, path in (("certificate", settings.tls_cert), ("key", settings.tls_key)):
         if path is not None and not path.is_file():
@@ -282,20 +363,25 @@ def render(
         secrets=secrets_,
     )
 
-    _render(
-        DEX_TEMPLATE,
-        _encoded(
-            {
-                "issuer": settings.dex_issuer,
-                "web_address": f"127.0.0.1:{settings.dex_port}",
-                "client_id": CLIENT_ID,
-                "client_secret": secrets_.client_secret,
-                "redirect_uri": settings.callback_url,
-                "demo_password_hash": bcrypt_hash(secrets_.demo_password),
-            }
-        ),
-        files.dex_config,
-    )
+    if settings.oidc_client_secret_file is not None:
+        # Only checked, never copied or re-moded (the file is the operator's): oauth2-proxy
+        # reads it itself.
+        try:
+            readable = settings.oidc_client_secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StackError(
+                f"cannot read the OIDC client secret file {settings.oidc_client_secret_file}:"
+                f" {exc.strerror or exc}"
+            ) from exc
+        if not readable:
+            raise StackError(
+                f"the OIDC client secret file {settings.oidc_client_secret_file} is empty"
+            )
+
+    if settings.uses_dex:
+        _render_dex(settings, secrets_, files)
+    else:
+        files.dex_config.unlink(missing_ok=True)
 
     # oauth2-proxy passes request paths through unchanged, so Jaeger is served under the same
     # path on the gateway as its base_path on the query port.
@@ -310,11 +396,21 @@ def render(
                 "https_address": settings.address,
                 "tls_cert_file": str(settings.tls_cert.resolve()) if settings.tls_cert else "",
                 "tls_key_file": str(settings.tls_key.resolve()) if settings.tls_key else "",
-                "upstreams": [jaeger_query_url.rstrip("/") + "/", "static://200"],
-                "provider_name": "loupe sign-in (Dex)",
-                "oidc_issuer_url": settings.dex_issuer,
-                "client_id": CLIENT_ID,
-                "client_secret_file": str(secrets_.client_secret_file),
+                "upstreams": [
+                    jaeger_query_url.rstrip("/") + "/",
+                    portal_url.rstrip("/") + "/" if portal_url else "static://200",
+                ],
+                "provider_name": settings.oidc_provider_name
+                or ("loupe sign-in (Dex)" if settings.uses_dex else "loupe sign-in"),
+                "oidc_issuer_url": settings.issuer,
+                "client_id": settings.oidc_client_id or CLIENT_ID,
+                "client_secret_file": str(
+                    settings.oidc_client_secret_file.resolve()
+                    if settings.oidc_client_secret_file is not None
+                    else secrets_.client_secret_file
+                ),
+                "scope": DEX_SCOPE if settings.uses_dex else settings.oidc_scope,
+                "groups_claim": settings.oidc_groups_claim,
                 "redirect_url": settings.callback_url,
                 "allowed_groups": list(settings.allowed_groups),
                 "cookie_secret_file": str(secrets_.cookie_secret_file),
@@ -323,7 +419,8 @@ def render(
             }
         )
         # A bare TOML boolean, not a string.
-        | {"cookie_secure": "true" if settings.tls else "false"},
+        # Secure whenever browsers use https, also when TLS ends at a proxy in front.
+        | {"cookie_secure": "true" if settings.url.startswith("https://") else "false"},
         files.gateway_config,
     )
 
@@ -331,3 +428,20 @@ def render(
     for page in sorted(GATEWAY_PAGES.glob("*.html")):
         _render(page, {"allowed_groups": html.escape(groups)}, files.pages / page.name)
     return files
+
+
+def _render_dex(settings: GatewaySettings, secrets_: Secrets, files: GatewayFiles) -> None:
+    _render(
+        DEX_TEMPLATE,
+        _encoded(
+            {
+                "issuer": settings.dex_issuer,
+                "web_address": f"127.0.0.1:{settings.dex_port}",
+                "client_id": CLIENT_ID,
+                "client_secret": secrets_.client_secret,
+                "redirect_uri": settings.callback_url,
+                "demo_password_hash": bcrypt_hash(secrets_.demo_password),
+            }
+        ),
+        files.dex_config,
+    )

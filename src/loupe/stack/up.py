@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from loupe.config import SERVICES, Settings
+from loupe.portal.settings import PortalSettings
 from loupe.stack.components import (
     JaegerPorts,
     Storage,
@@ -21,11 +23,19 @@ from loupe.stack.components import (
     dex_process,
     gateway_process,
     jaeger_process,
+    portal_process,
     preflight,
     service_process,
     service_url,
 )
-from loupe.stack.gateway import DEMO_USERS, GatewayFiles, GatewaySettings, Secrets, render
+from loupe.stack.gateway import (
+    CLIENT_ID,
+    DEMO_USERS,
+    GatewayFiles,
+    GatewaySettings,
+    Secrets,
+    render,
+)
 from loupe.stack.process import StackError, indent
 from loupe.stack.supervisor import Stack
 
@@ -75,11 +85,15 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     console.print("[green]✓[/] RabbitMQ and PostgreSQL are reachable")
 
     keys = Secrets.ensure(gateway.secrets_dir)
-    files = render(gateway, ports.query_url, data_dir, logs_dir, keys)
+    portal_env = portal_environment(gateway)
+    portal_url = PortalSettings.from_env(portal_env).url
+    files = render(gateway, ports.query_url, data_dir, logs_dir, keys, portal_url=portal_url)
 
     stack.add(jaeger_process(storage, ports, data_dir / "jaeger", logs_dir))
-    stack.add(dex_process(gateway, files, logs_dir))
+    if gateway.uses_dex:
+        stack.add(dex_process(gateway, files, logs_dir))
     stack.add(gateway_process(gateway, files, logs_dir))
+    stack.add(portal_process(portal_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     for service in SERVICES:
         stack.add(service_process(service, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     if actors:
@@ -111,6 +125,18 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         time.sleep(0.5)
 
 
+def portal_environment(
+    gateway: GatewaySettings, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """The portal's variables: it accepts ID tokens from the gateway's issuer and client,
+    and lets in the same groups as the gateway (unless set otherwise)."""
+    env = dict(environ)
+    env["LOUPE_OIDC_ISSUER_URL"] = gateway.issuer
+    env["LOUPE_OIDC_CLIENT_ID"] = gateway.oidc_client_id or CLIENT_ID
+    env.setdefault("LOUPE_ALLOWED_GROUPS", ",".join(gateway.allowed_groups))
+    return env
+
+
 def _stop(stack: Stack, console: Console) -> None:
     # A second Ctrl-C must not abandon children half-way; each stop is bounded anyway
     # (SIGKILL after the stack's timeout).
@@ -133,10 +159,13 @@ def _urls(
     table = Table(title="loupe is running", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("Sign in (gateway)", f"{gateway.url}/")
+    table.add_row("Sign in (gateway), loupe-portal", f"{gateway.url}/")
+    table.add_row("Who am I, signed in", f"{gateway.url}/api/whoami")
     table.add_row("Jaeger API, signed in", f"{gateway.url}/jaeger/api/services")
     table.add_row("Sign out", f"{gateway.url}/oauth2/sign_out")
-    table.add_row("Identity provider (Dex)", gateway.dex_issuer)
+    table.add_row(
+        "Identity provider (Dex)" if gateway.uses_dex else "Identity provider", gateway.issuer
+    )
     table.add_row("Audit log", str(files.audit_log))
     for service in SERVICES:
         url = service_url(service, os.environ)
@@ -152,6 +181,14 @@ def _urls(
 
 def _sign_in(gateway: GatewaySettings, keys: Secrets) -> str:
     """Who can sign in, and with which password (shown only when it was just generated)."""
+    if not gateway.uses_dex:
+        allowed = ", ".join(gateway.allowed_groups)
+        return (
+            f"[bold]==>[/] sign in at [bold]{escape(gateway.url)}/[/] with "
+            f"{escape(gateway.issuer)}\n"
+            f"    only the groups {escape(allowed)} (claim {escape(gateway.oidc_groups_claim)})"
+            " get in (LOUPE_ALLOWED_GROUPS)"
+        )
     users = ", ".join(
         f"{email} ({', '.join(groups) or 'no group'})" for email, groups in DEMO_USERS.items()
     )

@@ -1,0 +1,154 @@
+"""Verifying the OIDC ID token the gateway passes as `Authorization: Bearer <token>`.
+
+The signature is checked against the issuer's published keys (JWKS, found through its discovery
+document and cached), then `iss`, `aud` (our client id) and `exp`. Headers such as
+X-Forwarded-User are never read: anyone who reaches the portal directly could set them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+# Asymmetric algorithms only: an HMAC "signature" made with a public key must never pass.
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+LEEWAY_SECONDS = 30
+
+
+class Unauthenticated(Exception):
+    """No valid ID token; the text says why (safe to show the caller)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    email: str
+    groups: tuple[str, ...]
+    claims: dict[str, Any]
+
+
+class Jwks:
+    """The issuer's signing keys, fetched through its discovery document and cached.
+
+    Keys are kept for `ttl` seconds; a token signed with a key id not seen yet triggers one
+    early refetch (at most every `min_refetch` seconds), so key rotation is picked up.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        ttl: float = 3600.0,
+        min_refetch: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.issuer = issuer.rstrip("/")
+        self._ttl = ttl
+        self._min_refetch = min_refetch
+        self._transport = transport
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _fetch(self) -> None:
+        async with httpx.AsyncClient(
+            transport=self._transport, timeout=5.0, trust_env=False
+        ) as client:
+            discovery = await client.get(f"{self.issuer}/.well-known/openid-configuration")
+            discovery.raise_for_status()
+            document = discovery.json()
+            if document.get("issuer", "").rstrip("/") != self.issuer:
+                raise Unauthenticated(
+                    "the identity provider's discovery document names another issuer"
+                )
+            answer = await client.get(document["jwks_uri"])
+            answer.raise_for_status()
+        keys = {}
+        for data in answer.json().get("keys", []):
+            if data.get("use", "sig") != "sig" or "kid" not in data:
+                continue
+            try:
+                keys[data["kid"]] = jwt.PyJWK(data)
+            except jwt.PyJWKError:
+                continue
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def key(self, kid: str) -> jwt.PyJWK:
+        async with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if age > self._ttl or (kid not in self._keys and age > self._min_refetch):
+                try:
+                    await self._fetch()
+                except (httpx.HTTPError, KeyError, ValueError) as exc:
+                    raise Unauthenticated(
+                        f"cannot fetch the identity provider's keys ({type(exc).__name__})"
+                    ) from exc
+        if kid not in self._keys:
+            raise Unauthenticated(
+                "the token is signed with a key the identity provider does not publish"
+            )
+        return self._keys[kid]
+
+
+class TokenVerifier:
+    def __init__(self, jwks: Jwks, client_id: str, groups_claim: str = "groups") -> None:
+        self._jwks = jwks
+        self._client_id = client_id
+        self._groups_claim = groups_claim
+
+    async def verify_header(self, authorization: str | None) -> Identity:
+        """The identity in an `Authorization: Bearer <ID token>` header, or Unauthenticated."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated(
+                "no ID token: sign in through the gateway, which passes it as "
+                "'Authorization: Bearer <token>'"
+            )
+        return await self.verify(token.strip())
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from exc
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in ALGORITHMS:
+            raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+        if not isinstance(kid, str):
+            raise Unauthenticated("the token names no signing key (kid)")
+        key = await self._jwks.key(kid)
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self._client_id,
+                issuer=self._jwks.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("the token has expired; sign in again") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("the token was issued for another client") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("the token comes from another issuer") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthenticated("the token's signature does not verify") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from exc
+        groups = claims.get(self._groups_claim) or []
+        if not isinstance(groups, list):
+            groups = []
+        return Identity(
+            subject=str(claims["sub"]),
+            email=str(claims.get("email", "")),
+            groups=tuple(str(g) for g in groups),
+            claims=claims,
+        )

@@ -1,0 +1,166 @@
+"""The dead-letter queue, read without consuming and moved back to the work queues."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aio_pika
+import httpx
+from aio_pika.abc import AbstractIncomingMessage
+
+from loupe.messaging.consumer import (
+    ATTEMPT_HEADER,
+    FAILED_AT_HEADER,
+    ORDER_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    SERVICE_HEADER,
+)
+from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES
+from loupe.portal.settings import PortalSettings
+
+REQUEUED_BY_HEADER = "x-loupe-requeued-by"
+# Dropped when a dead letter goes back to work: a fresh start, and no stale broker history.
+_STRIPPED = (ATTEMPT_HEADER, REASON_HEADER, FAILED_AT_HEADER, QUEUE_HEADER, SERVICE_HEADER)
+_BROKER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str | None
+    order_id: str | None
+    queue: str | None
+    reason: str | None
+    attempts: int | None
+    failed_at: str | None
+    service: str | None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value) if value not in (None, "") else None
+
+
+def _order_from_body(body: str | bytes | None) -> str | None:
+    try:
+        data = json.loads(body or "")
+    except (ValueError, TypeError):
+        return None
+    value = data.get("order_id") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
+def describe(
+    headers: dict[str, Any], body: str | bytes | None, message_id: str | None
+) -> DeadLetter:
+    attempts = headers.get(ATTEMPT_HEADER)
+    try:
+        attempts = int(attempts) if attempts is not None else None
+    except (TypeError, ValueError):
+        attempts = None
+    return DeadLetter(
+        message_id=message_id,
+        order_id=_text(headers.get(ORDER_HEADER)) or _order_from_body(body),
+        queue=_text(headers.get(QUEUE_HEADER)),
+        reason=_text(headers.get(REASON_HEADER)),
+        attempts=attempts,
+        failed_at=_text(headers.get(FAILED_AT_HEADER)),
+        service=_text(headers.get(SERVICE_HEADER)),
+    )
+
+
+async def list_dead_letters(settings: PortalSettings, limit: int = 100) -> list[dict[str, Any]]:
+    """Up to `limit` dead letters, read through the management API and put straight back
+    (ackmode ack_requeue_true), so nothing is consumed."""
+    vhost = quote(settings.vhost, safe="")
+    queue = quote(DEAD_LETTER_QUEUE, safe="")
+    url = f"{settings.management_url}/api/queues/{vhost}/{queue}/get"
+    async with httpx.AsyncClient(
+        auth=settings.amqp_credentials, timeout=10.0, trust_env=False
+    ) as client:
+        response = await client.post(
+            url,
+            json={
+                "count": limit,
+                "ackmode": "ack_requeue_true",
+                "encoding": "auto",
+                "truncate": 100_000,
+            },
+        )
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    letters = []
+    for item in response.json():
+        properties = item.get("properties") or {}
+        headers = properties.get("headers") or {}
+        letters.append(asdict(describe(headers, item.get("payload"), properties.get("message_id"))))
+    return letters
+
+
+async def requeue_dead_letters(
+    settings: PortalSettings, requested_by: str, order_id: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Moves dead letters (those of `order_id` only, when given) back to their work queue.
+
+    Each copy goes through the default exchange to the queue named in x-loupe-queue, and is
+    confirmed by the broker before its dead letter is acked; on any failure the dead letter
+    is put back. Letters left alone are held unacked until the end, so none is read twice.
+    """
+    requeued: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    held: list[AbstractIncomingMessage] = []
+    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=True)
+        while True:
+            message = await queue.get(no_ack=False, fail=False, timeout=10)
+            if message is None:
+                break
+            headers = dict(message.headers or {})
+            letter = describe(headers, message.body, message.message_id)
+            if order_id is not None and letter.order_id != order_id:
+                held.append(message)
+                continue
+            if letter.queue not in QUEUES:
+                held.append(message)
+                skipped.append({**asdict(letter), "why": "no known work queue in x-loupe-queue"})
+                continue
+            kept = {
+                k: v
+                for k, v in headers.items()
+                if k not in _STRIPPED and not k.startswith(_BROKER_PREFIXES)
+            }
+            kept[REQUEUED_BY_HEADER] = requested_by
+            copy = aio_pika.Message(
+                message.body,
+                headers=kept,
+                message_id=message.message_id,
+                content_type=message.content_type,
+                type=message.type,
+                app_id=message.app_id,
+                timestamp=message.timestamp,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            try:
+                await channel.default_exchange.publish(
+                    copy, routing_key=letter.queue, mandatory=True
+                )
+            except Exception as exc:
+                held.append(message)
+                skipped.append({**asdict(letter), "why": f"publish failed: {type(exc).__name__}"})
+                continue
+            await message.ack()
+            requeued.append(asdict(letter))
+    finally:
+        try:
+            for message in held:
+                await message.nack(requeue=True)
+        finally:
+            await connection.close()
+    return {"requeued": requeued, "skipped": skipped}

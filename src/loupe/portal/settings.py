@@ -1,0 +1,73 @@
+"""The portal's settings, read from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_PORTAL_URL = "http://127.0.0.1:8090"
+DEFAULT_ISSUER = "http://127.0.0.1:5556/dex"
+DEFAULT_CLIENT_ID = "loupe-gateway"
+DEFAULT_READ_GROUPS = ("devops", "developers")
+DEFAULT_ACT_GROUPS = ("devops",)
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/loupe"
+DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
+
+
+def _groups(raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    groups = tuple(g.strip() for g in raw.split(",") if g.strip())
+    return groups or default
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    """Read from LOUPE_PORTAL_URL (where it listens); LOUPE_OIDC_ISSUER_URL,
+    LOUPE_OIDC_CLIENT_ID and LOUPE_OIDC_GROUPS_CLAIM (whose ID tokens it accepts, where the
+    groups are); LOUPE_ALLOWED_GROUPS (may read) and LOUPE_OPERATOR_GROUPS (may act);
+    LOUPE_AMQP_URL and LOUPE_RABBITMQ_MANAGEMENT_URL (where the dead letters are)."""
+
+    url: str = DEFAULT_PORTAL_URL
+    issuer: str = DEFAULT_ISSUER
+    client_id: str = DEFAULT_CLIENT_ID
+    groups_claim: str = "groups"
+    read_groups: tuple[str, ...] = DEFAULT_READ_GROUPS
+    act_groups: tuple[str, ...] = DEFAULT_ACT_GROUPS
+    amqp_url: str = DEFAULT_AMQP_URL
+    management_url: str = DEFAULT_MANAGEMENT_URL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> PortalSettings:
+        def get(name: str, default: str) -> str:
+            return environ.get(name, "").strip() or default
+
+        return cls(
+            url=get("LOUPE_PORTAL_URL", cls.url).rstrip("/"),
+            issuer=get("LOUPE_OIDC_ISSUER_URL", cls.issuer).rstrip("/"),
+            client_id=get("LOUPE_OIDC_CLIENT_ID", cls.client_id),
+            groups_claim=get("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim),
+            read_groups=_groups(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
+            act_groups=_groups(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
+            amqp_url=get("LOUPE_AMQP_URL", cls.amqp_url),
+            management_url=get("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url).rstrip("/"),
+        )
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 8090
+
+    @property
+    def vhost(self) -> str:
+        """The RabbitMQ virtual host named by LOUPE_AMQP_URL ("/" when it names none)."""
+        path = urlsplit(self.amqp_url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
+
+    @property
+    def amqp_credentials(self) -> tuple[str, str]:
+        parts = urlsplit(self.amqp_url)
+        return unquote(parts.username or "guest"), unquote(parts.password or "guest")
