@@ -403,36 +403,38 @@ class ServiceRuntime:
         return app
 
 
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry."""
+    import uvicorn
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    from loupe.telemetry import shutdown_telemetry
+
+    # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
+    )
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    try:
+        asyncio.run(uvicorn.Server(config).serve())
+    finally:
+        shutdown_telemetry()
+
+
 def run_service(service: str, port: int | None = None) -> None:
-    """Run one service with uvicorn until SIGINT/SIGTERM."""
+    """Run one order service until SIGINT/SIGTERM."""
     import importlib
 
-    import uvicorn
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    from loupe.telemetry import configure_telemetry, shutdown_telemetry
+    from loupe.telemetry import configure_telemetry
 
     settings = Settings.from_env()
     configure_telemetry(SERVICE_NAMES[service])
     AsyncPGInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
     module = importlib.import_module(f"loupe.{service}.app")
-    app: FastAPI = module.create_app(settings)
-    # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
-    )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=port or settings.port(service),
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    try:
-        asyncio.run(uvicorn.Server(config).serve())
-    finally:
-        shutdown_telemetry()
+    serve(module.create_app(settings), settings.host, port or settings.port(service))

@@ -146,29 +146,10 @@ def create_app(settings: PortalSettings, verifier: TokenVerifier | None = None) 
 
 
 def run_portal() -> None:
-    """Run loupe-portal with uvicorn until SIGINT/SIGTERM."""
-    import asyncio
-
-    import uvicorn
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    from loupe.telemetry import configure_telemetry, shutdown_telemetry
+    """Run loupe-portal until SIGINT/SIGTERM."""
+    from loupe.runtime import serve
+    from loupe.telemetry import configure_telemetry
 
     settings = PortalSettings.from_env()
     configure_telemetry("loupe-portal")
-    app = create_app(settings)
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
-    )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    try:
-        asyncio.run(uvicorn.Server(config).serve())
-    finally:
-        shutdown_telemetry()
+    serve(create_app(settings), settings.host, settings.port)
