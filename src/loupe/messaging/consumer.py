@@ -38,7 +38,8 @@ ROUTING_KEY_HEADER = "x-loupe-routing-key"
 FAILED_AT_HEADER = "x-loupe-failed-at"
 SERVICE_HEADER = "x-loupe-service"
 ORDER_HEADER = "x-loupe-order-id"
-_BROKER_DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+# The broker's own dead-lettering and redelivery history: meaningless on a re-sent copy.
+BROKER_HISTORY_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 
 class PoisonMessage(Exception):
@@ -199,9 +200,8 @@ class Consumer:
             await message.ack()
 
     def _forward_headers(self, headers: dict[str, Any], exchange: str, key: str) -> dict[str, Any]:
-        # The broker's own dead-lettering history (from the delay queue) would only mislead.
-        forwarded = {k: v for k, v in headers.items() if not k.startswith(_BROKER_DEATH_HEADERS)}
-        forwarded.pop("x-delivery-count", None)
+        # The broker's history (from the delay queue) would only mislead on the new copy.
+        forwarded = {k: v for k, v in headers.items() if not k.startswith(BROKER_HISTORY_HEADERS)}
         forwarded[EXCHANGE_HEADER] = exchange
         forwarded[ROUTING_KEY_HEADER] = key
         return forwarded

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from loupe.messaging.consumer import (
     ATTEMPT_HEADER,
+    BROKER_HISTORY_HEADERS,
     FAILED_AT_HEADER,
     ORDER_HEADER,
     QUEUE_HEADER,
@@ -25,7 +26,6 @@ from loupe.portal.settings import PortalSettings
 REQUEUED_BY_HEADER = "x-loupe-requeued-by"
 # Dropped when a dead letter goes back to work: a fresh start, and no stale broker history.
 _STRIPPED = (ATTEMPT_HEADER, REASON_HEADER, FAILED_AT_HEADER, QUEUE_HEADER, SERVICE_HEADER)
-_BROKER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ async def requeue_dead_letters(
             kept = {
                 k: v
                 for k, v in headers.items()
-                if k not in _STRIPPED and not k.startswith(_BROKER_PREFIXES)
+                if k not in _STRIPPED and not k.startswith(BROKER_HISTORY_HEADERS)
             }
             kept[REQUEUED_BY_HEADER] = requested_by
             copy = aio_pika.Message(

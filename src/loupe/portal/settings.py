@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from loupe.config import Settings
+
 DEFAULT_PORTAL_URL = "http://127.0.0.1:8090"
 DEFAULT_ISSUER = "http://127.0.0.1:5556/dex"
 DEFAULT_CLIENT_ID = "loupe-gateway"
 DEFAULT_READ_GROUPS = ("devops", "developers")
 DEFAULT_ACT_GROUPS = ("devops",)
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/loupe"
+DEFAULT_AMQP_URL = Settings.amqp_url
 DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
 
 

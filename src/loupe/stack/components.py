@@ -162,7 +162,7 @@ def gateway_process(
     process log.
     """
     _require_binary(binary, "oauth2-proxy")
-    local = settings.address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "0.0.0.0", "")
+    local = settings.host in ("127.0.0.1", "localhost", "0.0.0.0", "")
     return Process(
         name="gateway",
         argv=[str(binary), "--config", str(files.gateway_config)],

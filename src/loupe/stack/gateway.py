@@ -252,6 +252,10 @@ class GatewaySettings:
         return self.tls_cert is not None
 
     @property
+    def host(self) -> str:
+        return _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")[0]
+
+    @property
     def port(self) -> int:
         return _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")[1]
 
@@ -270,10 +274,10 @@ class GatewaySettings:
         """The gateway's base URL as a browser reaches it (on this machine, by default)."""
         if self.public_url:
             return self.public_url
-        host, port = _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")
+        host = self.host
         if host in ("0.0.0.0", "", "[::]", "::"):
             host = "127.0.0.1"
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def dex_issuer(self) -> str:

@@ -87,13 +87,6 @@ def configure_telemetry(service_name: str, service_version: str = "0.1.0") -> Tr
     return provider
 
 
-def add_span_exporter(exporter: SpanExporter) -> None:
-    """Attach one more exporter (tests attach an in-memory one); it is redacted like the rest."""
-    if _provider is None:
-        raise RuntimeError("configure_telemetry() has not run or tracing is disabled")
-    _provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(exporter)))
-
-
 def shutdown_telemetry() -> None:
     """Flush what is queued, briefly: a missing collector must not hold up shutdown."""
     global _provider
