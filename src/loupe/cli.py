@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from loupe.config import SERVICES
@@ -49,6 +51,91 @@ def portal() -> None:
     from loupe.portal.app import run_portal
 
     run_portal()
+
+
+@app.command()
+def monitor() -> None:
+    """Run loupe-monitor (OTLP intake, detection, API) in the foreground; see LOUPE_MONITOR_*."""
+    from loupe.monitor.app import run_monitor
+
+    run_monitor()
+
+
+def _report(action: Any, render: Any, as_json: bool) -> None:
+    from rich.console import Console
+
+    from loupe.monitor.report import ReportError, dump, read
+    from loupe.monitor.settings import MonitorSettings
+
+    try:
+        data = read(MonitorSettings.from_env(), action)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if data is None:
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(dump(data))
+    else:
+        render(data, Console())
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON (the API's contract) instead.")
+
+
+@app.command()
+def stuck(
+    as_json: bool = JSON_OPTION,
+    state: str = typer.Option("", help="Only `stuck` or only `broken` (default: both)."),
+) -> None:
+    """Orders stuck or broken now: where, since when, the trace to open, the evidence."""
+    from loupe.monitor import report, store
+
+    if state not in ("", "stuck", "broken"):
+        raise typer.BadParameter("--state must be stuck or broken")
+
+    async def action(pool: Any) -> Any:
+        found = await store.findings(pool, state or None)
+        return {"count": len(found), "findings": found}
+
+    _report(action, lambda data, console: report.print_findings(data["findings"], console), as_json)
+
+
+@app.command()
+def journey(
+    order_id: str = typer.Argument(..., help="The order's id (order.id in the traces)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """One order's transitions in order: when, which service, which trace."""
+    from loupe.monitor import report, store
+
+    async def action(pool: Any) -> Any:
+        found = await store.journey(pool, order_id)
+        if found is None:
+            typer.echo(f"no spans of order {order_id} have reached the monitor", err=True)
+        return found
+
+    _report(action, report.print_journey, as_json)
+
+
+@app.command()
+def incidents(
+    as_json: bool = JSON_OPTION,
+    status: str = typer.Option("all", help="open, resolved or all."),
+    window_hours: float = typer.Option(168.0, help="Resolved incidents of this many hours."),
+) -> None:
+    """Incidents (findings sharing a place), with MTTD and MTTR."""
+    from datetime import timedelta
+
+    from loupe.monitor import report, store
+
+    if status not in ("open", "resolved", "all"):
+        raise typer.BadParameter("--status must be open, resolved or all")
+
+    async def action(pool: Any) -> Any:
+        return await store.incidents(pool, status, timedelta(hours=window_hours))
+
+    _report(action, report.print_incidents, as_json)
 
 
 @app.command()

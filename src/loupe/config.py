@@ -7,6 +7,7 @@ Each setting has a documented default that works on a developer machine set up b
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,21 +20,21 @@ SERVICE_NAMES = {"shop": "shop-api", "crm": "crm-api", "mes": "mes-api"}
 DEFAULT_PORTS = {"shop": 8081, "crm": 8082, "mes": 8083}
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
+def _env(name: str, default: str, environ: Mapping[str, str] = os.environ) -> str:
+    value = environ.get(name, "").strip()
     return value or default
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = _env(name, str(default))
+def _env_float(name: str, default: float, environ: Mapping[str, str] = os.environ) -> float:
+    raw = _env(name, str(default), environ)
     try:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
+def _env_int(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
+    raw = _env(name, str(default), environ)
     try:
         return int(raw)
     except ValueError:
@@ -57,24 +58,24 @@ class Settings:
     prefetch: int = 8
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         urls = {
-            s: _env(f"LOUPE_{s.upper()}_URL", f"http://127.0.0.1:{p}")
+            s: _env(f"LOUPE_{s.upper()}_URL", f"http://127.0.0.1:{p}", environ)
             for s, p in DEFAULT_PORTS.items()
         }
         settings = cls(
-            amqp_url=_env("LOUPE_AMQP_URL", cls.amqp_url),
-            postgres_dsn=_env("LOUPE_POSTGRES_DSN", cls.postgres_dsn),
-            database_prefix=_env("LOUPE_DATABASE_PREFIX", cls.database_prefix),
-            data_dir=Path(_env("LOUPE_DATA_DIR", str(cls.data_dir))),
-            host=_env("LOUPE_HOST", cls.host),
+            amqp_url=_env("LOUPE_AMQP_URL", cls.amqp_url, environ),
+            postgres_dsn=_env("LOUPE_POSTGRES_DSN", cls.postgres_dsn, environ),
+            database_prefix=_env("LOUPE_DATABASE_PREFIX", cls.database_prefix, environ),
+            data_dir=Path(_env("LOUPE_DATA_DIR", str(cls.data_dir), environ)),
+            host=_env("LOUPE_HOST", cls.host, environ),
             service_urls=urls,
-            pricing_seconds=_env_float("LOUPE_PRICING_SECONDS", cls.pricing_seconds),
+            pricing_seconds=_env_float("LOUPE_PRICING_SECONDS", cls.pricing_seconds, environ),
             max_delivery_attempts=_env_int(
-                "LOUPE_MAX_DELIVERY_ATTEMPTS", cls.max_delivery_attempts
+                "LOUPE_MAX_DELIVERY_ATTEMPTS", cls.max_delivery_attempts, environ
             ),
-            retry_delay_ms=_env_int("LOUPE_RETRY_DELAY_MS", cls.retry_delay_ms),
-            prefetch=_env_int("LOUPE_PREFETCH", cls.prefetch),
+            retry_delay_ms=_env_int("LOUPE_RETRY_DELAY_MS", cls.retry_delay_ms, environ),
+            prefetch=_env_int("LOUPE_PREFETCH", cls.prefetch, environ),
         )
         if settings.max_delivery_attempts < 1:
             raise ValueError("LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1")

@@ -403,8 +403,11 @@ class ServiceRuntime:
         return app
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry."""
+def serve(app: FastAPI, host: str, port: int, excluded_urls: str = "healthz") -> None:
+    """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry.
+
+    `excluded_urls` (comma-separated regular expressions) are served untraced.
+    """
     import uvicorn
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -412,7 +415,7 @@ def serve(app: FastAPI, host: str, port: int) -> None:
 
     # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
+        app, excluded_urls=excluded_urls, exclude_spans=["receive", "send"]
     )
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, lifespan="on"

@@ -296,6 +296,9 @@ async def test_poison_message_is_dead_lettered_at_once(
     (span,) = await wait_for_consumer_spans(spans, QUEUE, 1)
     assert _attributes(span)["loupe.messaging.delivery_attempt"] == 1
     assert span.status.status_code is StatusCode.ERROR
+    # The monitor finds the dead letter by the order it named, if it named one.
+    assert _attributes(span).get("order.id") == order_id
+    assert [e.name for e in span.events if e.name == "dead-lettered"] == ["dead-lettered"]
     assert handler.calls == []
     if order_id is None:
         assert dead_letters.calls == []

@@ -262,9 +262,13 @@ class Consumer:
                 SERVICE_HEADER: self._service,
             }
         )
+        span = trace.get_current_span()
         if order_id:
             forwarded[ORDER_HEADER] = order_id
-        trace.get_current_span().add_event("dead-lettered", {"loupe.messaging.reason": reason})
+            # A poison event that named its order before failing to parse still belongs to that
+            # order: the monitor finds the dead letter by it.
+            span.set_attribute(ORDER_ID, order_id)
+        span.add_event("dead-lettered", {"loupe.messaging.reason": reason})
         log.error(
             "dead-lettering message %s from %s: %s",
             delivery.message_id,

@@ -2,70 +2,35 @@
 
 import html
 import logging
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from loupe.portal.auth import Identity, Jwks, TokenVerifier, Unauthenticated
+from loupe.access import Access, Identity, TokenVerifier
 from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
 from loupe.portal.settings import PortalSettings
 
 log = logging.getLogger(__name__)
-
-Role = Literal["operator", "reader", "none"]
-
-
-class Forbidden(Exception):
-    def __init__(self, message: str, needed: tuple[str, ...]) -> None:
-        super().__init__(message)
-        self.needed = needed
 
 
 class RequeueRequest(BaseModel):
     order_id: str | None = None
 
 
-def role_of(identity: Identity, settings: PortalSettings) -> Role:
-    groups = set(identity.groups)
-    if groups & set(settings.act_groups):
-        return "operator"
-    if groups & set(settings.read_groups):
-        return "reader"
-    return "none"
-
-
 def create_app(settings: PortalSettings, verifier: TokenVerifier | None = None) -> FastAPI:
-    verifier = verifier or TokenVerifier(
-        Jwks(settings.issuer), settings.client_id, settings.groups_claim
-    )
+    access = Access(settings.access, verifier)
     app = FastAPI(
         title="loupe-portal",
         description="loupe's own pages behind the sign-in gateway.",
     )
-
-    async def identity(request: Request) -> Identity:
-        # Only the ID token counts; X-Forwarded-User, -Email and -Groups are ignored.
-        return await verifier.verify_header(request.headers.get("authorization"))
-
-    Who = Annotated[Identity, Depends(identity)]
-
-    def require(who: Identity, role: Role) -> None:
-        granted = role_of(who, settings)
-        if role == "reader" and granted in ("reader", "operator"):
-            return
-        if role == "operator" and granted == "operator":
-            return
-        needed = settings.act_groups if role == "operator" else settings.read_groups
-        raise Forbidden(
-            f"{who.email or who.subject} is not in a group allowed to do this; "
-            f"it needs one of: {', '.join(needed)}",
-            needed,
-        )
+    access.install(app, "loupe-portal")
+    Who = access.who
+    require = access.require
 
     def whoami_body(who: Identity) -> dict[str, Any]:
-        role = role_of(who, settings)
+        role = access.role(who)
         return {
             "email": who.email,
             "subject": who.subject,
@@ -74,21 +39,6 @@ def create_app(settings: PortalSettings, verifier: TokenVerifier | None = None) 
             "can_read": role in ("reader", "operator"),
             "can_act": role == "operator",
         }
-
-    @app.exception_handler(Unauthenticated)
-    async def unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
-        return JSONResponse(
-            {"error": "unauthenticated", "detail": str(exc)},
-            status_code=401,
-            headers={"WWW-Authenticate": 'Bearer realm="loupe-portal"'},
-        )
-
-    @app.exception_handler(Forbidden)
-    async def forbidden(_: Request, exc: Forbidden) -> JSONResponse:
-        return JSONResponse(
-            {"error": "forbidden", "detail": str(exc), "needs_group": list(exc.needed)},
-            status_code=403,
-        )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import quote
 
 import aio_pika
-import httpx
 from aio_pika.abc import AbstractIncomingMessage
 
 from loupe.messaging.consumer import (
@@ -20,6 +18,7 @@ from loupe.messaging.consumer import (
     REASON_HEADER,
     SERVICE_HEADER,
 )
+from loupe.messaging.management import Management
 from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES
 from loupe.portal.settings import PortalSettings
 
@@ -74,28 +73,11 @@ def describe(
 
 
 async def list_dead_letters(settings: PortalSettings, limit: int = 100) -> list[dict[str, Any]]:
-    """Up to `limit` dead letters, read through the management API and put straight back
-    (ackmode ack_requeue_true), so nothing is consumed."""
-    vhost = quote(settings.vhost, safe="")
-    queue = quote(DEAD_LETTER_QUEUE, safe="")
-    url = f"{settings.management_url}/api/queues/{vhost}/{queue}/get"
-    async with httpx.AsyncClient(
-        auth=settings.amqp_credentials, timeout=10.0, trust_env=False
-    ) as client:
-        response = await client.post(
-            url,
-            json={
-                "count": limit,
-                "ackmode": "ack_requeue_true",
-                "encoding": "auto",
-                "truncate": 100_000,
-            },
-        )
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
+    """Up to `limit` dead letters, read through the management API and put straight back,
+    so nothing is consumed."""
+    management = Management(settings.management_url, settings.amqp_url, timeout=10.0)
     letters = []
-    for item in response.json():
+    for item in await management.peek(DEAD_LETTER_QUEUE, limit):
         properties = item.get("properties") or {}
         headers = properties.get("headers") or {}
         letters.append(asdict(describe(headers, item.get("payload"), properties.get("message_id"))))

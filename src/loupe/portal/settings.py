@@ -5,22 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+from loupe.access import (
+    DEFAULT_ACT_GROUPS,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_ISSUER,
+    DEFAULT_READ_GROUPS,
+    AccessSettings,
+    groups_from,
+)
 from loupe.config import Settings
+from loupe.messaging.management import DEFAULT_MANAGEMENT_URL
 
 DEFAULT_PORTAL_URL = "http://127.0.0.1:8090"
-DEFAULT_ISSUER = "http://127.0.0.1:5556/dex"
-DEFAULT_CLIENT_ID = "loupe-gateway"
-DEFAULT_READ_GROUPS = ("devops", "developers")
-DEFAULT_ACT_GROUPS = ("devops",)
 DEFAULT_AMQP_URL = Settings.amqp_url
-DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
-
-
-def _groups(raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    groups = tuple(g.strip() for g in raw.split(",") if g.strip())
-    return groups or default
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,16 @@ class PortalSettings:
             issuer=get("LOUPE_OIDC_ISSUER_URL", cls.issuer).rstrip("/"),
             client_id=get("LOUPE_OIDC_CLIENT_ID", cls.client_id),
             groups_claim=get("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim),
-            read_groups=_groups(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
-            act_groups=_groups(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
+            read_groups=groups_from(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
+            act_groups=groups_from(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
             amqp_url=get("LOUPE_AMQP_URL", cls.amqp_url),
             management_url=get("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url).rstrip("/"),
+        )
+
+    @property
+    def access(self) -> AccessSettings:
+        return AccessSettings(
+            self.issuer, self.client_id, self.groups_claim, self.read_groups, self.act_groups
         )
 
     @property
@@ -62,14 +67,3 @@ class PortalSettings:
     @property
     def port(self) -> int:
         return urlsplit(self.url).port or 8090
-
-    @property
-    def vhost(self) -> str:
-        """The RabbitMQ virtual host named by LOUPE_AMQP_URL ("/" when it names none)."""
-        path = urlsplit(self.amqp_url).path
-        return unquote(path[1:]) if len(path) > 1 else "/"
-
-    @property
-    def amqp_credentials(self) -> tuple[str, str]:
-        parts = urlsplit(self.amqp_url)
-        return unquote(parts.username or "guest"), unquote(parts.password or "guest")

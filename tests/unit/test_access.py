@@ -16,8 +16,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from loupe.access import Jwks, TokenVerifier, Unauthenticated
+from loupe.messaging.management import Management
 from loupe.portal.app import create_app
-from loupe.portal.auth import Jwks, TokenVerifier, Unauthenticated
 from loupe.portal.settings import PortalSettings
 from loupe.stack.gateway import GatewaySettings, Secrets, render
 
@@ -185,9 +186,10 @@ def test_settings_from_env() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 9999)
     assert settings.act_groups == ("sre", "devops")
     assert settings.read_groups == ("devops", "developers")
-    assert settings.vhost == "loupe-sandbox-x"
-    assert settings.amqp_credentials == ("u", "p")
-    assert PortalSettings.from_env({"LOUPE_AMQP_URL": "amqp://127.0.0.1"}).vhost == "/"
+    management = Management(settings.management_url, settings.amqp_url)
+    assert management.vhost == "loupe-sandbox-x"
+    assert management.credentials == ("u", "p")
+    assert Management("http://m", "amqp://127.0.0.1").vhost == "/"
 
 
 def test_gateway_sends_slash_to_the_portal_with_the_id_token(tmp_path: Path) -> None:

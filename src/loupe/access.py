@@ -1,4 +1,7 @@
-"""Verifying the OIDC ID token the gateway passes as `Authorization: Bearer <token>`.
+"""Who may read and who may act: the OIDC ID token the gateway passes as
+`Authorization: Bearer <token>`, verified, and the role its groups give.
+
+loupe-portal and the monitor's API both sit behind the gateway and use this.
 
 The signature is checked against the issuer's published keys (JWKS, found through its discovery
 document and cached), then `iss`, `aud` (our client id) and `exp`. Headers such as
@@ -8,12 +11,16 @@ X-Forwarded-User are never read: anyone who reaches the portal directly could se
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import jwt
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 # Asymmetric algorithms only: an HMAC "signature" made with a public key must never pass.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
@@ -152,3 +159,109 @@ class TokenVerifier:
             groups=tuple(str(g) for g in groups),
             claims=claims,
         )
+
+
+# -- roles --------------------------------------------------------------------------------
+
+Role = Literal["operator", "reader", "none"]
+"""operator: may read and act (requeue, acknowledge); reader: may read; none: neither."""
+
+DEFAULT_ISSUER = "http://127.0.0.1:5556/dex"
+DEFAULT_CLIENT_ID = "loupe-gateway"
+DEFAULT_READ_GROUPS = ("devops", "developers")
+DEFAULT_ACT_GROUPS = ("devops",)
+
+
+def groups_from(raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    groups = tuple(g.strip() for g in raw.split(",") if g.strip())
+    return groups or default
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """LOUPE_OIDC_ISSUER_URL, LOUPE_OIDC_CLIENT_ID and LOUPE_OIDC_GROUPS_CLAIM (whose ID tokens
+    are accepted, where the groups are); LOUPE_ALLOWED_GROUPS (may read) and
+    LOUPE_OPERATOR_GROUPS (may act)."""
+
+    issuer: str = DEFAULT_ISSUER
+    client_id: str = DEFAULT_CLIENT_ID
+    groups_claim: str = "groups"
+    read_groups: tuple[str, ...] = DEFAULT_READ_GROUPS
+    act_groups: tuple[str, ...] = DEFAULT_ACT_GROUPS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> AccessSettings:
+        def get(name: str, default: str) -> str:
+            return environ.get(name, "").strip() or default
+
+        return cls(
+            issuer=get("LOUPE_OIDC_ISSUER_URL", cls.issuer).rstrip("/"),
+            client_id=get("LOUPE_OIDC_CLIENT_ID", cls.client_id),
+            groups_claim=get("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim),
+            read_groups=groups_from(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
+            act_groups=groups_from(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
+        )
+
+
+class Forbidden(Exception):
+    def __init__(self, message: str, needed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+def role_of(identity: Identity, settings: AccessSettings) -> Role:
+    groups = set(identity.groups)
+    if groups & set(settings.act_groups):
+        return "operator"
+    if groups & set(settings.read_groups):
+        return "reader"
+    return "none"
+
+
+class Access:
+    """The role check of one app: `who` is its FastAPI dependency, `require` the check, and
+    `install` adds the 401/403 answers (JSON, with the reason) to the app."""
+
+    def __init__(self, settings: AccessSettings, verifier: TokenVerifier | None = None) -> None:
+        self.settings = settings
+        self.verifier = verifier or TokenVerifier(
+            Jwks(settings.issuer), settings.client_id, settings.groups_claim
+        )
+
+        async def identity(request: Request) -> Identity:
+            # Only the ID token counts; X-Forwarded-User, -Email and -Groups are ignored.
+            return await self.verifier.verify_header(request.headers.get("authorization"))
+
+        self.who = Annotated[Identity, Depends(identity)]
+
+    def role(self, who: Identity) -> Role:
+        return role_of(who, self.settings)
+
+    def require(self, who: Identity, role: Role) -> None:
+        granted = self.role(who)
+        if role == "reader" and granted in ("reader", "operator"):
+            return
+        if role == "operator" and granted == "operator":
+            return
+        needed = self.settings.act_groups if role == "operator" else self.settings.read_groups
+        raise Forbidden(
+            f"{who.email or who.subject} is not in a group allowed to do this; "
+            f"it needs one of: {', '.join(needed)}",
+            needed,
+        )
+
+    def install(self, app: FastAPI, realm: str) -> None:
+        @app.exception_handler(Unauthenticated)
+        async def unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+            return JSONResponse(
+                {"error": "unauthenticated", "detail": str(exc)},
+                status_code=401,
+                headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
+            )
+
+        @app.exception_handler(Forbidden)
+        async def forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+            return JSONResponse(
+                {"error": "forbidden", "detail": str(exc), "needs_group": list(exc.needed)},
+                status_code=403,
+            )

@@ -1,0 +1,87 @@
+"""RabbitMQ's management HTTP API: the figures the broker keeps about a queue, and a look at
+its messages without consuming them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+
+DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    name: str
+    ready: int
+    unacknowledged: int
+    consumers: int
+
+    def describe(self) -> str:
+        return (
+            f"queue {self.name}: {self.ready} ready, {self.unacknowledged} unacknowledged, "
+            f"{self.consumers} consumer(s)"
+        )
+
+
+@dataclass(frozen=True)
+class Management:
+    """The API at `url`, for the virtual host and credentials of `amqp_url` (the management
+    API takes the same user as AMQP)."""
+
+    url: str
+    amqp_url: str
+    timeout: float = 5.0
+
+    @property
+    def vhost(self) -> str:
+        path = urlsplit(self.amqp_url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
+
+    @property
+    def credentials(self) -> tuple[str, str]:
+        parts = urlsplit(self.amqp_url)
+        return unquote(parts.username or "guest"), unquote(parts.password or "guest")
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(auth=self.credentials, timeout=self.timeout, trust_env=False)
+
+    def _queue_url(self, queue: str) -> str:
+        return (
+            f"{self.url.rstrip('/')}/api/queues/{quote(self.vhost, safe='')}/"
+            f"{quote(queue, safe='')}"
+        )
+
+    async def queue_stats(self, queue: str) -> QueueStats | None:
+        """None when the queue does not exist; httpx errors when the API cannot be reached."""
+        async with self._client() as client:
+            response = await client.get(self._queue_url(queue))
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        data = response.json()
+        return QueueStats(
+            name=queue,
+            ready=int(data.get("messages_ready") or 0),
+            unacknowledged=int(data.get("messages_unacknowledged") or 0),
+            consumers=int(data.get("consumers") or 0),
+        )
+
+    async def peek(self, queue: str, count: int) -> list[dict[str, Any]]:
+        """Up to `count` messages, each put straight back (ackmode ack_requeue_true)."""
+        async with self._client() as client:
+            response = await client.post(
+                f"{self._queue_url(queue)}/get",
+                json={
+                    "count": count,
+                    "ackmode": "ack_requeue_true",
+                    "encoding": "auto",
+                    "truncate": 100_000,
+                },
+            )
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return list(response.json())

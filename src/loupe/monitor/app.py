@@ -1,0 +1,269 @@
+"""The monitor's HTTP side: OTLP/HTTP intake at /v1/traces, the JSON API under /monitor/api
+(behind the gateway, role-checked), Prometheus metrics at /metrics, /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse,
+)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from loupe.access import Access, TokenVerifier
+from loupe.config import SERVICE_NAMES
+from loupe.monitor import alerts, detection, store
+from loupe.monitor.metrics import FlowMetrics
+from loupe.monitor.settings import API_PREFIX, MonitorSettings
+from loupe.monitor.slo import Slo
+from loupe.monitor.spans import MalformedSpans, decode
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass
+class Monitor:
+    """What the running monitor holds: the pool and the SLOs; no per-order state."""
+
+    settings: MonitorSettings
+    slo: Slo
+    metrics: FlowMetrics = field(default_factory=FlowMetrics)
+    pool: asyncpg.Pool | None = None
+    loops: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise HTTPException(503, "the monitor is starting: its database is not open yet")
+        return self.pool
+
+    async def detect_once(self) -> detection.TickResult:
+        result = await detection.tick(
+            self.db, self.slo, self.settings.management, self.settings.webhook_urls
+        )
+        for seconds in result.latencies:
+            self.metrics.detection_latency.observe(seconds)
+        await self.metrics.refresh(self.db, self.slo)
+        return result
+
+    async def probe_once(self, client: httpx.AsyncClient) -> None:
+        samples = []
+        for service, url in self.settings.base.service_urls.items():
+            try:
+                response = await client.get(f"{url.rstrip('/')}/healthz")
+                ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                ok, detail = False, f"{type(exc).__name__}"
+            samples.append((SERVICE_NAMES[service], ok, detail))
+        async with self.db.acquire() as connection:
+            await connection.executemany(
+                "INSERT INTO health_samples (service, at, ok, detail)"
+                " VALUES ($1, clock_timestamp(), $2, $3) ON CONFLICT DO NOTHING",
+                samples,
+            )
+
+    def start_loops(self) -> None:
+        settings = self.settings
+
+        async def detect() -> None:
+            await self.detect_once()
+
+        async def probe(client: httpx.AsyncClient) -> None:
+            await self.probe_once(client)
+
+        async def webhooks(client: httpx.AsyncClient) -> None:
+            await alerts.deliver_due(self.db, client)
+
+        async def prune() -> None:
+            await detection.prune(self.db, timedelta(hours=settings.retention_hours))
+
+        client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+        self.loops = [
+            asyncio.create_task(_every(settings.tick_seconds, detect, "detection")),
+            asyncio.create_task(_every(settings.probe_seconds, lambda: probe(client), "probe")),
+            asyncio.create_task(_every(1.0, lambda: webhooks(client), "webhooks")),
+            asyncio.create_task(_every(600.0, prune, "retention")),
+        ]
+        self._client = client
+
+    async def stop(self) -> None:
+        for task in self.loops:
+            task.cancel()
+        for task in self.loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.loops:
+            await self._client.aclose()
+        if self.pool is not None:
+            await self.pool.close()
+
+
+async def _every(seconds: float, action: Callable[[], Awaitable[None]], name: str) -> None:
+    """Runs `action` every `seconds`; a failing round is logged and the next one runs anyway."""
+    while True:
+        started = asyncio.get_running_loop().time()
+        try:
+            await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("monitor %s round failed", name)
+        elapsed = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(max(seconds - elapsed, 0.0))
+
+
+def _body(raw: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding == "gzip":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise HTTPException(400, f"Content-Encoding gzip, but the body is not: {exc}") from None
+    raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
+
+
+def create_app(
+    settings: MonitorSettings,
+    *,
+    verifier: TokenVerifier | None = None,
+    run_loops: bool = True,
+    slo: Slo | None = None,
+) -> FastAPI:
+    """`run_loops=False` leaves detection to the caller (tests call `detect_once`)."""
+    monitor = Monitor(settings, slo or Slo.load(settings.slo_file))
+    access = Access(settings.access, verifier)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        monitor.pool = await store.open_store(settings.base.postgres_dsn, settings.database)
+        if run_loops:
+            monitor.start_loops()
+        log.info("loupe-monitor ready on %s", settings.url)
+        try:
+            yield
+        finally:
+            await monitor.stop()
+
+    app = FastAPI(
+        title="loupe-monitor",
+        description=(
+            "Which orders are stuck or broken, where and since when; incidents with MTTD and "
+            "MTTR; uptime per service. The API is served under /monitor/api behind the "
+            "sign-in gateway: developers read, devops also acknowledge incidents."
+        ),
+        lifespan=lifespan,
+        version="1",
+    )
+    app.state.monitor = monitor
+    access.install(app, "loupe-monitor")
+    Who = access.who
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        monitor.db  # noqa: B018 - raises 503 until the database is open
+        return {"status": "ok"}
+
+    @app.post("/v1/traces", include_in_schema=False)
+    async def otlp_traces(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type != PROTOBUF:
+            raise HTTPException(
+                415, f"send OTLP/HTTP with Content-Type {PROTOBUF} (got {content_type!r})"
+            )
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise HTTPException(413, f"the request is over {MAX_BODY} bytes; send smaller batches")
+        try:
+            spans, total = decode(_body(raw, request.headers.get("content-encoding", "")))
+        except MalformedSpans as exc:
+            raise HTTPException(400, str(exc)) from None
+        result = await store.ingest(monitor.db, spans, monitor.slo, total)
+        monitor.metrics.spans_received.inc(total)
+        monitor.metrics.spans_kept.inc(len(spans))
+        for status_from, status_to, seconds in result.durations:
+            monitor.metrics.transition_seconds.labels(status_from, status_to).observe(seconds)
+        return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(monitor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    api = APIRouter(prefix=f"{API_PREFIX}/api")
+
+    @api.get("/findings", summary="Orders stuck or broken now")
+    async def findings(
+        who: Who, state: str | None = Query(None, pattern="^(stuck|broken)$")
+    ) -> dict[str, Any]:
+        access.require(who, "reader")
+        found = await store.findings(monitor.db, state)
+        return {"count": len(found), "findings": found}
+
+    @api.get("/orders/{order_id}/journey", summary="One order's transitions, in order")
+    async def journey(who: Who, order_id: str) -> dict[str, Any]:
+        access.require(who, "reader")
+        found = await store.journey(monitor.db, order_id)
+        if found is None:
+            raise HTTPException(404, f"no spans of order {order_id} have reached the monitor")
+        return found
+
+    @api.get("/incidents", summary="Incidents, with MTTD and MTTR")
+    async def incidents(
+        who: Who,
+        status: str = Query("all", pattern="^(open|resolved|all)$"),
+        window_hours: float = Query(24.0 * 7, gt=0, le=24.0 * 366),
+    ) -> dict[str, Any]:
+        access.require(who, "reader")
+        return await store.incidents(monitor.db, status, timedelta(hours=window_hours))
+
+    @api.post("/incidents/{incident_id}/acknowledge", summary="Take an incident on (devops)")
+    async def acknowledge(who: Who, incident_id: int) -> dict[str, Any]:
+        access.require(who, "operator")
+        found = await store.acknowledge(monitor.db, incident_id, who.email or who.subject)
+        if found is None:
+            raise HTTPException(404, f"no incident {incident_id}")
+        log.warning("incident %s acknowledged by %s", incident_id, who.email or who.subject)
+        return found
+
+    @api.get("/uptime", summary="Availability per service over a window")
+    async def uptime(
+        who: Who, window_hours: float = Query(24.0, gt=0, le=24.0 * 366)
+    ) -> dict[str, Any]:
+        access.require(who, "reader")
+        return await store.uptime(
+            monitor.db,
+            list(SERVICE_NAMES.values()),
+            timedelta(hours=window_hours),
+            settings.probe_seconds,
+        )
+
+    app.include_router(api)
+    return app
+
+
+def run_monitor() -> None:
+    """Run loupe-monitor until SIGINT/SIGTERM."""
+    from loupe.runtime import serve
+    from loupe.telemetry import configure_telemetry
+
+    settings = MonitorSettings.from_env()
+    app = create_app(settings)
+    configure_telemetry("loupe-monitor")
+    # Its own intake and scrapes untraced: each would otherwise make a span that comes back
+    # through Jaeger to the intake.
+    serve(app, settings.host, settings.port, excluded_urls="healthz,v1/traces,metrics")

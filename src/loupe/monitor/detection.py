@@ -1,0 +1,360 @@
+"""Detection, run every tick: orders past their SLO are stuck, orders with an error and no
+progress after it (or FAILED, REJECTED, dead-lettered) are broken; findings that share a
+place make one incident, which resolves itself once orders flow through that place again."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from loupe.messaging.management import Management, QueueStats
+from loupe.monitor.slo import Slo
+from loupe.monitor.store import BROKEN_STATUSES, WRITE_LOCK, finding_json, incident_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickResult:
+    opened: list[dict[str, Any]] = field(default_factory=list)
+    cleared: int = 0
+    incidents_opened: list[dict[str, Any]] = field(default_factory=list)
+    incidents_resolved: list[dict[str, Any]] = field(default_factory=list)
+    # seconds from each new finding's deadline to its detection
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Finding:
+    subject: str
+    order_id: str | None
+    state: str
+    status: str | None
+    since: datetime
+    deadline: datetime
+    service: str
+    place: str
+    trace_id: str | None
+    evidence: str
+    settled: bool
+
+    @property
+    def flow_key(self) -> str:
+        if self.state == "stuck" and self.status:
+            return f"step:{self.status}"
+        return f"{self.service}|{self.place}"
+
+
+class QueueEvidence:
+    """Queue figures from RabbitMQ's management API, asked at most once per queue per tick."""
+
+    def __init__(self, management: Management | None) -> None:
+        self._management = management
+        self._seen: dict[str, str] = {}
+
+    async def describe(self, queue: str) -> str:
+        if queue not in self._seen:
+            self._seen[queue] = await self._ask(queue)
+        return self._seen[queue]
+
+    async def _ask(self, queue: str) -> str:
+        if self._management is None:
+            return f"queue {queue}: no figures (no RabbitMQ management API configured)"
+        try:
+            stats: QueueStats | None = await self._management.queue_stats(queue)
+        except httpx.HTTPError as exc:
+            return f"queue {queue}: RabbitMQ management API unreachable ({type(exc).__name__})"
+        if stats is None:
+            return f"queue {queue} does not exist"
+        return stats.describe()
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+async def _stuck(
+    connection: asyncpg.Connection,
+    order: asyncpg.Record,
+    slo: Slo,
+    queues: QueueEvidence,
+    now: datetime,
+) -> _Finding:
+    step = slo.step(order["status"])
+    assert step is not None
+    has_it = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM transitions WHERE order_id = $1 AND status_to = $2"
+        " AND service = $3)",
+        order["order_id"],
+        order["status"],
+        step.service,
+    )
+    where = step.where(bool(has_it))
+    waited = (now - order["status_at"]).total_seconds()
+    within = _age(step.within.total_seconds())
+    evidence = (
+        f"no move from {order['status']} for {_age(waited)} (SLO {within}); "
+        f"last step by {order['service']} ({order['operation']})"
+    )
+    if where.startswith("queue ") and step.queue:
+        evidence += f"; {await queues.describe(step.queue)}"
+    return _Finding(
+        subject=order["order_id"],
+        order_id=order["order_id"],
+        state="stuck",
+        status=order["status"],
+        since=order["status_at"],
+        deadline=order["deadline"],
+        service=step.service,
+        place=where,
+        trace_id=order["trace_id"],
+        evidence=evidence,
+        settled=False,
+    )
+
+
+async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Finding:
+    final = order["status"] in BROKEN_STATUSES
+    if final:
+        error = await connection.fetchrow(
+            "SELECT * FROM errors WHERE order_id = $1 ORDER BY dead_lettered DESC, at DESC LIMIT 1",
+            order["order_id"],
+        )
+        reason = await connection.fetchval(
+            "SELECT failure_reason FROM transitions WHERE order_id = $1 AND status_to = $2"
+            " AND failure_reason IS NOT NULL ORDER BY at LIMIT 1",
+            order["order_id"],
+            order["status"],
+        )
+        evidence = f"{order['status']}: {reason or (error['message'] if error else 'no reason')}"
+        since = order["status_at"]
+    else:
+        error = await connection.fetchrow(
+            "SELECT * FROM errors WHERE order_id = $1 AND ($2::timestamptz IS NULL OR at > $2)"
+            " ORDER BY dead_lettered DESC, at DESC LIMIT 1",
+            order["order_id"],
+            order["status_at"] if order["status"] else None,
+        )
+        assert error is not None
+        evidence = ("dead-lettered: " if error["dead_lettered"] else "") + error["message"]
+        since = error["at"]
+    if error is not None:
+        service, place, trace_id = error["service"], error["place"], error["trace_id"]
+    else:
+        service, place, trace_id = order["service"], order["operation"], order["trace_id"]
+    return _Finding(
+        subject=order["order_id"],
+        order_id=order["order_id"],
+        state="broken",
+        status=order["status"],
+        since=since,
+        deadline=order["broken_at"],
+        service=service,
+        place=place,
+        trace_id=trace_id,
+        evidence=evidence,
+        settled=final,
+    )
+
+
+async def _record(
+    connection: asyncpg.Connection, finding: _Finding, now: datetime, result: TickResult
+) -> None:
+    incident = await connection.fetchrow(
+        "SELECT * FROM incidents WHERE state = $1 AND service = $2 AND place = $3"
+        " AND resolved_at IS NULL",
+        finding.state,
+        finding.service,
+        finding.place,
+    )
+    if incident is None:
+        incident = await connection.fetchrow(
+            "INSERT INTO incidents (state, service, place, flow_key, started_at, opened_at,"
+            " deadline_at, last_since) VALUES ($1, $2, $3, $4, $5, $6, $7, $5) RETURNING *",
+            finding.state,
+            finding.service,
+            finding.place,
+            finding.flow_key,
+            finding.since,
+            now,
+            finding.deadline,
+        )
+        result.incidents_opened.append(incident_json(incident, 1))
+    else:
+        await connection.execute(
+            "UPDATE incidents SET started_at = least(started_at, $2),"
+            " deadline_at = least(deadline_at, $3), last_since = greatest(last_since, $2)"
+            " WHERE id = $1",
+            incident["id"],
+            finding.since,
+            finding.deadline,
+        )
+    row = await connection.fetchrow(
+        "INSERT INTO findings (subject, order_id, state, status, since, deadline, service, place,"
+        " trace_id, evidence, settled, detected_at, incident_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *",
+        finding.subject,
+        finding.order_id,
+        finding.state,
+        finding.status,
+        finding.since,
+        finding.deadline,
+        finding.service,
+        finding.place,
+        finding.trace_id,
+        finding.evidence,
+        finding.settled,
+        now,
+        incident["id"],
+    )
+    result.opened.append(finding_json(row))
+    result.latencies.append(max((now - finding.deadline).total_seconds(), 0.0))
+
+
+async def tick(
+    pool: asyncpg.Pool,
+    slo: Slo,
+    management: Management | None,
+    webhook_urls: Sequence[str] = (),
+) -> TickResult:
+    """One detection pass. Safe to run from several replicas: writers take one lock."""
+    result = TickResult()
+    queues = QueueEvidence(management)
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        now: datetime = await connection.fetchval("SELECT clock_timestamp()")
+        cleared = await connection.fetch(
+            "UPDATE findings f SET cleared_at = $1 FROM orders o"
+            " WHERE f.cleared_at IS NULL AND NOT f.settled AND f.order_id = o.order_id AND ("
+            "   o.status IS DISTINCT FROM f.status"
+            "   OR (f.state = 'stuck' AND (o.deadline IS NULL OR o.deadline > $1"
+            "       OR o.broken_at <= $1))"
+            "   OR (f.state = 'broken' AND (o.broken_at IS NULL OR o.broken_at > $1)))"
+            " RETURNING f.id",
+            now,
+        )
+        result.cleared = len(cleared)
+
+        due = await connection.fetch(
+            "SELECT o.* FROM orders o WHERE (o.broken_at <= $1 OR o.deadline <= $1)"
+            " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.subject = o.order_id"
+            "   AND f.cleared_at IS NULL)"
+            " ORDER BY least(o.broken_at, o.deadline)",
+            now,
+        )
+        for order in due:
+            broken = order["broken_at"] is not None and order["broken_at"] <= now
+            finding = (
+                await _broken(connection, order)
+                if broken
+                else await _stuck(connection, order, slo, queues, now)
+            )
+            await _record(connection, finding, now, result)
+
+        # A dead letter no order can be named for (a message that did not parse): it is
+        # reported once, under the queue it came from, until someone acknowledges it.
+        orphans = await connection.fetch(
+            "SELECT e.* FROM errors e WHERE e.order_id IS NULL AND e.dead_lettered"
+            " AND NOT EXISTS (SELECT 1 FROM findings f"
+            "   WHERE f.subject = 'span:' || e.trace_id || '/' || e.span_id)"
+            " ORDER BY e.at"
+        )
+        for error in orphans:
+            finding = _Finding(
+                subject=f"span:{error['trace_id']}/{error['span_id']}",
+                order_id=None,
+                state="broken",
+                status=None,
+                since=error["at"],
+                deadline=error["at"],
+                service=error["service"],
+                place=error["place"],
+                trace_id=error["trace_id"],
+                evidence=f"dead-lettered: {error['message']}",
+                settled=True,
+            )
+            await _record(connection, finding, now, result)
+
+        resolved = await connection.fetch(
+            "UPDATE incidents i SET resolved_at = $1 WHERE i.resolved_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.incident_id = i.id"
+            "   AND f.cleared_at IS NULL AND NOT f.settled)"
+            " AND EXISTS (SELECT 1 FROM flow w WHERE w.place_key = i.flow_key"
+            "   AND w.last_at > i.last_since)"
+            " RETURNING i.*, (SELECT count(*) FROM findings f WHERE f.incident_id = i.id) AS n",
+            now,
+        )
+        result.incidents_resolved = [incident_json(r, r["n"]) for r in resolved]
+
+        events = [("incident.opened", i) for i in result.incidents_opened] + [
+            ("incident.resolved", i) for i in result.incidents_resolved
+        ]
+        if events and webhook_urls:
+            await connection.executemany(
+                "INSERT INTO webhook_deliveries (url, body) VALUES ($1, $2::jsonb)",
+                [
+                    (url, json.dumps({"event": name, "incident": incident}))
+                    for name, incident in events
+                    for url in webhook_urls
+                ],
+            )
+    for incident in result.incidents_opened:
+        log.warning(
+            "incident %s opened: %s at %s / %s",
+            incident["id"],
+            incident["state"],
+            incident["service"],
+            incident["where"],
+        )
+    for incident in result.incidents_resolved:
+        log.warning(
+            "incident %s resolved after %.1f s", incident["id"], incident["time_to_resolve_seconds"]
+        )
+    return result
+
+
+async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:
+    """Forget what is older than `retention`: final orders with nothing open, their spans,
+    old samples, cleared findings and resolved incidents. Keeps the database bounded."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        cutoff: datetime = await connection.fetchval("SELECT now() - $1::interval", retention)
+        gone = await connection.fetch(
+            "DELETE FROM orders o WHERE o.status_at < $1 AND o.deadline IS NULL"
+            " AND o.broken_at IS NULL AND NOT EXISTS (SELECT 1 FROM findings f"
+            "   WHERE f.subject = o.order_id AND f.cleared_at IS NULL)"
+            " RETURNING order_id",
+            cutoff,
+        )
+        ids = [r["order_id"] for r in gone]
+        await connection.execute("DELETE FROM transitions WHERE order_id = ANY($1::text[])", ids)
+        await connection.execute(
+            "DELETE FROM errors WHERE order_id = ANY($1::text[]) OR (order_id IS NULL AND at < $2)",
+            ids,
+            cutoff,
+        )
+        await connection.execute("DELETE FROM health_samples WHERE at < $1", cutoff)
+        await connection.execute(
+            "DELETE FROM findings WHERE cleared_at < $1 OR incident_id IN"
+            " (SELECT id FROM incidents WHERE resolved_at < $1)",
+            cutoff,
+        )
+        await connection.execute(
+            "DELETE FROM incidents i WHERE resolved_at < $1 AND NOT EXISTS"
+            " (SELECT 1 FROM findings f WHERE f.incident_id = i.id)",
+            cutoff,
+        )
+        await connection.execute("DELETE FROM webhook_deliveries WHERE created_at < $1", cutoff)
+        await connection.execute("DELETE FROM flow WHERE last_at < $1", cutoff)
+    return len(ids)

@@ -1,0 +1,107 @@
+"""Prometheus metrics of the order flow, served at /metrics on the monitor's own address."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from loupe.monitor.slo import Slo
+
+# From a demo's seconds to the workshop's days.
+DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 1800, 3600, 4 * 3600, 8 * 3600, 86400, 3 * 86400)
+
+
+class FlowMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.spans_received = Counter(
+            "loupe_monitor_spans_received",
+            "Spans received over OTLP, before the monitor's own filter.",
+            registry=self.registry,
+        )
+        self.spans_kept = Counter(
+            "loupe_monitor_spans_kept",
+            "Spans the monitor kept (they touch an order or failed).",
+            registry=self.registry,
+        )
+        self.transition_seconds = Histogram(
+            "loupe_order_transition_duration_seconds",
+            "Time an order spent at `from` before it moved to `to`.",
+            ["from_status", "to_status"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.detection_latency = Histogram(
+            "loupe_monitor_detection_latency_seconds",
+            "From an order's SLO deadline (or error) to its finding.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.stuck = Gauge(
+            "loupe_orders_stuck",
+            "Orders stuck now, by the status they wait at.",
+            ["step"],
+            registry=self.registry,
+        )
+        self.broken = Gauge(
+            "loupe_orders_broken",
+            "Orders (and unattributed dead letters) reported broken now, by service.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.incidents_open = Gauge(
+            "loupe_incidents_open", "Incidents open now.", registry=self.registry
+        )
+        self.mttr = Gauge(
+            "loupe_mttr_seconds",
+            "Mean time to resolve, over incidents resolved in the last 7 days.",
+            registry=self.registry,
+        )
+        self.mttd = Gauge(
+            "loupe_mttd_seconds",
+            "Mean time to detect, over incidents opened in the last 7 days.",
+            registry=self.registry,
+        )
+        self.service_up = Gauge(
+            "loupe_service_up",
+            "1 when the service's last health probe passed.",
+            ["service"],
+            registry=self.registry,
+        )
+
+    async def refresh(self, pool: asyncpg.Pool, slo: Slo) -> None:
+        """Set the gauges from the database (the state every replica shares)."""
+        async with pool.acquire() as connection:
+            stuck = await connection.fetch(
+                "SELECT status, count(*) AS n FROM findings WHERE cleared_at IS NULL"
+                " AND state = 'stuck' GROUP BY status"
+            )
+            broken = await connection.fetch(
+                "SELECT service, count(*) AS n FROM findings WHERE cleared_at IS NULL"
+                " AND state = 'broken' GROUP BY service"
+            )
+            summary = await connection.fetchrow(
+                "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
+                " avg(extract(epoch FROM resolved_at - started_at))"
+                "   FILTER (WHERE resolved_at IS NOT NULL) AS mttr,"
+                " avg(extract(epoch FROM opened_at - started_at)) AS mttd"
+                " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
+                timedelta(days=7),
+            )
+            probes = await connection.fetch(
+                "SELECT DISTINCT ON (service) service, ok FROM health_samples"
+                " ORDER BY service, at DESC"
+            )
+        counts = {r["status"]: r["n"] for r in stuck}
+        for status in slo.steps:
+            self.stuck.labels(step=status.value).set(counts.get(status.value, 0))
+        self.broken.clear()
+        for row in broken:
+            self.broken.labels(service=row["service"]).set(row["n"])
+        self.incidents_open.set(summary["open"])
+        self.mttr.set(float(summary["mttr"]) if summary["mttr"] is not None else float("nan"))
+        self.mttd.set(float(summary["mttd"]) if summary["mttd"] is not None else float("nan"))
+        for row in probes:
+            self.service_up.labels(service=row["service"]).set(1 if row["ok"] else 0)

@@ -1,0 +1,152 @@
+"""OTLP spans, decoded and boiled down to what the monitor keeps about an order.
+
+Only spans that touch an order (`order.id`) or failed matter; the rest is skipped here too,
+so the monitor works behind a collector that sends it everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from loupe.telemetry.attributes import (
+    ORDER_FAILURE_REASON,
+    ORDER_ID,
+    ORDER_SOURCE,
+    ORDER_STATUS_FROM,
+    ORDER_STATUS_TO,
+)
+
+DEAD_LETTERED_EVENT = "dead-lettered"
+DEAD_LETTER_REASON = "loupe.messaging.reason"
+SUBSCRIPTION = "messaging.destination.subscription.name"
+
+
+class MalformedSpans(ValueError):
+    """The request body is not an OTLP ExportTraceServiceRequest."""
+
+
+@dataclass(frozen=True)
+class SpanFacts:
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    service: str
+    name: str
+    kind: str  # SERVER, CLIENT, CONSUMER, PRODUCER, INTERNAL
+    started_at: datetime
+    ended_at: datetime
+    order_id: str | None
+    status_from: str | None
+    status_to: str | None
+    source: str | None
+    failure_reason: str | None
+    error: bool
+    error_message: str | None
+    dead_lettered: bool
+    place: str
+    links: tuple[tuple[str, str], ...]
+
+    @property
+    def transition(self) -> bool:
+        return bool(self.order_id and self.status_to and not self.error)
+
+
+def _value(value: AnyValue) -> str | int | float | bool | None:
+    kind = value.WhichOneof("value")
+    if kind in ("string_value", "int_value", "double_value", "bool_value"):
+        return getattr(value, kind)
+    return None
+
+
+def _attributes(items: list[KeyValue]) -> dict[str, str | int | float | bool | None]:
+    return {item.key: _value(item.value) for item in items}
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _time(unix_nano: int) -> datetime:
+    return datetime.fromtimestamp(unix_nano / 1e9, tz=UTC)
+
+
+_KINDS = {
+    Span.SPAN_KIND_SERVER: "SERVER",
+    Span.SPAN_KIND_CLIENT: "CLIENT",
+    Span.SPAN_KIND_CONSUMER: "CONSUMER",
+    Span.SPAN_KIND_PRODUCER: "PRODUCER",
+}
+
+
+def _place(kind: str, name: str, attributes: dict[str, object]) -> str:
+    """Where in a service the span ran: the queue a consumer reads, else the operation."""
+    subscription = attributes.get(SUBSCRIPTION)
+    if kind == "CONSUMER" and subscription:
+        return f"queue {subscription}"
+    return name
+
+
+def _facts(span: Span, service: str) -> SpanFacts | None:
+    attributes = _attributes(list(span.attributes))
+    error = span.status.code == Status.STATUS_CODE_ERROR
+    order_id = _text(attributes.get(ORDER_ID))
+    if not order_id and not error:
+        return None
+    message = _text(span.status.message)
+    dead_lettered = False
+    for event in span.events:
+        event_attributes = _attributes(list(event.attributes))
+        if event.name == DEAD_LETTERED_EVENT:
+            dead_lettered = True
+            message = _text(event_attributes.get(DEAD_LETTER_REASON)) or message
+        elif event.name == "exception" and error and not message:
+            message = _text(event_attributes.get("exception.message"))
+    if error and not message:
+        message = _text(attributes.get("error.type")) or "error"
+    kind = _KINDS.get(span.kind, "INTERNAL")
+    return SpanFacts(
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex() or None,
+        service=service,
+        name=span.name,
+        kind=kind,
+        started_at=_time(span.start_time_unix_nano),
+        ended_at=_time(span.end_time_unix_nano or span.start_time_unix_nano),
+        order_id=order_id,
+        status_from=_text(attributes.get(ORDER_STATUS_FROM)),
+        status_to=_text(attributes.get(ORDER_STATUS_TO)),
+        source=_text(attributes.get(ORDER_SOURCE)),
+        failure_reason=_text(attributes.get(ORDER_FAILURE_REASON)),
+        error=error,
+        error_message=message if error else None,
+        dead_lettered=dead_lettered,
+        place=_place(kind, span.name, attributes),
+        links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
+    )
+
+
+def decode(body: bytes) -> tuple[list[SpanFacts], int]:
+    """The spans worth keeping from one OTLP/protobuf request, and how many it held in all."""
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise MalformedSpans(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+    kept: list[SpanFacts] = []
+    total = 0
+    for resource_spans in request.resource_spans:
+        resource = _attributes(list(resource_spans.resource.attributes))
+        service = _text(resource.get("service.name")) or "unknown_service"
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                total += 1
+                facts = _facts(span, service)
+                if facts is not None:
+                    kept.append(facts)
+    return kept, total

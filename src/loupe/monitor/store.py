@@ -1,0 +1,480 @@
+"""The monitor's PostgreSQL state: spans in (ingest), journeys, findings and incidents out.
+
+Everything the monitor knows lives here, so a restart loses nothing and memory stays flat:
+the process itself keeps no per-order state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from loupe.database import open_database
+from loupe.monitor.slo import Slo
+from loupe.monitor.spans import SpanFacts
+from loupe.orders import OrderStatus
+from loupe.orders.lifecycle import HAPPY_PATH
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Serialises writers (ingest requests, detection ticks) across replicas too: the per-order
+# projection is read, merged and written back.
+WRITE_LOCK = 0x6D6F6E69746F72  # "monitor"
+
+_RANK = {status.value: index for index, status in enumerate(HAPPY_PATH)}
+_RANK[OrderStatus.REJECTED.value] = 100
+_RANK[OrderStatus.FAILED.value] = 101
+BROKEN_STATUSES = (OrderStatus.FAILED.value, OrderStatus.REJECTED.value)
+
+
+def rank(status: str | None) -> int:
+    """How far along a status is; a later span can never move an order back."""
+    return _RANK.get(status or "", -1)
+
+
+async def open_store(base_dsn: str, database: str) -> asyncpg.Pool:
+    return await open_database(base_dsn, database, MIGRATIONS)
+
+
+@dataclass
+class IngestResult:
+    received: int = 0
+    kept: int = 0
+    new_transitions: int = 0
+    new_errors: int = 0
+    duplicates: int = 0
+    # (from, to, seconds) of each move whose previous status the monitor had seen
+    durations: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Order:
+    order_id: str
+    status: str | None
+    rank: int
+    status_at: datetime
+    service: str | None
+    operation: str | None
+    trace_id: str | None
+    span_id: str | None
+    source: str | None
+    deadline: datetime | None
+    broken_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> _Order:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+def _flow_keys(span: SpanFacts) -> Iterable[str]:
+    if span.error or not span.order_id:
+        return ()
+    keys = [f"{span.service}|{span.place}"]
+    if span.transition and span.status_from:
+        keys.append(f"step:{span.status_from}")
+    return keys
+
+
+async def ingest(
+    pool: asyncpg.Pool, spans: Sequence[SpanFacts], slo: Slo, received: int
+) -> IngestResult:
+    """Store what `spans` say (each span once, whatever order or how often they come) and move
+    each order's projection forward."""
+    result = IngestResult(received=received, kept=len(spans))
+    if not spans:
+        return result
+    transitions = [s for s in spans if s.transition]
+    errors = [s for s in spans if s.error]
+    flows: dict[str, datetime] = {}
+    for span in spans:
+        for key in _flow_keys(span):
+            flows[key] = max(flows.get(key, span.ended_at), span.ended_at)
+
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        new_transitions = await _insert_transitions(connection, transitions)
+        new_errors = await _insert_errors(connection, errors)
+        result.new_transitions = len(new_transitions)
+        result.new_errors = len(new_errors)
+        result.duplicates = len(transitions) + len(errors) - len(new_transitions) - len(new_errors)
+        if flows:
+            await connection.execute(
+                "INSERT INTO flow (place_key, last_at)"
+                " SELECT * FROM unnest($1::text[], $2::timestamptz[])"
+                " ON CONFLICT (place_key) DO UPDATE"
+                " SET last_at = greatest(flow.last_at, excluded.last_at)",
+                list(flows),
+                list(flows.values()),
+            )
+        touched = sorted(
+            {t.order_id for t in new_transitions if t.order_id}
+            | {e.order_id for e in new_errors if e.order_id}
+        )
+        if touched:
+            result.durations = await _project(connection, touched, new_transitions, new_errors, slo)
+    return result
+
+
+async def _insert_transitions(
+    connection: asyncpg.Connection, spans: list[SpanFacts]
+) -> list[SpanFacts]:
+    if not spans:
+        return []
+    rows = await connection.fetch(
+        "INSERT INTO transitions (trace_id, span_id, order_id, status_from, status_to, at,"
+        " service, operation, source, failure_reason, links)"
+        " SELECT t, s, o, f, st, a, sv, op, src, fr, l::jsonb FROM unnest($1::text[],"
+        " $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],"
+        " $8::text[], $9::text[], $10::text[], $11::text[])"
+        " AS x(t, s, o, f, st, a, sv, op, src, fr, l)"
+        " ON CONFLICT DO NOTHING RETURNING trace_id, span_id",
+        [s.trace_id for s in spans],
+        [s.span_id for s in spans],
+        [s.order_id for s in spans],
+        [s.status_from or "" for s in spans],
+        [s.status_to for s in spans],
+        [s.ended_at for s in spans],
+        [s.service for s in spans],
+        [s.name for s in spans],
+        [s.source for s in spans],
+        [s.failure_reason for s in spans],
+        [json.dumps([{"trace_id": t, "span_id": p} for t, p in s.links]) for s in spans],
+    )
+    inserted = {(r["trace_id"], r["span_id"]) for r in rows}
+    return [s for s in spans if (s.trace_id, s.span_id) in inserted]
+
+
+async def _insert_errors(connection: asyncpg.Connection, spans: list[SpanFacts]) -> list[SpanFacts]:
+    if not spans:
+        return []
+    rows = await connection.fetch(
+        "INSERT INTO errors (trace_id, span_id, order_id, at, service, kind, operation, place,"
+        " message, dead_lettered)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],"
+        " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[])"
+        " ON CONFLICT DO NOTHING RETURNING trace_id, span_id",
+        [s.trace_id for s in spans],
+        [s.span_id for s in spans],
+        [s.order_id for s in spans],
+        [s.ended_at for s in spans],
+        [s.service for s in spans],
+        [s.kind for s in spans],
+        [s.name for s in spans],
+        [s.place for s in spans],
+        [s.error_message or "error" for s in spans],
+        [s.dead_lettered for s in spans],
+    )
+    inserted = {(r["trace_id"], r["span_id"]) for r in rows}
+    return [s for s in spans if (s.trace_id, s.span_id) in inserted]
+
+
+async def _project(
+    connection: asyncpg.Connection,
+    order_ids: list[str],
+    transitions: list[SpanFacts],
+    errors: list[SpanFacts],
+    slo: Slo,
+) -> list[tuple[str, str, float]]:
+    rows = await connection.fetch(
+        "SELECT * FROM orders WHERE order_id = ANY($1::text[])", order_ids
+    )
+    orders = {r["order_id"]: _Order.from_row(r) for r in rows}
+    durations: list[tuple[str, str, float]] = []
+    changed: set[str] = set()
+    for span in sorted(transitions, key=lambda s: s.ended_at):
+        assert span.order_id and span.status_to
+        order = orders.get(span.order_id)
+        step_rank = rank(span.status_to)
+        if order is None:
+            order = orders[span.order_id] = _Order(
+                span.order_id, None, -1, span.ended_at, None, None, None, None, None, None, None
+            )
+        moves_on = step_rank > order.rank
+        # The same status seen earlier: that span is the move, the later one a copy of it.
+        origin = step_rank == order.rank and span.ended_at < order.status_at
+        if not (moves_on or origin):
+            continue
+        if moves_on and order.status == span.status_from and order.status is not None:
+            seconds = (span.ended_at - order.status_at).total_seconds()
+            durations.append((order.status, span.status_to, max(seconds, 0.0)))
+        if moves_on:
+            order.broken_at = span.ended_at if span.status_to in BROKEN_STATUSES else None
+        order.status, order.rank, order.status_at = span.status_to, step_rank, span.ended_at
+        order.service, order.operation = span.service, span.name
+        order.trace_id, order.span_id = span.trace_id, span.span_id
+        order.source = span.source or order.source
+        step = slo.step(order.status)
+        order.deadline = order.status_at + step.within if step else None
+        changed.add(order.order_id)
+
+    for span in errors:
+        assert span.order_id is not None
+        if span.order_id not in orders:
+            orders[span.order_id] = _Order(
+                span.order_id, None, -1, span.ended_at, None, None, None, None, None, None, None
+            )
+        changed.add(span.order_id)
+
+    # Broken: an error after the order's last move, once its grace is over (at once for a
+    # dead letter). Recomputed from every stored error, so late spans land right either way.
+    open_orders = [
+        o for o in orders.values() if o.order_id in changed and o.status not in BROKEN_STATUSES
+    ]
+    if open_orders:
+        stored = await connection.fetch(
+            "SELECT order_id, at, dead_lettered FROM errors WHERE order_id = ANY($1::text[])",
+            [o.order_id for o in open_orders],
+        )
+        by_order: dict[str, list[asyncpg.Record]] = {}
+        for row in stored:
+            by_order.setdefault(row["order_id"], []).append(row)
+        for order in open_orders:
+            due = [
+                row["at"] + (timedelta(0) if row["dead_lettered"] else slo.error_grace)
+                for row in by_order.get(order.order_id, [])
+                if order.status is None or row["at"] > order.status_at
+            ]
+            order.broken_at = min(due) if due else None
+
+    await connection.executemany(
+        "INSERT INTO orders (order_id, status, rank, status_at, service, operation, trace_id,"
+        " span_id, source, deadline, broken_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
+        " rank = excluded.rank, status_at = excluded.status_at, service = excluded.service,"
+        " operation = excluded.operation, trace_id = excluded.trace_id,"
+        " span_id = excluded.span_id, source = excluded.source, deadline = excluded.deadline,"
+        " broken_at = excluded.broken_at, updated_at = now()",
+        [
+            (
+                o.order_id,
+                o.status,
+                o.rank,
+                o.status_at,
+                o.service,
+                o.operation,
+                o.trace_id,
+                o.span_id,
+                o.source,
+                o.deadline,
+                o.broken_at,
+            )
+            for o in orders.values()
+            if o.order_id in changed
+        ],
+    )
+    return durations
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
+    """The order's moves in time order: the first span of each status is the move; services
+    that followed it later are listed under `seen_by`."""
+    async with pool.acquire() as connection:
+        order = await connection.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+        if order is None:
+            return None
+        rows = await connection.fetch(
+            "SELECT * FROM transitions WHERE order_id = $1 ORDER BY at, service", order_id
+        )
+        errors = await connection.fetch(
+            "SELECT * FROM errors WHERE order_id = $1 ORDER BY at", order_id
+        )
+        finding = await connection.fetchrow(
+            "SELECT * FROM findings WHERE subject = $1 AND cleared_at IS NULL", order_id
+        )
+    moves: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        move = moves.get(row["status_to"])
+        if move is None:
+            moves[row["status_to"]] = {
+                "status": row["status_to"],
+                "from": row["status_from"],
+                "at": _iso(row["at"]),
+                "service": row["service"],
+                "operation": row["operation"],
+                "trace_id": row["trace_id"],
+                "span_id": row["span_id"],
+                "linked": json.loads(row["links"]) if isinstance(row["links"], str) else [],
+                "seen_by": [],
+            }
+        else:
+            move["seen_by"].append(
+                {"service": row["service"], "at": _iso(row["at"]), "trace_id": row["trace_id"]}
+            )
+    transitions = sorted(moves.values(), key=lambda m: (m["at"], rank(m["status"])))
+    return {
+        "order_id": order_id,
+        "status": order["status"],
+        "source": order["source"],
+        "transitions": transitions,
+        "errors": [
+            {
+                "at": _iso(e["at"]),
+                "service": e["service"],
+                "where": e["place"],
+                "message": e["message"],
+                "dead_lettered": e["dead_lettered"],
+                "trace_id": e["trace_id"],
+                "span_id": e["span_id"],
+            }
+            for e in errors
+        ],
+        "finding": finding_json(finding) if finding else None,
+    }
+
+
+def finding_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "order_id": row["order_id"],
+        "state": row["state"],
+        "status": row["status"],
+        "since": _iso(row["since"]),
+        "deadline": _iso(row["deadline"]),
+        "service": row["service"],
+        "where": row["place"],
+        "trace_id": row["trace_id"],
+        "evidence": row["evidence"],
+        "detected_at": _iso(row["detected_at"]),
+        "incident_id": row["incident_id"],
+    }
+
+
+async def findings(pool: asyncpg.Pool, state: str | None = None) -> list[dict[str, Any]]:
+    """Open findings, oldest first; `state` "stuck" or "broken" narrows them."""
+    query = "SELECT * FROM findings WHERE cleared_at IS NULL"
+    args: list[Any] = []
+    if state:
+        query += " AND state = $1"
+        args.append(state)
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(query + " ORDER BY since, id", *args)
+    return [finding_json(r) for r in rows]
+
+
+def incident_json(row: asyncpg.Record, orders: int) -> dict[str, Any]:
+    resolved = row["resolved_at"]
+    return {
+        "id": row["id"],
+        "state": row["state"],
+        "service": row["service"],
+        "where": row["place"],
+        "status": "resolved" if resolved else "open",
+        "started_at": _iso(row["started_at"]),
+        "detected_at": _iso(row["opened_at"]),
+        "resolved_at": _iso(resolved),
+        "orders": orders,
+        "time_to_detect_seconds": (row["opened_at"] - row["started_at"]).total_seconds(),
+        "detection_delay_seconds": max(
+            (row["opened_at"] - row["deadline_at"]).total_seconds(), 0.0
+        ),
+        "time_to_resolve_seconds": (resolved - row["started_at"]).total_seconds()
+        if resolved
+        else None,
+        "acknowledged_by": row["acknowledged_by"],
+        "acknowledged_at": _iso(row["acknowledged_at"]),
+    }
+
+
+async def incidents(
+    pool: asyncpg.Pool, which: str = "all", window: timedelta = timedelta(days=7)
+) -> dict[str, Any]:
+    """Incidents opened within `window` (and every open one); MTTD and MTTR over them."""
+    condition = {
+        "open": "resolved_at IS NULL",
+        "resolved": "resolved_at IS NOT NULL AND opened_at >= now() - $1::interval",
+        "all": "(resolved_at IS NULL OR opened_at >= now() - $1::interval)",
+    }[which]
+    async with pool.acquire() as connection:
+        args: list[Any] = [] if which == "open" else [window]
+        rows = await connection.fetch(
+            "SELECT i.*, (SELECT count(*) FROM findings f WHERE f.incident_id = i.id) AS n"
+            f" FROM incidents i WHERE {condition} ORDER BY opened_at DESC, id DESC",
+            *args,
+        )
+        summary = await connection.fetchrow(
+            "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
+            " count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,"
+            " avg(extract(epoch FROM opened_at - started_at)) AS mttd,"
+            " avg(extract(epoch FROM resolved_at - started_at))"
+            "   FILTER (WHERE resolved_at IS NOT NULL) AS mttr"
+            " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
+            window,
+        )
+    return {
+        "window_seconds": window.total_seconds(),
+        "open": summary["open"],
+        "resolved": summary["resolved"],
+        "mttd_seconds": float(summary["mttd"]) if summary["mttd"] is not None else None,
+        "mttr_seconds": float(summary["mttr"]) if summary["mttr"] is not None else None,
+        "incidents": [incident_json(r, r["n"]) for r in rows],
+    }
+
+
+async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> dict[str, Any] | None:
+    """Marks the incident seen by `who`; its final orders' findings (FAILED, REJECTED,
+    unattributed dead letters) are cleared: someone has taken them on."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        row = await connection.fetchrow(
+            "UPDATE incidents SET acknowledged_by = $2, acknowledged_at = now()"
+            " WHERE id = $1 RETURNING *",
+            incident_id,
+            who,
+        )
+        if row is None:
+            return None
+        cleared = await connection.fetch(
+            "UPDATE findings SET cleared_at = now() WHERE incident_id = $1 AND settled"
+            " AND cleared_at IS NULL RETURNING order_id",
+            incident_id,
+        )
+        await connection.execute(
+            "UPDATE orders SET broken_at = NULL WHERE order_id = ANY($1::text[])",
+            [r["order_id"] for r in cleared if r["order_id"]],
+        )
+        n = await connection.fetchval(
+            "SELECT count(*) FROM findings WHERE incident_id = $1", incident_id
+        )
+    return incident_json(row, n)
+
+
+async def uptime(
+    pool: asyncpg.Pool, services: Sequence[str], window: timedelta, probe_seconds: float
+) -> dict[str, Any]:
+    """Per service, the share of health probes in `window` that found it up and serving: the
+    probe passed and no request it served in the probe's interval failed (5xx)."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            "SELECT h.service, count(*) AS samples,"
+            " count(*) FILTER (WHERE h.ok AND NOT EXISTS (SELECT 1 FROM errors e"
+            "   WHERE e.service = h.service AND e.kind = 'SERVER'"
+            "   AND e.at > h.at - $2::interval AND e.at <= h.at)) AS good,"
+            " count(*) FILTER (WHERE NOT h.ok) AS probe_failures"
+            " FROM health_samples h WHERE h.at >= now() - $1::interval"
+            " GROUP BY h.service",
+            window,
+            timedelta(seconds=probe_seconds),
+        )
+    by_service = {r["service"]: r for r in rows}
+    result: dict[str, Any] = {}
+    for service in services:
+        row = by_service.get(service)
+        samples = row["samples"] if row else 0
+        result[service] = {
+            "availability": (row["good"] / samples) if row and samples else None,
+            "samples": samples,
+            "probe_failures": row["probe_failures"] if row else 0,
+        }
+    return {"window_seconds": window.total_seconds(), "services": result}

@@ -1,0 +1,354 @@
+"""The monitor's state on real PostgreSQL: spans in (as OTLP protobuf), journeys, stuck and
+broken findings, incidents opening and resolving, acknowledgement."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from integration_support import AMQP_URL, POSTGRES_DSN
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from loupe.messaging.management import Management
+from loupe.monitor import detection, store
+from loupe.monitor.slo import Slo
+from loupe.monitor.spans import decode
+
+pytestmark = pytest.mark.integration
+
+SLO = Slo.parse(
+    {
+        "error_grace": "3s",
+        "steps": {
+            "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
+            "PRICE_CALCULATED": {
+                "within": "30s",
+                "service": "crm-api",
+                "queue": "crm.order-status",
+                "then": "seller approval",
+            },
+            "MANUFACTURING_APPROVED": {"within": "30s", "service": "mes-api", "then": "take"},
+            "MANUFACTURING_STARTED": {"within": "30s", "service": "mes-api", "then": "complete"},
+            "MANUFACTURING_COMPLETED": {"within": "30s", "service": "crm-api", "then": "ship"},
+            "SHIPPED": {"within": "30s", "service": "crm-api", "then": "close"},
+        },
+    }
+)
+MANAGEMENT = Management("http://127.0.0.1:15672", AMQP_URL)
+
+
+@pytest.fixture
+async def pool(database_name: Callable[[], str]) -> AsyncIterator[asyncpg.Pool]:
+    pool = await store.open_store(POSTGRES_DSN, database_name())
+    yield pool
+    await pool.close()
+
+
+class Spans:
+    """Finished spans of several services, made with the real SDK and encoded as OTLP."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self._providers: dict[str, TracerProvider] = {}
+
+    def _tracer(self, service: str) -> Any:
+        if service not in self._providers:
+            provider = TracerProvider(resource=Resource.create({"service.name": service}))
+            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+            self._providers[service] = provider
+        return self._providers[service].get_tracer("tests")
+
+    def make(
+        self,
+        service: str,
+        name: str,
+        at: datetime,
+        *,
+        order_id: str | None = None,
+        move: tuple[str, str] | None = None,
+        error: str | None = None,
+        dead_lettered: bool = False,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, Any] | None = None,
+        links: Sequence[Link] = (),
+    ) -> ReadableSpan:
+        attrs: dict[str, Any] = dict(attributes or {})
+        if order_id:
+            attrs["order.id"] = order_id
+        if move:
+            attrs["order.status.from"], attrs["order.status.to"] = move
+        nanos = int(at.timestamp() * 1e9)
+        span = self._tracer(service).start_span(
+            name, kind=kind, attributes=attrs, start_time=nanos - 1_000_000, links=links
+        )
+        if dead_lettered:
+            span.add_event("dead-lettered", {"loupe.messaging.reason": error or "poison"})
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=nanos)
+        return self.exporter.get_finished_spans()[-1]
+
+
+def otlp(spans: Sequence[ReadableSpan]) -> bytes:
+    return encode_spans(list(spans)).SerializeToString()
+
+
+async def send(pool: asyncpg.Pool, spans: Sequence[ReadableSpan]) -> store.IngestResult:
+    kept, total = decode(otlp(spans))
+    return await store.ingest(pool, kept, SLO, total)
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+HAPPY = [
+    ("shop-api", "POST /orders", "NEW", "SUBMITTED"),
+    ("mes-api", "process loupe.orders", "SUBMITTED", "PRICE_CALCULATED"),
+    ("crm-api", "approve manufacturing", "PRICE_CALCULATED", "MANUFACTURING_APPROVED"),
+    ("mes-api", "take order", "MANUFACTURING_APPROVED", "MANUFACTURING_STARTED"),
+    ("mes-api", "complete order", "MANUFACTURING_STARTED", "MANUFACTURING_COMPLETED"),
+    ("crm-api", "ship order", "MANUFACTURING_COMPLETED", "SHIPPED"),
+    ("crm-api", "close order", "SHIPPED", "CLOSED"),
+]
+
+
+async def test_journey_from_late_repeated_and_shuffled_spans(pool: asyncpg.Pool) -> None:
+    made = Spans()
+    order = "order-journey"
+    spans = [
+        made.make(service, name, ago(60 - 5 * i), order_id=order, move=(before, after))
+        for i, (service, name, before, after) in enumerate(HAPPY)
+    ]
+    # CRM's copy following MES's pricing, a little later: a sighting, not a second move.
+    spans.append(
+        made.make(
+            "crm-api",
+            "process loupe.orders",
+            ago(54),
+            order_id=order,
+            move=("SUBMITTED", "PRICE_CALCULATED"),
+            kind=SpanKind.CONSUMER,
+        )
+    )
+    # A plain span of the order (no move) and one of no order at all: no transition.
+    spans.append(made.make("mes-api", "price order", ago(56), order_id=order))
+    spans.append(made.make("mes-api", "SELECT", ago(56)))
+    shuffled = spans[:]
+    random.Random(7).shuffle(shuffled)
+    first = await send(pool, shuffled[:5])
+    second = await send(pool, shuffled[3:])  # two spans arrive twice
+    again = await send(pool, spans)  # everything again
+
+    assert first.received == 5
+    assert second.duplicates == 2
+    assert again.new_transitions == 0 and again.duplicates == len(HAPPY) + 1
+    journey = await store.journey(pool, order)
+    assert journey is not None
+    assert journey["status"] == "CLOSED"
+    assert [m["status"] for m in journey["transitions"]] == [after for *_, after in HAPPY]
+    assert [m["service"] for m in journey["transitions"]] == [s for s, *_ in HAPPY]
+    priced = journey["transitions"][1]
+    assert priced["seen_by"] and priced["seen_by"][0]["service"] == "crm-api"
+    assert all(m["trace_id"] and m["span_id"] for m in journey["transitions"])
+
+    result = await detection.tick(pool, SLO, MANAGEMENT)
+    assert result.opened == []
+    assert await store.findings(pool) == []
+
+
+async def test_an_order_past_its_slo_is_stuck_in_the_queue_until_it_moves(
+    pool: asyncpg.Pool, broker: Any
+) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [made.make("shop-api", "POST /orders", ago(40), order_id="o-stuck", move=HAPPY[0][2:])],
+    )
+    # Another order, fresh: not stuck.
+    await send(
+        pool,
+        [made.make("shop-api", "POST /orders", ago(1), order_id="o-fresh", move=HAPPY[0][2:])],
+    )
+    result = await detection.tick(pool, SLO, MANAGEMENT)
+    assert [f["order_id"] for f in result.opened] == ["o-stuck"]
+    (finding,) = await store.findings(pool, "stuck")
+    assert finding["state"] == "stuck" and finding["status"] == "SUBMITTED"
+    assert finding["service"] == "mes-api"
+    assert finding["where"] == "queue mes.order-submitted"
+    # Figures from RabbitMQ's management API for the queue it waits in.
+    assert "queue mes.order-submitted: 0 ready, 0 unacknowledged, 0 consumer(s)" in (
+        finding["evidence"]
+    )
+    assert finding["trace_id"]
+    assert len(result.incidents_opened) == 1
+    assert result.latencies[0] == pytest.approx(10, abs=3)
+
+    # A second tick reports nothing new.
+    assert (await detection.tick(pool, SLO, MANAGEMENT)).opened == []
+
+    await send(
+        pool,
+        [
+            made.make(
+                "mes-api",
+                "process loupe.orders",
+                ago(0.5),
+                order_id="o-stuck",
+                move=HAPPY[1][2:],
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.destination.subscription.name": "mes.order-submitted"},
+            )
+        ],
+    )
+    result = await detection.tick(pool, SLO, MANAGEMENT)
+    assert result.cleared == 1
+    assert await store.findings(pool) == []
+    (resolved,) = result.incidents_resolved
+    assert resolved["status"] == "resolved"
+    assert resolved["time_to_resolve_seconds"] == pytest.approx(40, abs=3)
+    report = await store.incidents(pool)
+    assert report["open"] == 0 and report["resolved"] == 1
+    assert report["mttr_seconds"] == pytest.approx(40, abs=3)
+
+
+async def test_after_a_status_reaches_crm_it_waits_for_the_seller(pool: asyncpg.Pool) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [
+            made.make("mes-api", "process loupe.orders", ago(45), order_id="o", move=HAPPY[1][2:]),
+            made.make("crm-api", "process loupe.orders", ago(44), order_id="o", move=HAPPY[1][2:]),
+        ],
+    )
+    await detection.tick(pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(pool)
+    assert (finding["service"], finding["where"]) == ("crm-api", "seller approval")
+
+
+async def test_dead_letter_is_broken_at_once_and_an_error_after_its_grace(
+    pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    queue = {"messaging.destination.subscription.name": "crm.order-status"}
+    await send(
+        pool,
+        [
+            made.make("shop-api", "POST /orders", ago(3), order_id="dl", move=HAPPY[0][2:]),
+            made.make("shop-api", "POST /orders", ago(3), order_id="err", move=HAPPY[0][2:]),
+            made.make(
+                "crm-api",
+                "process loupe.orders",
+                ago(2),
+                order_id="dl",
+                error="poison message: field status is 'NOPE'",
+                dead_lettered=True,
+                kind=SpanKind.CONSUMER,
+                attributes=queue,
+            ),
+            made.make(
+                "crm-api",
+                "process loupe.orders",
+                ago(0.2),
+                order_id="err",
+                error="ConnectionError: database is down",
+                kind=SpanKind.CONSUMER,
+                attributes=queue,
+            ),
+        ],
+    )
+    await detection.tick(pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(pool)
+    assert finding["order_id"] == "dl" and finding["state"] == "broken"
+    assert finding["service"] == "crm-api" and finding["where"] == "queue crm.order-status"
+    assert finding["evidence"] == "dead-lettered: poison message: field status is 'NOPE'"
+    assert finding["status"] == "SUBMITTED"
+
+    # The other error gets its grace (3 s here) for a retry to succeed; none comes.
+    async with pool.acquire() as connection:
+        await connection.execute(
+            "UPDATE orders SET broken_at = now() - interval '1 second' WHERE order_id = 'err'"
+        )
+    await detection.tick(pool, SLO, MANAGEMENT)
+    broken = {f["order_id"]: f for f in await store.findings(pool, "broken")}
+    assert broken["err"]["evidence"] == "ConnectionError: database is down"
+    # Both share a place: one incident.
+    report = await store.incidents(pool, "open")
+    assert [i["orders"] for i in report["incidents"]] == [2]
+
+
+async def test_an_error_followed_by_progress_is_not_broken(pool: asyncpg.Pool) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [
+            made.make("shop-api", "POST /orders", ago(20), order_id="r", move=HAPPY[0][2:]),
+            made.make("mes-api", "process loupe.orders", ago(15), order_id="r", error="timeout"),
+            made.make("mes-api", "process loupe.orders", ago(12), order_id="r", move=HAPPY[1][2:]),
+        ],
+    )
+    assert (await detection.tick(pool, SLO, MANAGEMENT)).opened == []
+
+
+async def test_failed_order_is_broken_until_acknowledged(pool: asyncpg.Pool) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [
+            made.make("shop-api", "POST /orders", ago(5), order_id="f", move=HAPPY[0][2:]),
+            made.make(
+                "mes-api", "price order", ago(4), order_id="f", error="model cannot be priced"
+            ),
+            made.make(
+                "mes-api",
+                "process loupe.orders",
+                ago(4),
+                order_id="f",
+                move=("SUBMITTED", "FAILED"),
+                attributes={"order.failure.reason": "model cannot be priced: open surface"},
+            ),
+        ],
+    )
+    await detection.tick(pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(pool)
+    assert finding["state"] == "broken" and finding["status"] == "FAILED"
+    assert finding["evidence"] == "FAILED: model cannot be priced: open surface"
+    assert (finding["service"], finding["where"]) == ("mes-api", "price order")
+
+    acknowledged = await store.acknowledge(pool, finding["incident_id"], "devops@example.com")
+    assert acknowledged is not None and acknowledged["acknowledged_by"] == "devops@example.com"
+    assert await store.findings(pool) == []
+    assert (await detection.tick(pool, SLO, MANAGEMENT)).opened == []
+
+
+async def test_a_dead_letter_with_no_order_is_reported_once(pool: asyncpg.Pool) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [
+            made.make(
+                "mes-api",
+                "process loupe.orders",
+                ago(1),
+                error="poison message: not JSON",
+                dead_lettered=True,
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.destination.subscription.name": "mes.order-submitted"},
+            )
+        ],
+    )
+    await detection.tick(pool, SLO, MANAGEMENT)
+    await detection.tick(pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(pool)
+    assert finding["order_id"] is None and finding["state"] == "broken"
+    assert finding["where"] == "queue mes.order-submitted"
+    assert finding["evidence"] == "dead-lettered: poison message: not JSON"
