@@ -186,8 +186,9 @@ async def test_an_order_past_its_slo_is_stuck_in_the_queue_until_it_moves(
     assert finding["service"] == "mes-api"
     assert finding["where"] == "queue mes.order-submitted"
     # Figures from RabbitMQ's management API for the queue it waits in.
-    assert "queue mes.order-submitted: 0 ready, 0 unacknowledged, 0 consumer(s)" in (
-        finding["evidence"]
+    assert (
+        "queue mes.order-submitted: 0 ready, 0 unacknowledged, 0 consumer(s)"
+        in (finding["evidence"])
     )
     assert finding["trace_id"]
     assert len(result.incidents_opened) == 1
