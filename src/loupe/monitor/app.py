@@ -1,7 +1,8 @@
 """The monitor's HTTP side: OTLP/HTTP intake at /v1/traces, the JSON API under /monitor/api
 (behind the gateway, role-checked), Prometheus metrics at /metrics, /healthz."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI must see the `Who` dependency's
+# annotation as an object, and it is made at run time by Access.
 
 import asyncio
 import contextlib
@@ -26,7 +27,7 @@ from loupe.config import SERVICE_NAMES
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.settings import API_PREFIX, MonitorSettings
-from loupe.monitor.slo import Slo
+from loupe.monitor.slo import Slo, SloError
 from loupe.monitor.spans import MalformedSpans, decode
 
 log = logging.getLogger(__name__)
@@ -261,8 +262,11 @@ def run_monitor() -> None:
     from loupe.runtime import serve
     from loupe.telemetry import configure_telemetry
 
-    settings = MonitorSettings.from_env()
-    app = create_app(settings)
+    try:
+        settings = MonitorSettings.from_env()
+        app = create_app(settings)
+    except (SloError, ValueError) as exc:
+        raise SystemExit(f"loupe-monitor: {exc}") from None
     configure_telemetry("loupe-monitor")
     # Its own intake and scrapes untraced: each would otherwise make a span that comes back
     # through Jaeger to the intake.
