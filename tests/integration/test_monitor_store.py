@@ -353,3 +353,45 @@ async def test_a_dead_letter_with_no_order_is_reported_once(pool: asyncpg.Pool) 
     assert finding["order_id"] is None and finding["state"] == "broken"
     assert finding["where"] == "queue mes.order-submitted"
     assert finding["evidence"] == "dead-lettered: poison message: not JSON"
+
+
+async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
+    pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [
+            made.make("shop-api", "POST /orders", ago(30), order_id="ok", move=HAPPY[0][2:]),
+            made.make("mes-api", "process loupe.orders", ago(29), order_id="ok", move=HAPPY[1][2:]),
+            # A seller clicks "approve" twice: the second is refused (409), not a failure.
+            made.make(
+                "crm-api",
+                "approve manufacturing",
+                ago(0.5),
+                order_id="ok",
+                error="order ok is MANUFACTURING_APPROVED; it cannot become ...",
+                attributes={"error.type": "IllegalTransition"},
+            ),
+            made.make(
+                "crm-api",
+                "approve manufacturing",
+                ago(1),
+                order_id="ok",
+                move=HAPPY[2][2:],
+            ),
+        ]
+        + [
+            made.make(service, name, ago(20 - i), order_id="done", move=(before, after))
+            for i, (service, name, before, after) in enumerate(HAPPY)
+        ]
+        + [made.make("crm-api", "close order", ago(1), order_id="done", error="boom")],
+    )
+    async with pool.acquire() as connection:
+        await connection.execute("UPDATE orders SET deadline = NULL WHERE order_id = 'ok'")
+        # Past every grace: nothing may be due.
+        rows = await connection.fetch("SELECT order_id, broken_at FROM orders")
+    assert {r["order_id"]: r["broken_at"] for r in rows} == {"ok": None, "done": None}
+    assert (await detection.tick(pool, SLO, MANAGEMENT)).opened == []
+    journey = await store.journey(pool, "ok")
+    assert journey is not None and [e["message"][:8] for e in journey["errors"]] == ["order ok"]

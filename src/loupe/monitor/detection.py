@@ -128,7 +128,8 @@ async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Fin
     final = order["status"] in BROKEN_STATUSES
     if final:
         error = await connection.fetchrow(
-            "SELECT * FROM errors WHERE order_id = $1 ORDER BY dead_lettered DESC, at DESC LIMIT 1",
+            "SELECT * FROM errors WHERE order_id = $1 AND NOT refusal"
+            " ORDER BY dead_lettered DESC, at DESC LIMIT 1",
             order["order_id"],
         )
         reason = await connection.fetchval(
@@ -141,7 +142,8 @@ async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Fin
         since = order["status_at"]
     else:
         error = await connection.fetchrow(
-            "SELECT * FROM errors WHERE order_id = $1 AND ($2::timestamptz IS NULL OR at > $2)"
+            "SELECT * FROM errors WHERE order_id = $1 AND NOT refusal"
+            " AND ($2::timestamptz IS NULL OR at > $2)"
             " ORDER BY dead_lettered DESC, at DESC LIMIT 1",
             order["order_id"],
             order["status_at"] if order["status"] else None,

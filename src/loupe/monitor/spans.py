@@ -24,6 +24,8 @@ from loupe.telemetry.attributes import (
 DEAD_LETTERED_EVENT = "dead-lettered"
 DEAD_LETTER_REASON = "loupe.messaging.reason"
 SUBSCRIPTION = "messaging.destination.subscription.name"
+# error.type of refused steps (see loupe.orders.lifecycle and loupe.runtime).
+REFUSALS = frozenset({"IllegalTransition", "OrderNotFound"})
 
 
 class MalformedSpans(ValueError):
@@ -47,6 +49,7 @@ class SpanFacts:
     failure_reason: str | None
     error: bool
     error_message: str | None
+    error_type: str | None
     dead_lettered: bool
     place: str
     links: tuple[tuple[str, str], ...]
@@ -54,6 +57,12 @@ class SpanFacts:
     @property
     def transition(self) -> bool:
         return bool(self.order_id and self.status_to and not self.error)
+
+    @property
+    def refusal(self) -> bool:
+        """A step refused because the order was not where the caller thought (HTTP 409/404):
+        the caller's mistake, not the order's path breaking."""
+        return self.error_type in REFUSALS
 
 
 def _value(value: AnyValue) -> str | int | float | bool | None:
@@ -125,6 +134,7 @@ def _facts(span: Span, service: str) -> SpanFacts | None:
         failure_reason=_text(attributes.get(ORDER_FAILURE_REASON)),
         error=error,
         error_message=message if error else None,
+        error_type=_text(attributes.get("error.type")) if error else None,
         dead_lettered=dead_lettered,
         place=_place(kind, span.name, attributes),
         links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),

@@ -30,6 +30,7 @@ _RANK = {status.value: index for index, status in enumerate(HAPPY_PATH)}
 _RANK[OrderStatus.REJECTED.value] = 100
 _RANK[OrderStatus.FAILED.value] = 101
 BROKEN_STATUSES = (OrderStatus.FAILED.value, OrderStatus.REJECTED.value)
+FINAL_RANK = _RANK[OrderStatus.CLOSED.value]
 
 
 def rank(status: str | None) -> int:
@@ -154,9 +155,10 @@ async def _insert_errors(connection: asyncpg.Connection, spans: list[SpanFacts])
         return []
     rows = await connection.fetch(
         "INSERT INTO errors (trace_id, span_id, order_id, at, service, kind, operation, place,"
-        " message, dead_lettered)"
+        " message, dead_lettered, error_type, refusal)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],"
-        " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[])"
+        " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[],"
+        " $11::text[], $12::boolean[])"
         " ON CONFLICT DO NOTHING RETURNING trace_id, span_id",
         [s.trace_id for s in spans],
         [s.span_id for s in spans],
@@ -168,6 +170,8 @@ async def _insert_errors(connection: asyncpg.Connection, spans: list[SpanFacts])
         [s.place for s in spans],
         [s.error_message or "error" for s in spans],
         [s.dead_lettered for s in spans],
+        [s.error_type for s in spans],
+        [s.refusal for s in spans],
     )
     inserted = {(r["trace_id"], r["span_id"]) for r in rows}
     return [s for s in spans if (s.trace_id, s.span_id) in inserted]
@@ -222,12 +226,13 @@ async def _project(
 
     # Broken: an error after the order's last move, once its grace is over (at once for a
     # dead letter). Recomputed from every stored error, so late spans land right either way.
-    open_orders = [
-        o for o in orders.values() if o.order_id in changed and o.status not in BROKEN_STATUSES
-    ]
+    # A final order is not: FAILED and REJECTED are broken by themselves, and an error after
+    # CLOSED (say, a second "close") does not concern the order's path.
+    open_orders = [o for o in orders.values() if o.order_id in changed and o.rank < FINAL_RANK]
     if open_orders:
         stored = await connection.fetch(
-            "SELECT order_id, at, dead_lettered FROM errors WHERE order_id = ANY($1::text[])",
+            "SELECT order_id, at, dead_lettered FROM errors WHERE order_id = ANY($1::text[])"
+            " AND NOT refusal",
             [o.order_id for o in open_orders],
         )
         by_order: dict[str, list[asyncpg.Record]] = {}

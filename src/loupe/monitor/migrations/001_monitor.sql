@@ -31,6 +31,9 @@ CREATE TABLE errors (
     operation     TEXT NOT NULL,
     place         TEXT NOT NULL,
     message       TEXT NOT NULL,
+    error_type    TEXT,
+    -- a refused step (409/404): kept for the journey, never makes the order broken
+    refusal       BOOLEAN NOT NULL DEFAULT false,
     dead_lettered BOOLEAN NOT NULL DEFAULT false,
     received_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (trace_id, span_id)
