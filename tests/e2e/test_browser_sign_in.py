@@ -84,7 +84,17 @@ def test_developer_signs_in_with_a_browser(
     finally:
         context.close()
 
+    entries = gateway.audit()
     assert any(
         e["kind"] == "auth" and e["user"] == "developer@example.com" and e["allowed"] is True
-        for e in gateway.audit()
+        for e in entries
     )
+    # A browser's user agent has nothing the audit format must escape: it reads back as sent.
+    agents = {
+        e["user_agent"]
+        for e in entries
+        if e["kind"] == "request"
+        and e["user"] == "developer@example.com"
+        and e["uri"] == "/jaeger/api/services"
+    }
+    assert any("Chrome/" in a and "\\" not in a for a in agents), agents

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import tomllib
 from pathlib import Path
 
@@ -278,3 +279,109 @@ def test_https_public_url_marks_the_cookie_secure(tmp_path: Path) -> None:
     proxy = tomllib.loads(files.gateway_config.read_text())
     assert proxy["cookie_secure"] is True
     assert proxy["http_address"] == "127.0.0.1:4180"
+
+
+def test_render_routes_the_monitor_between_jaeger_and_the_portal(tmp_path: Path) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    jaeger = "http://127.0.0.1:16686/jaeger"
+
+    def upstreams(portal_url: str | None = None, monitor_url: str | None = None) -> list[str]:
+        files = render(
+            settings,
+            jaeger,
+            tmp_path / "d",
+            tmp_path / "l",
+            None,
+            portal_url,
+            monitor_url=monitor_url,
+        )
+        return list(tomllib.loads(files.gateway_config.read_text())["upstreams"])
+
+    assert upstreams(portal_url="http://127.0.0.1:8090") == [
+        "http://127.0.0.1:16686/jaeger/",
+        "http://127.0.0.1:8090/",
+    ]
+    # The monitor serves its API under /monitor/api/..., so the path passes on unchanged.
+    assert upstreams(portal_url="http://127.0.0.1:8090", monitor_url="http://127.0.0.1:8091") == [
+        "http://127.0.0.1:16686/jaeger/",
+        "http://127.0.0.1:8091/monitor/",
+        "http://127.0.0.1:8090/",
+    ]
+    assert upstreams(monitor_url="http://127.0.0.1:8091/") == [
+        "http://127.0.0.1:16686/jaeger/",
+        "http://127.0.0.1:8091/monitor/",
+        "static://200",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("monitor_url", "problem"),
+    [
+        ("127.0.0.1:8091", "http"),
+        ("ftp://127.0.0.1:8091", "http"),
+        ("http://127.0.0.1:8091/monitor", "host:port only"),
+        ("http://127.0.0.1:8091/?x=1", "host:port only"),
+    ],
+)
+def test_render_refuses_a_monitor_url_with_a_path(
+    tmp_path: Path, monitor_url: str, problem: str
+) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    with pytest.raises(StackError, match=problem):
+        render(
+            settings,
+            "http://127.0.0.1:16686/jaeger",
+            tmp_path / "d",
+            tmp_path / "l",
+            monitor_url=monitor_url,
+        )
+    # Refused before anything is written.
+    assert not (tmp_path / "d" / "gateway").exists()
+
+
+def test_render_accepts_id_tokens_as_bearer_and_refuses_other_authorization(
+    tmp_path: Path,
+) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    proxy = tomllib.loads(files.gateway_config.read_text())
+    assert proxy["skip_jwt_bearer_tokens"] is True
+    # A bad token is refused at once, not sent to the sign-in form.
+    assert proxy["bearer_token_login_fallback"] is False
+    # Only the sign-in provider's tokens for this client: no other issuer is trusted.
+    assert "extra_jwt_issuers" not in proxy
+    assert "oidc_extra_audiences" not in proxy
+    # The group check still applies to those sessions.
+    assert proxy["allowed_groups"] == ["devops", "developers"]
+    assert proxy["pass_authorization_header"] is True
+
+
+NUMERIC_LOG_FIELDS = {".Timestamp", ".StatusCode", ".ResponseSize", ".RequestDuration"}
+PRE_QUOTED_LOG_FIELDS = {".RequestURI", ".UserAgent"}
+
+
+@pytest.mark.parametrize(
+    "key", ["request_logging_format", "auth_logging_format", "standard_logging_format"]
+)
+def test_audit_formats_escape_every_string_field_for_json(tmp_path: Path, key: str) -> None:
+    settings = GatewaySettings(secrets_dir=tmp_path / "s")
+    files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
+    fmt = tomllib.loads(files.gateway_config.read_text())[key]
+    define = '{{define "json"}}{{printf "%q" (slice . 1 (len (slice . 1)))}}{{end}}'
+    assert fmt.startswith(define + "{")
+    body = fmt.removeprefix(define)
+    assert body.endswith("}")
+    # Whatever is not an action is fixed JSON text, with no line break.
+    assert "\n" not in fmt
+    for field in re.findall(r"\.[A-Z][A-Za-z]*", body):
+        if field in NUMERIC_LOG_FIELDS:
+            continue
+        # Only the Upstream == "-" and Status == "AuthSuccess" tests use a field bare.
+        uses = body.count(field)
+        escaped = body.count(
+            f'template "json" {field}}}}}'
+            if field in PRE_QUOTED_LOG_FIELDS
+            else f'template "json" printf "%q" {field}}}}}'
+        )
+        compared = body.count(f"eq {field} ")
+        assert uses == escaped + compared and escaped >= 1, (field, body)

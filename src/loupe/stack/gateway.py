@@ -345,11 +345,15 @@ def render(
     logs_dir: Path,
     secrets_: Secrets | None = None,
     portal_url: str | None = None,
+    *,
+    monitor_url: str | None = None,
 ) -> GatewayFiles:
     """Writes dex.yaml, oauth2-proxy.cfg and templates/error.html under `data_dir`/gateway.
 
     `jaeger_query_url` is Jaeger's query URL with its base path (`JaegerPorts.query_url`);
-    `portal_url` is loupe-portal's, served at `/` (a static 200 there without it).
+    `portal_url` is loupe-portal's, served at `/` (a static 200 there without it);
+    `monitor_url` is the order-flow monitor's root URL (scheme, host and port), which gets the
+    paths under `/monitor/` unchanged (no `/monitor/` route without it).
     """
     for name, path in (("certificate", settings.tls_cert), ("key", settings.tls_key)):
         if path is not None and not path.is_file():
@@ -382,16 +386,21 @@ def render(
                 f"the OIDC client secret file {settings.oidc_client_secret_file} is empty"
             )
 
-    if settings.uses_dex:
-        _render_dex(settings, secrets_, files)
-    else:
-        files.dex_config.unlink(missing_ok=True)
-
     # oauth2-proxy passes request paths through unchanged, so Jaeger is served under the same
     # path on the gateway as its base_path on the query port.
     jaeger = urlsplit(jaeger_query_url)
     if jaeger.path.strip("/") == "":
         raise StackError(f"Jaeger's query URL needs its base path, got {jaeger_query_url!r}")
+    upstreams = [jaeger_query_url.rstrip("/") + "/"]
+    if monitor_url:
+        upstreams.append(_monitor_upstream(monitor_url))
+    upstreams.append(portal_url.rstrip("/") + "/" if portal_url else "static://200")
+
+    if settings.uses_dex:
+        _render_dex(settings, secrets_, files)
+    else:
+        files.dex_config.unlink(missing_ok=True)
+
     _render(
         GATEWAY_TEMPLATE,
         _encoded(
@@ -400,10 +409,7 @@ def render(
                 "https_address": settings.address,
                 "tls_cert_file": str(settings.tls_cert.resolve()) if settings.tls_cert else "",
                 "tls_key_file": str(settings.tls_key.resolve()) if settings.tls_key else "",
-                "upstreams": [
-                    jaeger_query_url.rstrip("/") + "/",
-                    portal_url.rstrip("/") + "/" if portal_url else "static://200",
-                ],
+                "upstreams": upstreams,
                 "provider_name": settings.oidc_provider_name
                 or ("loupe sign-in (Dex)" if settings.uses_dex else "loupe sign-in"),
                 "oidc_issuer_url": settings.issuer,
@@ -432,6 +438,21 @@ def render(
     for page in sorted(GATEWAY_PAGES.glob("*.html")):
         _render(page, {"allowed_groups": html.escape(groups)}, files.pages / page.name)
     return files
+
+
+def _monitor_upstream(monitor_url: str) -> str:
+    # oauth2-proxy takes an upstream URL's path as the prefix it routes on and sends requests
+    # to the host's root with their own path, so a path in monitor_url would only move the
+    # route, never the target: refused rather than silently serving the monitor elsewhere.
+    parts = urlsplit(monitor_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StackError(f"the monitor's URL must be an http(s) URL, got {monitor_url!r}")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise StackError(
+            f"the monitor's URL must be scheme://host:port only (it serves under /monitor/ "
+            f"itself), got {monitor_url!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}/monitor/"
 
 
 def _render_dex(settings: GatewaySettings, secrets_: Secrets, files: GatewayFiles) -> None:
