@@ -56,7 +56,7 @@ def test_developer_signs_in_with_a_browser(
     context = browser.new_context(viewport={"width": 900, "height": 600})
     try:
         page = context.new_page()
-        page.goto(f"{gateway.url}/jaeger/api/services")
+        page.goto(f"{gateway.url}/jaeger/")
 
         # Not signed in: sent on to Dex's password form.
         dex = urlsplit(gateway.settings.dex_issuer)
@@ -66,11 +66,12 @@ def test_developer_signs_in_with_a_browser(
         page.fill("input[name=login]", "developer@example.com")
         page.fill("input[name=password]", gateway.password)
         page.screenshot(path=str(tmp_path / "sign-in-form.png"))
-        with page.expect_navigation(url=f"{gateway.url}/jaeger/api/services"):
+        with page.expect_navigation(url=f"{gateway.url}/jaeger/"):
             page.click("button[type=submit]")
 
-        # Back on the gateway, at the page first asked for: Jaeger's API as JSON.
-        assert page.url == f"{gateway.url}/jaeger/api/services"
+        # Back on the gateway, at the page first asked for; now Jaeger's API answers too.
+        assert page.url == f"{gateway.url}/jaeger/"
+        page.goto(f"{gateway.url}/jaeger/api/services")
         # Chromium shows JSON in a <pre> (under its own "Pretty-print" bar).
         listed = json.loads(page.inner_text("pre"))
         assert set(GATEWAY_SERVICES) <= set(listed["data"])

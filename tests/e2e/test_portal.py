@@ -118,7 +118,7 @@ def test_requeue_needs_devops(portal: tuple[Gateway, Sandbox, str]) -> None:
     asyncio.run(_dead_letter(amqp, "order-e2e-1"))
 
     with gateway.client() as client:
-        sign_in(gateway, client, "developer@example.com", "/api/whoami")
+        sign_in(gateway, client, "developer@example.com", "/")
         listed = client.get(f"{gateway.url}/api/dead-letters", headers=API)
         assert listed.status_code == 200, listed.text
         letters = listed.json()["dead_letters"]
@@ -130,7 +130,7 @@ def test_requeue_needs_devops(portal: tuple[Gateway, Sandbox, str]) -> None:
         assert refused.json()["needs_group"] == ["devops"]
 
     with gateway.client() as client:
-        sign_in(gateway, client, "devops@example.com", "/api/whoami")
+        sign_in(gateway, client, "devops@example.com", "/")
         done = client.post(
             f"{gateway.url}/api/dead-letters/requeue", headers=API, json={"order_id": "order-e2e-1"}
         )

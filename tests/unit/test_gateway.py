@@ -339,15 +339,16 @@ def test_render_refuses_a_monitor_url_with_a_path(
     assert not (tmp_path / "d" / "gateway").exists()
 
 
-def test_render_accepts_id_tokens_as_bearer_and_refuses_other_authorization(
+def test_render_accepts_id_tokens_as_bearer_and_answers_api_paths_with_401(
     tmp_path: Path,
 ) -> None:
     settings = GatewaySettings(secrets_dir=tmp_path / "s")
     files = render(settings, "http://127.0.0.1:16686/jaeger", tmp_path / "d", tmp_path / "l")
     proxy = tomllib.loads(files.gateway_config.read_text())
     assert proxy["skip_jwt_bearer_tokens"] is True
-    # A bad token is refused at once, not sent to the sign-in form.
-    assert proxy["bearer_token_login_fallback"] is False
+    # A bad token counts as no session (the default), and API paths then get 401, not the form.
+    assert "bearer_token_login_fallback" not in proxy
+    assert proxy["api_routes"] == ["^/jaeger/api/", "^/monitor/api/", "^/api/"]
     # Only the sign-in provider's tokens for this client: no other issuer is trusted.
     assert "extra_jwt_issuers" not in proxy
     assert "oidc_extra_audiences" not in proxy
