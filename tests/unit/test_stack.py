@@ -9,11 +9,15 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+import yaml
+from rich.console import Console
 
 from loupe.config import Settings
+from loupe.monitor.settings import MonitorSettings
 from loupe.stack import (
     JaegerPorts,
     Process,
@@ -25,8 +29,12 @@ from loupe.stack import (
     jaeger_process,
     preflight,
     service_process,
+    up,
 )
+from loupe.stack.components import monitor_process
+from loupe.stack.gateway import GatewaySettings
 from loupe.stack.process import port_open
+from loupe.stack.sandbox import Sandbox
 
 # Installs a SIGTERM handler that records the process's name, then listens on a port so the
 # supervisor only considers it ready once the handler is in place.
@@ -416,3 +424,179 @@ def test_preflight_passes_when_both_answer(tmp_path: Path) -> None:
                 postgres_dsn=f"postgresql:///postgres?host={tmp_path}",
             )
         )
+
+
+# ------------------------------------------------------------------ the monitor and its pipeline
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+JAEGER_DEPLOY = DEPLOY / "jaeger"
+COLLECTOR_EXAMPLE = DEPLOY / "otel-collector" / "monitor.yaml"
+
+
+def _yaml(path: Path) -> dict:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _merged(base: dict, overlay: dict) -> dict:
+    """What the collector does with two --config files: maps merged, everything else replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _span_conditions(config: dict) -> list[str]:
+    return config["processors"]["filter/monitor"]["traces"]["span"]
+
+
+def test_jaeger_process_without_monitor_has_one_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LOUPE_MONITOR_OTLP_ENDPOINT", raising=False)
+    binary = tmp_path / "jaeger"
+    binary.write_text("")
+    proc = jaeger_process("memory", binary=binary, logs_dir=tmp_path)
+    assert proc.argv == [str(binary), "--config", str(JAEGER_DEPLOY / "all-in-one-memory.yaml")]
+    assert proc.env is not None
+    assert "LOUPE_MONITOR_OTLP_ENDPOINT" not in proc.env
+
+
+def test_jaeger_process_with_monitor_adds_the_overlay(tmp_path: Path) -> None:
+    binary = tmp_path / "jaeger"
+    binary.write_text("")
+    proc = jaeger_process(
+        "badger",
+        data_dir=tmp_path / "data",
+        logs_dir=tmp_path,
+        binary=binary,
+        monitor_endpoint="http://127.0.0.1:18091/",
+    )
+    assert proc.argv == [
+        str(binary),
+        "--config",
+        str(JAEGER_DEPLOY / "all-in-one-badger.yaml"),
+        # Second, so it is merged over the all-in-one file.
+        "--config",
+        str(JAEGER_DEPLOY / "monitor-pipeline.yaml"),
+    ]
+    assert Path(proc.argv[4]).is_file()
+    assert proc.env is not None
+    assert proc.env["LOUPE_MONITOR_OTLP_ENDPOINT"] == "http://127.0.0.1:18091"
+    assert proc.env["LOUPE_JAEGER_BADGER_DIR"] == str((tmp_path / "data").resolve())
+    with pytest.raises(StackError, match="OTLP endpoint is empty"):
+        jaeger_process("memory", binary=binary, logs_dir=tmp_path, monitor_endpoint=" ")
+
+
+@pytest.mark.parametrize("storage", ["badger", "memory"])
+def test_monitor_overlay_adds_a_pipeline_and_keeps_storage_as_is(storage: str) -> None:
+    base = _yaml(JAEGER_DEPLOY / f"all-in-one-{storage}.yaml")
+    overlay = _yaml(JAEGER_DEPLOY / "monitor-pipeline.yaml")
+    merged = _merged(base, overlay)
+
+    assert merged["service"]["pipelines"]["traces"] == base["service"]["pipelines"]["traces"]
+    assert merged["service"]["extensions"] == base["service"]["extensions"]
+    assert merged["receivers"] == base["receivers"], "the overlay must not touch the receiver"
+    assert set(overlay) == {"processors", "exporters", "service"}
+    assert set(overlay["service"]) == {"pipelines"}
+    monitor = merged["service"]["pipelines"]["traces/monitor"]
+    assert monitor == {
+        "receivers": ["otlp"],
+        "processors": ["filter/monitor", "batch/monitor"],
+        "exporters": ["otlphttp/monitor"],
+    }
+    for kind in ("processors", "exporters"):
+        assert not set(overlay[kind]) & set(base[kind]), f"an overlay {kind} name clashes"
+
+    assert _span_conditions(overlay) == [
+        'attributes["order.id"] == nil and status.code != STATUS_CODE_ERROR'
+    ]
+    exporter = overlay["exporters"]["otlphttp/monitor"]
+    assert exporter["endpoint"] == "${env:LOUPE_MONITOR_OTLP_ENDPOINT:-http://127.0.0.1:8091}"
+    assert exporter["sending_queue"]["enabled"] is True
+    assert exporter["sending_queue"]["block_on_overflow"] is False
+    assert exporter["sending_queue"]["wait_for_result"] is False
+    assert exporter["retry_on_failure"]["enabled"] is True
+    assert exporter["compression"] == "none"
+
+
+def test_collector_example_has_the_same_filter_as_jaeger() -> None:
+    jaeger = _yaml(JAEGER_DEPLOY / "monitor-pipeline.yaml")
+    collector = _yaml(COLLECTOR_EXAMPLE)
+    assert _span_conditions(collector) == _span_conditions(jaeger)
+    assert (
+        collector["processors"]["filter/monitor"]["error_mode"]
+        == jaeger["processors"]["filter/monitor"]["error_mode"]
+    )
+    pipelines = collector["service"]["pipelines"]
+    assert set(pipelines) == {"traces", "traces/monitor"}
+    assert "filter/monitor" in pipelines["traces/monitor"]["processors"]
+    assert "filter/monitor" not in pipelines["traces"]["processors"]
+    assert pipelines["traces/monitor"]["exporters"] == ["otlphttp/monitor"]
+    for pipeline in pipelines.values():
+        assert pipeline["receivers"] == ["otlp"]
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline[kind]) <= set(collector[kind]), f"{kind} used but not defined"
+    assert set(collector["service"]["extensions"]) <= set(collector["extensions"])
+
+
+def test_monitor_process_reads_url_and_defaults_otel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    proc = monitor_process(
+        {"LOUPE_MONITOR_URL": "http://127.0.0.1:18091/"},
+        otlp_endpoint="http://127.0.0.1:14318",
+        logs_dir=Path("/tmp/loupe-logs"),
+    )
+    assert proc.name == "monitor"
+    assert proc.argv == [sys.executable, "-m", "loupe", "monitor"]
+    assert proc.ready_urls == ("http://127.0.0.1:18091/healthz",)
+    assert proc.listens_on == (18091,)
+    assert proc.ready_timeout == 60.0
+    assert proc.log_path == Path("/tmp/loupe-logs/monitor.log")
+    assert proc.env is not None
+    assert proc.env["LOUPE_MONITOR_URL"] == "http://127.0.0.1:18091/"
+    assert proc.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:14318"
+    assert proc.env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert proc.env["PATH"] == os.environ["PATH"]
+
+
+def test_monitor_process_defaults_and_remote_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOUPE_MONITOR_URL", raising=False)
+    proc = monitor_process()
+    assert proc.ready_urls == ("http://127.0.0.1:8091/healthz",)
+    assert proc.listens_on == (8091,)
+    remote = monitor_process({"LOUPE_MONITOR_URL": "http://monitor.internal:9000"})
+    assert remote.ready_urls == ("http://monitor.internal:9000/healthz",)
+    assert remote.listens_on == ()
+
+
+def test_sandbox_gives_the_monitor_its_own_port(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    env = sandbox.env
+    assert env["LOUPE_MONITOR_URL"] == f"http://127.0.0.1:{sandbox.monitor_port}"
+    assert env["LOUPE_MONITOR_URL"] == sandbox.monitor_url
+    assert "monitor" not in sandbox.settings.service_urls, "the monitor is not a service"
+    assert MonitorSettings.from_env(env).database == f"loupe_sandbox_{sandbox.name}_monitor"
+
+
+def test_up_table_shows_the_monitor(tmp_path: Path) -> None:
+    gateway = GatewaySettings.from_env({})
+    files = SimpleNamespace(audit_log=tmp_path / "audit.jsonl")
+    table = up._urls(
+        JaegerPorts(),
+        "memory",
+        tmp_path,
+        gateway,
+        files,  # type: ignore[arg-type]
+        "http://127.0.0.1:18091",
+    )
+    console = Console(record=True, width=250)
+    console.print(table)
+    text = console.export_text()
+    assert f"{gateway.url}/monitor/api/findings" in text
+    assert "http://127.0.0.1:18091/metrics" in text

@@ -1,5 +1,5 @@
-"""The processes loupe runs (Jaeger, Dex, the gateway, the services, the actors) and the
-infrastructure check."""
+"""The processes loupe runs (Jaeger, Dex, the gateway, the portal, the monitor, the services,
+the actors) and the infrastructure check."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ STORAGES: tuple[Storage, ...] = ("badger", "memory")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 JAEGER_BINARY = REPO_ROOT / ".cache" / "bin" / "jaeger"
 JAEGER_CONFIG_DIR = REPO_ROOT / "deploy" / "jaeger"
+# The overlay adding the pipeline `traces/monitor` (spans with order.id or status ERROR, sent
+# over OTLP/HTTP to LOUPE_MONITOR_OTLP_ENDPOINT); the collector merges it over the all-in-one
+# file when given as a second --config.
+JAEGER_MONITOR_OVERLAY = JAEGER_CONFIG_DIR / "monitor-pipeline.yaml"
 DEX_BINARY = REPO_ROOT / ".cache" / "bin" / "dex"
 GATEWAY_BINARY = REPO_ROOT / ".cache" / "bin" / "oauth2-proxy"
 
@@ -95,21 +99,36 @@ def jaeger_process(
     *,
     binary: Path = JAEGER_BINARY,
     ready_timeout: float = 60.0,
+    monitor_endpoint: str | None = None,
 ) -> Process:
-    """Jaeger v2 all-in-one with the given storage; `data_dir` is only used by badger."""
+    """Jaeger v2 all-in-one with the given storage; `data_dir` is only used by badger.
+
+    With `monitor_endpoint` (the monitor's root URL, e.g. `http://127.0.0.1:8091`), Jaeger also
+    forwards the spans the monitor needs to `{monitor_endpoint}/v1/traces`, through its own
+    queue: a slow or stopped monitor never slows or loses what Jaeger stores.
+    """
     if storage not in STORAGES:
         raise StackError(f"unknown Jaeger storage {storage!r}; choose one of {', '.join(STORAGES)}")
     _require_binary(binary, "Jaeger")
     ports = ports or JaegerPorts()
     config = JAEGER_CONFIG_DIR / f"all-in-one-{storage}.yaml"
+    argv = [str(binary), "--config", str(config)]
     env = {**os.environ, **ports.env()}
     if storage == "badger":
         data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         env["LOUPE_JAEGER_BADGER_DIR"] = str(data_dir)
+    if monitor_endpoint is not None:
+        endpoint = monitor_endpoint.strip().rstrip("/")
+        if not endpoint:
+            raise StackError("the monitor's OTLP endpoint is empty")
+        argv += ["--config", str(JAEGER_MONITOR_OVERLAY)]
+        # Always set when the overlay is on: a set-but-empty variable would expand to "" rather
+        # than to the overlay's default (see JaegerPorts.env).
+        env["LOUPE_MONITOR_OTLP_ENDPOINT"] = endpoint
     return Process(
         name="jaeger",
-        argv=[str(binary), "--config", str(config)],
+        argv=argv,
         env=env,
         # The health check turns 200 once the pipelines run; the query API is checked too
         # because it is what tests and users talk to.
@@ -193,6 +212,37 @@ def portal_process(
         name="portal",
         argv=[sys.executable, "-m", "loupe", "portal"],
         env=child_env,
+        ready_urls=(f"{settings.url}/healthz",),
+        listens_on=(settings.port,) if local else (),
+        ready_timeout=ready_timeout,
+        logs_dir=logs_dir,
+    )
+
+
+def monitor_process(
+    env: Mapping[str, str] | None = None,
+    *,
+    otlp_endpoint: str = "http://127.0.0.1:4318",
+    logs_dir: Path = DEFAULT_LOGS_DIR,
+    ready_timeout: float = 60.0,
+) -> Process:
+    """`loupe monitor`; `env` decides LOUPE_MONITOR_URL and the rest of its settings.
+
+    `otlp_endpoint` is where the monitor sends *its own* spans (Jaeger, like every process),
+    not where it receives: Jaeger's monitor pipeline sends to the monitor's URL. That is no
+    loop: its OTLP intake is not traced, and its other spans (API, database) carry no
+    `order.id` and are not errors, so the pipeline's filter drops them before they come back.
+    """
+    from loupe.monitor.settings import MonitorSettings
+
+    child_env = _child_env(env, otlp_endpoint)
+    settings = MonitorSettings.from_env(child_env)
+    local = settings.host in ("127.0.0.1", "localhost")
+    return Process(
+        name="monitor",
+        argv=[sys.executable, "-m", "loupe", "monitor"],
+        env=child_env,
+        # Generous, like the services: the first start creates and migrates its database.
         ready_urls=(f"{settings.url}/healthz",),
         listens_on=(settings.port,) if local else (),
         ready_timeout=ready_timeout,

@@ -25,6 +25,8 @@ class Sandbox:
     root: Path
     name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     ports: dict[str, int] = field(default_factory=lambda: {s: free_port() for s in SERVICES})
+    # Apart from `ports`, which are the services' (Settings.service_urls, probed for uptime).
+    monitor_port: int = field(default_factory=free_port)
 
     @property
     def vhost(self) -> str:
@@ -32,13 +34,18 @@ class Sandbox:
 
     @property
     def env(self) -> dict[str, str]:
-        """The LOUPE_* variables that point a service or actor into this sandbox."""
+        """The LOUPE_* variables that point a service, actor or the monitor into this sandbox."""
         return {
             "LOUPE_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{quote(self.vhost, safe='')}",
             "LOUPE_DATABASE_PREFIX": f"loupe_sandbox_{self.name}",
             "LOUPE_DATA_DIR": str(self.root / "data"),
             **{f"LOUPE_{s.upper()}_URL": f"http://127.0.0.1:{p}" for s, p in self.ports.items()},
+            "LOUPE_MONITOR_URL": self.monitor_url,
         }
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
 
     @property
     def settings(self) -> Settings:
@@ -73,9 +80,9 @@ class Sandbox:
         settings = self.settings
         connection = await asyncpg.connect(dsn_for(settings.postgres_dsn, "postgres"))
         try:
-            for service in SERVICES:
+            for owner in (*SERVICES, "monitor"):
                 await connection.execute(
-                    f'DROP DATABASE IF EXISTS "{settings.database_name(service)}" WITH (FORCE)'
+                    f'DROP DATABASE IF EXISTS "{settings.database_name(owner)}" WITH (FORCE)'
                 )
         finally:
             await connection.close()

@@ -1,5 +1,5 @@
-"""`loupe up`: run Jaeger, Dex, the sign-in gateway, the services and the actors until Ctrl-C
-or SIGTERM."""
+"""`loupe up`: run Jaeger, Dex, the sign-in gateway, the portal, the order-flow monitor, the
+services and the actors until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from loupe.config import SERVICES, Settings
+from loupe.monitor.settings import MonitorSettings
 from loupe.portal.settings import PortalSettings
 from loupe.stack.components import (
     JaegerPorts,
@@ -23,6 +24,7 @@ from loupe.stack.components import (
     dex_process,
     gateway_process,
     jaeger_process,
+    monitor_process,
     portal_process,
     preflight,
     service_process,
@@ -85,15 +87,30 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     console.print("[green]✓[/] RabbitMQ and PostgreSQL are reachable")
 
     keys = Secrets.ensure(gateway.secrets_dir)
-    portal_env = portal_environment(gateway)
-    portal_url = PortalSettings.from_env(portal_env).url
-    files = render(gateway, ports.query_url, data_dir, logs_dir, keys, portal_url=portal_url)
+    # The portal and the monitor's API both check the ID tokens the gateway passes.
+    access_env = portal_environment(gateway)
+    portal_url = PortalSettings.from_env(access_env).url
+    monitor_url = MonitorSettings.from_env(access_env).url
+    files = render(
+        gateway,
+        ports.query_url,
+        data_dir,
+        logs_dir,
+        keys,
+        portal_url=portal_url,
+        monitor_url=monitor_url,
+    )
 
-    stack.add(jaeger_process(storage, ports, data_dir / "jaeger", logs_dir))
+    # Jaeger starts first and the monitor later: until the monitor answers, Jaeger's monitor
+    # pipeline keeps the spans in its queue and retries, so none of the first ones are lost.
+    stack.add(
+        jaeger_process(storage, ports, data_dir / "jaeger", logs_dir, monitor_endpoint=monitor_url)
+    )
     if gateway.uses_dex:
         stack.add(dex_process(gateway, files, logs_dir))
     stack.add(gateway_process(gateway, files, logs_dir))
-    stack.add(portal_process(portal_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
+    stack.add(portal_process(access_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
+    stack.add(monitor_process(access_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     for service in SERVICES:
         stack.add(service_process(service, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     if actors:
@@ -106,7 +123,7 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         took = time.monotonic() - began
         console.print(f"[green]✓[/] {process.name} is up in {took:.1f} s (pid {process.pid})")
 
-    console.print(_urls(ports, storage, logs_dir, gateway, files))
+    console.print(_urls(ports, storage, logs_dir, gateway, files, monitor_url))
     console.print(_sign_in(gateway, keys), highlight=False)
     console.print("[bold]==>[/] running; press Ctrl-C to stop everything")
 
@@ -128,8 +145,8 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
 def portal_environment(
     gateway: GatewaySettings, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
-    """The portal's variables: it accepts ID tokens from the gateway's issuer and client,
-    and lets in the same groups as the gateway (unless set otherwise)."""
+    """The portal's and the monitor's variables: they accept ID tokens from the gateway's issuer
+    and client, and let in the same groups as the gateway (unless set otherwise)."""
     env = dict(environ)
     env["LOUPE_OIDC_ISSUER_URL"] = gateway.issuer
     env["LOUPE_OIDC_CLIENT_ID"] = gateway.oidc_client_id or CLIENT_ID
@@ -155,6 +172,7 @@ def _urls(
     logs_dir: Path,
     gateway: GatewaySettings,
     files: GatewayFiles,
+    monitor_url: str,
 ) -> Table:
     table = Table(title="loupe is running", title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -162,6 +180,7 @@ def _urls(
     table.add_row("Sign in (gateway), loupe-portal", f"{gateway.url}/")
     table.add_row("Who am I, signed in", f"{gateway.url}/api/whoami")
     table.add_row("Jaeger API, signed in", f"{gateway.url}/jaeger/api/services")
+    table.add_row("Order-flow monitor API, signed in", f"{gateway.url}/monitor/api/findings")
     table.add_row("Sign out", f"{gateway.url}/oauth2/sign_out")
     table.add_row(
         "Identity provider (Dex)" if gateway.uses_dex else "Identity provider", gateway.issuer
@@ -174,6 +193,7 @@ def _urls(
     table.add_row("Jaeger query API, direct", f"{ports.query_url}/api/services")
     table.add_row("Jaeger OTLP/HTTP", ports.otlp_http_url)
     table.add_row("Jaeger storage", storage)
+    table.add_row("Monitor metrics, direct", f"{monitor_url}/metrics")
     table.add_row("RabbitMQ management", RABBITMQ_MANAGEMENT_URL)
     table.add_row("Logs", str(logs_dir))
     return table
