@@ -395,3 +395,59 @@ async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
     assert (await detection.tick(pool, SLO, MANAGEMENT)).opened == []
     journey = await store.journey(pool, "ok")
     assert journey is not None and [e["message"][:8] for e in journey["errors"]] == ["order ok"]
+
+
+async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
+    pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    intake = {"messaging.destination.subscription.name": "mes.order-submitted"}
+    view = {"messaging.destination.subscription.name": "crm.order-status"}
+    reason = "poison message: field occurred_at is missing or not a string"
+    await send(
+        pool,
+        [
+            # The views dead-letter their copies too, and CRM then follows order.failed.
+            made.make(
+                "crm-api",
+                "process loupe.orders",
+                ago(2.1),
+                order_id="p",
+                error=reason,
+                dead_lettered=True,
+                kind=SpanKind.CONSUMER,
+                attributes=view,
+            ),
+            # MES's consumer span fails, dead-letters and (its hook) fails the order.
+            made.make(
+                "mes-api",
+                "process loupe.orders",
+                ago(2),
+                order_id="p",
+                move=("SUBMITTED", "FAILED"),
+                error=reason,
+                dead_lettered=True,
+                kind=SpanKind.CONSUMER,
+                attributes={**intake, "order.failure.reason": reason},
+            ),
+            made.make(
+                "crm-api",
+                "process loupe.orders",
+                ago(1.5),
+                order_id="p",
+                move=("SUBMITTED", "FAILED"),
+                kind=SpanKind.CONSUMER,
+                attributes=view,
+            ),
+        ],
+    )
+    await detection.tick(pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(pool)
+    assert (finding["state"], finding["status"]) == ("broken", "FAILED")
+    assert (finding["service"], finding["where"]) == ("mes-api", "queue mes.order-submitted")
+    assert finding["evidence"] == f"FAILED: {reason}"
+    journey = await store.journey(pool, "p")
+    assert journey is not None
+    (failed,) = journey["transitions"]
+    assert (failed["status"], failed["service"]) == ("FAILED", "mes-api")
+    assert [s["service"] for s in failed["seen_by"]] == ["crm-api"]

@@ -24,12 +24,33 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 ASYNCAPI = DOCS / "asyncapi.yaml"
 
 
+OPENAPI_FILES = ["crm-api.json", "loupe-monitor.json", "mes-api.json", "shop-api.json"]
+
+
 def test_committed_openapi_documents_equal_a_fresh_export(tmp_path: Path) -> None:
     fresh = {path.name: path.read_text() for path in export_openapi(tmp_path)}
     committed = {path.name: path.read_text() for path in (DOCS / "openapi").glob("*.json")}
-    assert sorted(committed) == sorted(fresh) == ["crm-api.json", "mes-api.json", "shop-api.json"]
+    assert sorted(committed) == sorted(fresh) == OPENAPI_FILES
     for name, text in fresh.items():
         assert committed[name] == text, f"docs/openapi/{name} is stale; run `uv run loupe openapi`"
+
+
+def test_the_monitor_document_has_its_api_and_only_that() -> None:
+    document = json.loads((DOCS / "openapi" / "loupe-monitor.json").read_text())
+    assert document["info"]["title"] == "loupe-monitor"
+    operations = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    assert operations == {
+        ("GET", "/monitor/api/findings"),
+        ("GET", "/monitor/api/orders/{order_id}/journey"),
+        ("GET", "/monitor/api/incidents"),
+        ("POST", "/monitor/api/incidents/{incident_id}/acknowledge"),
+        ("GET", "/monitor/api/uptime"),
+    }, "OTLP intake, /metrics and /healthz are not part of the API"
+    findings = document["paths"]["/monitor/api/findings"]["get"]
+    (state,) = [p for p in findings["parameters"] if p["name"] == "state"]
+    assert "stuck|broken" in json.dumps(state["schema"])
 
 
 @pytest.fixture(scope="module")

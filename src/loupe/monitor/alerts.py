@@ -19,7 +19,8 @@ MAX_DELAY = timedelta(minutes=10)
 
 def backoff(attempts: int) -> timedelta:
     """1 s, 2 s, 4 s, … up to 10 minutes, after the `attempts`-th failure."""
-    return min(FIRST_DELAY * (2 ** max(attempts - 1, 0)), MAX_DELAY)
+    # Doublings capped well past MAX_DELAY: 2**47 s no longer fits in a timedelta.
+    return min(FIRST_DELAY * (2 ** min(max(attempts - 1, 0), 32)), MAX_DELAY)
 
 
 async def deliver_due(

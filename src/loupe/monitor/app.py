@@ -6,7 +6,6 @@
 
 import asyncio
 import contextlib
-import gzip
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -132,11 +131,27 @@ def _body(raw: bytes, encoding: str) -> bytes:
     if encoding in ("", "identity"):
         return raw
     if encoding == "gzip":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise HTTPException(400, f"Content-Encoding gzip, but the body is not: {exc}") from None
+        return _gunzip(raw)
     raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """The body inflated, at most MAX_BODY bytes of it: a small gzip body must not inflate
+    into gigabytes of memory."""
+    body = bytearray()
+    rest = raw
+    while rest:  # a gzip file may have several members, one after the other
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            body += inflater.decompress(rest, MAX_BODY + 1 - len(body))
+        except zlib.error as exc:
+            raise HTTPException(400, f"Content-Encoding gzip, but the body is not: {exc}") from None
+        if len(body) > MAX_BODY:
+            raise HTTPException(413, f"the request inflates to over {MAX_BODY} bytes")
+        if not inflater.eof:
+            raise HTTPException(400, "Content-Encoding gzip, but the body is cut short")
+        rest = inflater.unused_data
+    return bytes(body)
 
 
 def create_app(

@@ -127,10 +127,13 @@ async def _stuck(
 async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Finding:
     final = order["status"] in BROKEN_STATUSES
     if final:
+        # The failure itself: the span that failed the order, else the first dead letter.
         error = await connection.fetchrow(
-            "SELECT * FROM errors WHERE order_id = $1 AND NOT refusal"
-            " ORDER BY dead_lettered DESC, at DESC LIMIT 1",
+            "SELECT * FROM errors WHERE order_id = $1 AND NOT refusal ORDER BY"
+            " (trace_id = $2 AND span_id = $3) DESC, dead_lettered DESC, at LIMIT 1",
             order["order_id"],
+            order["trace_id"],
+            order["span_id"],
         )
         reason = await connection.fetchval(
             "SELECT failure_reason FROM transitions WHERE order_id = $1 AND status_to = $2"

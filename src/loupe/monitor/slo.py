@@ -66,6 +66,10 @@ class Slo:
 
     @classmethod
     def parse(cls, data: dict[str, object], where: str = "the SLO file") -> Slo:
+        # A misspelt error_grace must not quietly become 0 s (every error broken at once).
+        unknown = set(data) - {"error_grace", "steps"}
+        if unknown:
+            raise SloError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
         grace = data.get("error_grace", "0s")
         try:
             error_grace = parse_duration(str(grace))

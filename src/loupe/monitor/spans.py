@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from loupe.orders import OrderStatus
 from loupe.telemetry.attributes import (
     ORDER_FAILURE_REASON,
     ORDER_ID,
@@ -26,6 +27,7 @@ DEAD_LETTER_REASON = "loupe.messaging.reason"
 SUBSCRIPTION = "messaging.destination.subscription.name"
 # error.type of refused steps (see loupe.orders.lifecycle and loupe.runtime).
 REFUSALS = frozenset({"IllegalTransition", "OrderNotFound"})
+FAILED = OrderStatus.FAILED.value
 
 
 class MalformedSpans(ValueError):
@@ -56,7 +58,12 @@ class SpanFacts:
 
     @property
     def transition(self) -> bool:
-        return bool(self.order_id and self.status_to and not self.error)
+        """A move the service committed. A failed span that names a move was rolled back,
+        except a move to FAILED: that is made on the failure path itself (the consumer's span
+        fails, and its dead-letter hook fails the order)."""
+        if not (self.order_id and self.status_to):
+            return False
+        return not self.error or self.status_to == FAILED
 
     @property
     def refusal(self) -> bool:
