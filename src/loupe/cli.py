@@ -146,7 +146,8 @@ def up(
     rate: float = typer.Option(0.5, help="New orders per second from the simulated actors."),
     no_actors: bool = typer.Option(False, "--no-actors", help="Do not start the actors."),
 ) -> None:
-    """Start Jaeger, Dex, the sign-in gateway, the services and the actors; Ctrl-C stops them."""
+    """Start Jaeger, Dex, the gateway, the portal, the monitor, the services and the actors;
+    Ctrl-C stops them."""
     from loupe.stack import STORAGES
     from loupe.stack.up import run_up
 
@@ -159,10 +160,12 @@ def up(
 @app.command()
 def openapi(
     out: str = typer.Option(
-        "docs/openapi", "--out", help="Folder to write shop-api.json, crm-api.json, mes-api.json."
+        "docs/openapi",
+        "--out",
+        help="Folder for shop-api.json, crm-api.json, mes-api.json, loupe-monitor.json.",
     ),
 ) -> None:
-    """Write the shop, CRM and MES services' OpenAPI documents (no service needs to run)."""
+    """Write the services' and the monitor's OpenAPI documents (nothing needs to run)."""
     from pathlib import Path
 
     from loupe.openapi import export_openapi
