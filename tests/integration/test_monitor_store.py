@@ -80,6 +80,7 @@ class Spans:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: dict[str, Any] | None = None,
         links: Sequence[Link] = (),
+        lasted: float = 0.001,
     ) -> ReadableSpan:
         attrs: dict[str, Any] = dict(attributes or {})
         if order_id:
@@ -88,7 +89,7 @@ class Spans:
             attrs["order.status.from"], attrs["order.status.to"] = move
         nanos = int(at.timestamp() * 1e9)
         span = self._tracer(service).start_span(
-            name, kind=kind, attributes=attrs, start_time=nanos - 1_000_000, links=links
+            name, kind=kind, attributes=attrs, start_time=nanos - int(lasted * 1e9), links=links
         )
         if dead_lettered:
             span.add_event("dead-lettered", {"loupe.messaging.reason": error or "poison"})
@@ -418,11 +419,13 @@ async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
                 kind=SpanKind.CONSUMER,
                 attributes=view,
             ),
-            # MES's consumer span fails, dead-letters and (its hook) fails the order.
+            # MES's consumer span fails, dead-letters and (its hook) fails the order; it ends
+            # after CRM's copy of the move, but began first.
             made.make(
                 "mes-api",
                 "process loupe.orders",
-                ago(2),
+                ago(1),
+                lasted=2,
                 order_id="p",
                 move=("SUBMITTED", "FAILED"),
                 error=reason,

@@ -58,6 +58,7 @@ class _Order:
     order_id: str
     status: str | None
     rank: int
+    status_began: datetime
     status_at: datetime
     service: str | None
     operation: str | None
@@ -70,6 +71,24 @@ class _Order:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> _Order:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+def _new_order(span: SpanFacts) -> _Order:
+    """An order known so far only by this span: no status until a move is seen."""
+    return _Order(
+        span.order_id or "",
+        None,
+        -1,
+        span.started_at,
+        span.ended_at,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _flow_keys(span: SpanFacts) -> Iterable[str]:
@@ -128,11 +147,11 @@ async def _insert_transitions(
         return []
     rows = await connection.fetch(
         "INSERT INTO transitions (trace_id, span_id, order_id, status_from, status_to, at,"
-        " service, operation, source, failure_reason, links)"
-        " SELECT t, s, o, f, st, a, sv, op, src, fr, l::jsonb FROM unnest($1::text[],"
+        " service, operation, source, failure_reason, links, began)"
+        " SELECT t, s, o, f, st, a, sv, op, src, fr, l::jsonb, b FROM unnest($1::text[],"
         " $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],"
-        " $8::text[], $9::text[], $10::text[], $11::text[])"
-        " AS x(t, s, o, f, st, a, sv, op, src, fr, l)"
+        " $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[])"
+        " AS x(t, s, o, f, st, a, sv, op, src, fr, l, b)"
         " ON CONFLICT DO NOTHING RETURNING trace_id, span_id",
         [s.trace_id for s in spans],
         [s.span_id for s in spans],
@@ -145,6 +164,7 @@ async def _insert_transitions(
         [s.source for s in spans],
         [s.failure_reason for s in spans],
         [json.dumps([{"trace_id": t, "span_id": p} for t, p in s.links]) for s in spans],
+        [s.started_at for s in spans],
     )
     inserted = {(r["trace_id"], r["span_id"]) for r in rows}
     return [s for s in spans if (s.trace_id, s.span_id) in inserted]
@@ -190,17 +210,16 @@ async def _project(
     orders = {r["order_id"]: _Order.from_row(r) for r in rows}
     durations: list[tuple[str, str, float]] = []
     changed: set[str] = set()
-    for span in sorted(transitions, key=lambda s: s.ended_at):
+    for span in sorted(transitions, key=lambda s: s.started_at):
         assert span.order_id and span.status_to
         order = orders.get(span.order_id)
         step_rank = rank(span.status_to)
         if order is None:
-            order = orders[span.order_id] = _Order(
-                span.order_id, None, -1, span.ended_at, None, None, None, None, None, None, None
-            )
+            order = orders[span.order_id] = _new_order(span)
         moves_on = step_rank > order.rank
-        # The same status seen earlier: that span is the move, the later one a copy of it.
-        origin = step_rank == order.rank and span.ended_at < order.status_at
+        # The same status from a span that began earlier: that one is the move, the other a
+        # copy following it.
+        origin = step_rank == order.rank and span.started_at < order.status_began
         if not (moves_on or origin):
             continue
         if moves_on and order.status == span.status_from and order.status is not None:
@@ -208,7 +227,8 @@ async def _project(
             durations.append((order.status, span.status_to, max(seconds, 0.0)))
         if moves_on:
             order.broken_at = span.ended_at if span.status_to in BROKEN_STATUSES else None
-        order.status, order.rank, order.status_at = span.status_to, step_rank, span.ended_at
+        order.status, order.rank = span.status_to, step_rank
+        order.status_began, order.status_at = span.started_at, span.ended_at
         order.service, order.operation = span.service, span.name
         order.trace_id, order.span_id = span.trace_id, span.span_id
         order.source = span.source or order.source
@@ -219,9 +239,7 @@ async def _project(
     for span in errors:
         assert span.order_id is not None
         if span.order_id not in orders:
-            orders[span.order_id] = _Order(
-                span.order_id, None, -1, span.ended_at, None, None, None, None, None, None, None
-            )
+            orders[span.order_id] = _new_order(span)
         changed.add(span.order_id)
 
     # Broken: an error after the order's last move, once its grace is over (at once for a
@@ -248,10 +266,11 @@ async def _project(
 
     await connection.executemany(
         "INSERT INTO orders (order_id, status, rank, status_at, service, operation, trace_id,"
-        " span_id, source, deadline, broken_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " span_id, source, deadline, broken_at, status_began)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
-        " rank = excluded.rank, status_at = excluded.status_at, service = excluded.service,"
+        " rank = excluded.rank, status_at = excluded.status_at,"
+        " status_began = excluded.status_began, service = excluded.service,"
         " operation = excluded.operation, trace_id = excluded.trace_id,"
         " span_id = excluded.span_id, source = excluded.source, deadline = excluded.deadline,"
         " broken_at = excluded.broken_at, updated_at = now()",
@@ -268,6 +287,7 @@ async def _project(
                 o.source,
                 o.deadline,
                 o.broken_at,
+                o.status_began,
             )
             for o in orders.values()
             if o.order_id in changed
@@ -291,7 +311,7 @@ async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
         if order is None:
             return None
         rows = await connection.fetch(
-            "SELECT * FROM transitions WHERE order_id = $1 ORDER BY at, service", order_id
+            "SELECT * FROM transitions WHERE order_id = $1 ORDER BY began, service", order_id
         )
         errors = await connection.fetch(
             "SELECT * FROM errors WHERE order_id = $1 ORDER BY at", order_id

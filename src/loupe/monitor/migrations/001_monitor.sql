@@ -1,14 +1,16 @@
 -- The monitor's state: what spans said about each order, and what detection made of it.
 
 -- Every span that moved an order, kept once however often it arrives (trace id, span id).
--- The earliest one per order and status is the move itself; later ones are the other
--- services' copies following it (a service that "has" the order at that status).
+-- The one that began first per order and status is the move itself; later ones are the other
+-- services' copies following it (a service that "has" the order at that status). By start,
+-- not end: the move's span may outlast a copy's (it publishes the event, then finishes).
 CREATE TABLE transitions (
     trace_id       TEXT NOT NULL,
     span_id        TEXT NOT NULL,
     order_id       TEXT NOT NULL,
     status_from    TEXT NOT NULL,
     status_to      TEXT NOT NULL,
+    began          TIMESTAMPTZ NOT NULL,
     at             TIMESTAMPTZ NOT NULL,
     service        TEXT NOT NULL,
     operation      TEXT NOT NULL,
@@ -46,6 +48,8 @@ CREATE TABLE orders (
     order_id      TEXT PRIMARY KEY,
     status        TEXT,
     rank          INTEGER NOT NULL,
+    -- when the span that made the move began and ended
+    status_began  TIMESTAMPTZ NOT NULL,
     status_at     TIMESTAMPTZ NOT NULL,
     service       TEXT,
     operation     TEXT,
