@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from loupe.access import Jwks, TokenVerifier, Unauthenticated
+from loupe.access import AccessSettings, Jwks, TokenVerifier, Unauthenticated
 from loupe.messaging.management import Management
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
@@ -116,7 +116,7 @@ async def test_missing_or_non_bearer_header_is_refused() -> None:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    settings = PortalSettings(issuer=ISSUER, client_id=CLIENT)
+    settings = PortalSettings(access=AccessSettings(issuer=ISSUER, client_id=CLIENT))
     app = create_app(settings, FakeProvider().verifier())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
@@ -184,8 +184,8 @@ def test_settings_from_env() -> None:
         }
     )
     assert (settings.host, settings.port) == ("127.0.0.1", 9999)
-    assert settings.act_groups == ("sre", "devops")
-    assert settings.read_groups == ("devops", "developers")
+    assert settings.access.act_groups == ("sre", "devops")
+    assert settings.access.read_groups == ("devops", "developers")
     management = Management(settings.management_url, settings.amqp_url)
     assert management.vhost == "loupe-sandbox-x"
     assert management.credentials == ("u", "p")
