@@ -24,13 +24,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from integration_support import AMQP_URL, POSTGRES_DSN
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+from otlp_spans import Spans, ago, otlp, slo
 from prometheus_client.parser import text_string_to_metric_families
 
 from loupe.access import AccessSettings, Jwks, TokenVerifier
@@ -38,26 +35,12 @@ from loupe.config import Settings
 from loupe.database import dsn_for
 from loupe.monitor.app import MAX_BODY, Monitor, create_app
 from loupe.monitor.settings import MonitorSettings
-from loupe.monitor.slo import Slo
 
 pytestmark = pytest.mark.integration
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 ACCESS = AccessSettings()
-SLO = Slo.parse(
-    {
-        "error_grace": "3s",
-        "steps": {
-            "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
-            "PRICE_CALCULATED": {
-                "within": "30s",
-                "service": "crm-api",
-                "queue": "crm.order-status",
-                "then": "seller approval",
-            },
-        },
-    }
-)
+SLO = slo("SUBMITTED", "PRICE_CALCULATED")
 FINDING_FIELDS = {"order_id", "state", "status", "since", "service", "where", "trace_id"}
 
 
@@ -108,51 +91,6 @@ FORGED = {
 
 
 # -- spans, made with the real SDK and sent as OTLP ----------------------------------------
-
-
-class Spans:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self._providers: dict[str, TracerProvider] = {}
-
-    def make(
-        self,
-        service: str,
-        name: str,
-        at: datetime,
-        *,
-        order_id: str | None = None,
-        move: tuple[str, str] | None = None,
-        error: str | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-    ) -> ReadableSpan:
-        if service not in self._providers:
-            provider = TracerProvider(resource=Resource.create({"service.name": service}))
-            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-            self._providers[service] = provider
-        attributes: dict[str, Any] = {}
-        if order_id:
-            attributes["order.id"] = order_id
-        if move:
-            attributes["order.status.from"], attributes["order.status.to"] = move
-        nanos = int(at.timestamp() * 1e9)
-        span = (
-            self._providers[service]
-            .get_tracer("tests")
-            .start_span(name, kind=kind, attributes=attributes, start_time=nanos - 1_000_000)
-        )
-        if error:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=nanos)
-        return self.exporter.get_finished_spans()[-1]
-
-
-def otlp(spans: Sequence[ReadableSpan]) -> bytes:
-    return encode_spans(list(spans)).SerializeToString()
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 def iso(at: datetime) -> str:

@@ -5,44 +5,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 from integration_support import AMQP_URL, POSTGRES_DSN
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+from otlp_spans import Spans, ago, otlp, slo
 
 from loupe.messaging.management import Management
 from loupe.monitor import detection, store
-from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
 
 pytestmark = pytest.mark.integration
 
-SLO = Slo.parse(
-    {
-        "error_grace": "3s",
-        "steps": {
-            "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
-            "PRICE_CALCULATED": {
-                "within": "30s",
-                "service": "crm-api",
-                "queue": "crm.order-status",
-                "then": "seller approval",
-            },
-            "MANUFACTURING_APPROVED": {"within": "30s", "service": "mes-api", "then": "take"},
-            "MANUFACTURING_STARTED": {"within": "30s", "service": "mes-api", "then": "complete"},
-            "MANUFACTURING_COMPLETED": {"within": "30s", "service": "crm-api", "then": "ship"},
-            "SHIPPED": {"within": "30s", "service": "crm-api", "then": "close"},
-        },
-    }
-)
+SLO = slo()
 MANAGEMENT = Management("http://127.0.0.1:15672", AMQP_URL)
 
 
@@ -53,63 +31,9 @@ async def pool(database_name: Callable[[], str]) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-class Spans:
-    """Finished spans of several services, made with the real SDK and encoded as OTLP."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self._providers: dict[str, TracerProvider] = {}
-
-    def _tracer(self, service: str) -> Any:
-        if service not in self._providers:
-            provider = TracerProvider(resource=Resource.create({"service.name": service}))
-            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-            self._providers[service] = provider
-        return self._providers[service].get_tracer("tests")
-
-    def make(
-        self,
-        service: str,
-        name: str,
-        at: datetime,
-        *,
-        order_id: str | None = None,
-        move: tuple[str, str] | None = None,
-        error: str | None = None,
-        dead_lettered: bool = False,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: dict[str, Any] | None = None,
-        links: Sequence[Link] = (),
-        lasted: float = 0.001,
-    ) -> ReadableSpan:
-        attrs: dict[str, Any] = dict(attributes or {})
-        if order_id:
-            attrs["order.id"] = order_id
-        if move:
-            attrs["order.status.from"], attrs["order.status.to"] = move
-        nanos = int(at.timestamp() * 1e9)
-        span = self._tracer(service).start_span(
-            name, kind=kind, attributes=attrs, start_time=nanos - int(lasted * 1e9), links=links
-        )
-        if dead_lettered:
-            span.add_event("dead-lettered", {"loupe.messaging.reason": error or "poison"})
-        if error:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=nanos)
-        return self.exporter.get_finished_spans()[-1]
-
-
-def otlp(spans: Sequence[ReadableSpan]) -> bytes:
-    return encode_spans(list(spans)).SerializeToString()
-
-
 async def send(pool: asyncpg.Pool, spans: Sequence[ReadableSpan]) -> store.IngestResult:
     kept, total = decode(otlp(spans))
     return await store.ingest(pool, kept, SLO, total)
-
-
-def ago(seconds: float) -> datetime:
-    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 HAPPY = [

@@ -3,18 +3,14 @@ kept, what is skipped, and what each kept span says about its order."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from otlp_spans import Spans, otlp
 
 from loupe.monitor.spans import MalformedSpans, SpanFacts, decode
 
@@ -22,64 +18,13 @@ AT = datetime(2026, 3, 1, 10, 15, 2, 118000, tzinfo=UTC)
 QUEUE = {"messaging.destination.subscription.name": "crm.order-status"}
 
 
-class Made:
-    """Finished spans of several services (one provider, so one resource, per service)."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self._providers: dict[str, TracerProvider] = {}
-
-    def provider(self, service: str, resource: Resource | None = None) -> TracerProvider:
-        if service not in self._providers:
-            provider = TracerProvider(
-                resource=resource or Resource.create({"service.name": service})
-            )
-            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-            self._providers[service] = provider
-        return self._providers[service]
+class Made(Spans):
+    """Spans as the decoding tests want them: of crm-api unless said, ended AT after 0.25 s."""
 
     def span(
-        self,
-        name: str,
-        *,
-        service: str = "crm-api",
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: dict[str, Any] | None = None,
-        status: Status | None = None,
-        events: Sequence[tuple[str, dict[str, Any]]] = (),
-        exception: BaseException | None = None,
-        links: Sequence[Link] = (),
-        parent: ReadableSpan | None = None,
-        end: datetime = AT,
+        self, name: str, *, service: str = "crm-api", end: datetime = AT, **details: Any
     ) -> ReadableSpan:
-        context = (
-            trace.set_span_in_context(trace.NonRecordingSpan(parent.context)) if parent else None
-        )
-        nanos = int(end.timestamp() * 1e9)
-        span = (
-            self.provider(service)
-            .get_tracer("tests")
-            .start_span(
-                name,
-                context=context,
-                kind=kind,
-                attributes=attributes or {},
-                links=links,
-                start_time=nanos - 250_000_000,
-            )
-        )
-        for event_name, event_attributes in events:
-            span.add_event(event_name, event_attributes)
-        if exception is not None:
-            span.record_exception(exception)
-        if status is not None:
-            span.set_status(status)
-        span.end(end_time=nanos)
-        return self.exporter.get_finished_spans()[-1]
-
-
-def otlp(spans: Sequence[ReadableSpan]) -> bytes:
-    return encode_spans(list(spans)).SerializeToString()
+        return self.make(service, name, end, lasted=0.25, **details)
 
 
 def one(span: ReadableSpan) -> SpanFacts:

@@ -1,0 +1,126 @@
+"""Spans for the order-flow monitor, made with the real OpenTelemetry SDK and encoded as OTLP
+protobuf (as the services export them), and the order flow's SLO the monitor tests judge by.
+
+Importable from every test directory (`pythonpath = ["tests"]` in pyproject.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from loupe.monitor.slo import Slo
+
+
+class Spans:
+    """Finished spans of several services (one provider, so one resource, per service)."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self._providers: dict[str, TracerProvider] = {}
+
+    def provider(self, service: str, resource: Resource | None = None) -> TracerProvider:
+        """The service's provider; `resource` (instead of just its service.name) on first use."""
+        if service not in self._providers:
+            provider = TracerProvider(
+                resource=resource or Resource.create({"service.name": service})
+            )
+            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+            self._providers[service] = provider
+        return self._providers[service]
+
+    def make(
+        self,
+        service: str,
+        name: str,
+        at: datetime,
+        *,
+        order_id: str | None = None,
+        move: tuple[str, str] | None = None,
+        error: str | None = None,
+        status: Status | None = None,
+        dead_lettered: bool = False,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, Any] | None = None,
+        links: Sequence[Link] = (),
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+        exception: BaseException | None = None,
+        parent: ReadableSpan | None = None,
+        lasted: float = 0.001,
+    ) -> ReadableSpan:
+        """A span of `service` that ended `at` after `lasted` seconds.
+
+        `order_id` and `move` (from, to) become the order.* attributes; `error` sets status
+        ERROR with that message (`status` sets any other); `dead_lettered` adds the
+        dead-lettered event, its reason the error (or "poison").
+        """
+        attrs: dict[str, Any] = dict(attributes or {})
+        if order_id:
+            attrs["order.id"] = order_id
+        if move:
+            attrs["order.status.from"], attrs["order.status.to"] = move
+        if error:
+            status = Status(StatusCode.ERROR, error)
+        context = (
+            trace.set_span_in_context(trace.NonRecordingSpan(parent.context)) if parent else None
+        )
+        nanos = int(at.timestamp() * 1e9)
+        span = (
+            self.provider(service)
+            .get_tracer("tests")
+            .start_span(
+                name,
+                context=context,
+                kind=kind,
+                attributes=attrs,
+                links=links,
+                start_time=nanos - int(lasted * 1e9),
+            )
+        )
+        for event_name, event_attributes in events:
+            span.add_event(event_name, event_attributes)
+        if dead_lettered:
+            span.add_event("dead-lettered", {"loupe.messaging.reason": error or "poison"})
+        if exception is not None:
+            span.record_exception(exception)
+        if status is not None:
+            span.set_status(status)
+        span.end(end_time=nanos)
+        return self.exporter.get_finished_spans()[-1]
+
+
+def otlp(spans: Sequence[ReadableSpan]) -> bytes:
+    """An OTLP ExportTraceServiceRequest holding `spans`, as protobuf bytes."""
+    return encode_spans(list(spans)).SerializeToString()
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+STEPS: dict[str, dict[str, str]] = {
+    "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
+    "PRICE_CALCULATED": {
+        "within": "30s",
+        "service": "crm-api",
+        "queue": "crm.order-status",
+        "then": "seller approval",
+    },
+    "MANUFACTURING_APPROVED": {"within": "30s", "service": "mes-api", "then": "take"},
+    "MANUFACTURING_STARTED": {"within": "30s", "service": "mes-api", "then": "complete"},
+    "MANUFACTURING_COMPLETED": {"within": "30s", "service": "crm-api", "then": "ship"},
+    "SHIPPED": {"within": "30s", "service": "crm-api", "then": "close"},
+}
+
+
+def slo(*steps: str) -> Slo:
+    """The order flow's SLO (30 s a step, 3 s grace for an error): the given steps, or all."""
+    return Slo.parse({"error_grace": "3s", "steps": {s: STEPS[s] for s in steps or STEPS}})
