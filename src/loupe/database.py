@@ -7,6 +7,7 @@ an advisory lock so two starting replicas never race.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -60,6 +61,23 @@ async def ensure_database(base_dsn: str, database: str) -> None:
                 await connection.execute(f'CREATE DATABASE "{database}"')
     finally:
         await connection.close()
+
+
+async def drop_database(connection: asyncpg.Connection, database: str, attempts: int = 20) -> None:
+    """DROP DATABASE IF EXISTS … WITH (FORCE), retried for a while.
+
+    FORCE ends other sessions, but an autovacuum worker that happens to be in the database
+    cannot be ended by a role that is not superuser (PostgreSQL answers "must be a member of
+    the role whose process is being terminated"); it is gone a moment later.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.25)
 
 
 async def migrate(pool: asyncpg.Pool, migrations: list[Migration]) -> list[int]:

@@ -11,7 +11,7 @@ import pytest
 from integration_support import ALL_QUEUES, AMQP_URL, POSTGRES_DSN, SANDBOX, SERVER, Broker
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from loupe.database import dsn_for
+from loupe.database import drop_database, dsn_for
 from loupe.messaging import Publisher, declare_topology
 
 
@@ -59,6 +59,6 @@ async def database_name() -> AsyncIterator[Callable[[], str]]:
     connection = await asyncpg.connect(dsn_for(POSTGRES_DSN, "postgres"))
     try:
         for name in names:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(connection, name)
     finally:
         await connection.close()

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loupe.access import AccessSettings, Jwks, TokenVerifier
 from loupe.config import Settings
-from loupe.database import dsn_for
+from loupe.database import drop_database, dsn_for
 from loupe.monitor.app import MAX_BODY, Monitor, create_app
 from loupe.monitor.settings import MonitorSettings
 
@@ -123,7 +123,7 @@ async def prefix() -> AsyncIterator[str]:
     yield prefix
     connection = await asyncpg.connect(dsn_for(POSTGRES_DSN, "postgres"))
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{prefix}_monitor" WITH (FORCE)')
+        await drop_database(connection, f"{prefix}_monitor")
     finally:
         await connection.close()
 

@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 
 from loupe.config import SERVICES, Settings
-from loupe.database import dsn_for
+from loupe.database import drop_database, dsn_for
 from loupe.stack.process import free_port
 
 MANAGEMENT_API = "http://127.0.0.1:15672/api"
@@ -81,9 +81,7 @@ class Sandbox:
         connection = await asyncpg.connect(dsn_for(settings.postgres_dsn, "postgres"))
         try:
             for owner in (*SERVICES, "monitor"):
-                await connection.execute(
-                    f'DROP DATABASE IF EXISTS "{settings.database_name(owner)}" WITH (FORCE)'
-                )
+                await drop_database(connection, settings.database_name(owner))
         finally:
             await connection.close()
 
