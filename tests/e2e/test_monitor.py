@@ -268,7 +268,9 @@ def test_frozen_mes_leaves_orders_stuck_in_its_queue(monitored: Monitored) -> No
         "where",
         "trace_id",
         "evidence",
+        "last_step",
     }
+    assert found[order_id]["last_step"]["service"] == "shop-api"
     for other in found.values():
         assert other["service"] == "mes-api", other
     incidents = monitored.cli("incidents", "--status", "open")["incidents"]

@@ -116,6 +116,13 @@ async def test_an_order_past_its_slo_is_stuck_in_the_queue_until_it_moves(
         in (finding["evidence"])
     )
     assert finding["trace_id"]
+    last = finding["last_step"]
+    assert (last["status"], last["service"], last["operation"]) == (
+        "SUBMITTED",
+        "shop-api",
+        "POST /orders",
+    )
+    assert last["trace_id"] == finding["trace_id"] and last["at"] == finding["since"]
     assert len(result.incidents_opened) == 1
     assert result.latencies[0] == pytest.approx(10, abs=3)
 

@@ -16,7 +16,7 @@ import httpx
 
 from loupe.messaging.management import Management, QueueStats
 from loupe.monitor.slo import Slo
-from loupe.monitor.store import BROKEN_STATUSES, WRITE_LOCK, finding_json, incident_json
+from loupe.monitor.store import BROKEN_STATUSES, WRITE_LOCK, finding_json, incident_json, iso
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class _Finding:
     trace_id: str | None
     evidence: str
     settled: bool
+    last_step: dict[str, str | None] | None = None
 
     @property
     def flow_key(self) -> str:
@@ -84,6 +85,18 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _last_step(order: asyncpg.Record) -> dict[str, str | None] | None:
+    if order["status"] is None:
+        return None
+    return {
+        "status": order["status"],
+        "at": iso(order["status_at"]),
+        "service": order["service"],
+        "operation": order["operation"],
+        "trace_id": order["trace_id"],
+    }
+
+
 async def _stuck(
     connection: asyncpg.Connection,
     order: asyncpg.Record,
@@ -121,6 +134,7 @@ async def _stuck(
         trace_id=order["trace_id"],
         evidence=evidence,
         settled=False,
+        last_step=_last_step(order),
     )
 
 
@@ -170,6 +184,7 @@ async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Fin
         trace_id=trace_id,
         evidence=evidence,
         settled=final,
+        last_step=_last_step(order),
     )
 
 
@@ -207,8 +222,9 @@ async def _record(
         )
     row = await connection.fetchrow(
         "INSERT INTO findings (subject, order_id, state, status, since, deadline, service, place,"
-        " trace_id, evidence, settled, detected_at, incident_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *",
+        " trace_id, evidence, settled, detected_at, incident_id, last_step)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)"
+        " RETURNING *",
         finding.subject,
         finding.order_id,
         finding.state,
@@ -222,6 +238,7 @@ async def _record(
         finding.settled,
         now,
         incident["id"],
+        json.dumps(finding.last_step) if finding.last_step else None,
     )
     result.opened.append(finding_json(row))
     result.latencies.append(max((now - finding.deadline).total_seconds(), 0.0))

@@ -299,7 +299,7 @@ async def _project(
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -326,7 +326,7 @@ async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
             moves[row["status_to"]] = {
                 "status": row["status_to"],
                 "from": row["status_from"],
-                "at": _iso(row["at"]),
+                "at": iso(row["at"]),
                 "service": row["service"],
                 "operation": row["operation"],
                 "trace_id": row["trace_id"],
@@ -336,7 +336,7 @@ async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
             }
         else:
             move["seen_by"].append(
-                {"service": row["service"], "at": _iso(row["at"]), "trace_id": row["trace_id"]}
+                {"service": row["service"], "at": iso(row["at"]), "trace_id": row["trace_id"]}
             )
     transitions = sorted(moves.values(), key=lambda m: (m["at"], rank(m["status"])))
     return {
@@ -346,7 +346,7 @@ async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
         "transitions": transitions,
         "errors": [
             {
-                "at": _iso(e["at"]),
+                "at": iso(e["at"]),
                 "service": e["service"],
                 "where": e["place"],
                 "message": e["message"],
@@ -365,13 +365,14 @@ def finding_json(row: asyncpg.Record) -> dict[str, Any]:
         "order_id": row["order_id"],
         "state": row["state"],
         "status": row["status"],
-        "since": _iso(row["since"]),
-        "deadline": _iso(row["deadline"]),
+        "since": iso(row["since"]),
+        "deadline": iso(row["deadline"]),
         "service": row["service"],
         "where": row["place"],
         "trace_id": row["trace_id"],
         "evidence": row["evidence"],
-        "detected_at": _iso(row["detected_at"]),
+        "last_step": json.loads(row["last_step"]) if row["last_step"] else None,
+        "detected_at": iso(row["detected_at"]),
         "incident_id": row["incident_id"],
     }
 
@@ -396,9 +397,9 @@ def incident_json(row: asyncpg.Record, orders: int) -> dict[str, Any]:
         "service": row["service"],
         "where": row["place"],
         "status": "resolved" if resolved else "open",
-        "started_at": _iso(row["started_at"]),
-        "detected_at": _iso(row["opened_at"]),
-        "resolved_at": _iso(resolved),
+        "started_at": iso(row["started_at"]),
+        "detected_at": iso(row["opened_at"]),
+        "resolved_at": iso(resolved),
         "orders": orders,
         "time_to_detect_seconds": (row["opened_at"] - row["started_at"]).total_seconds(),
         "detection_delay_seconds": max(
@@ -408,7 +409,7 @@ def incident_json(row: asyncpg.Record, orders: int) -> dict[str, Any]:
         if resolved
         else None,
         "acknowledged_by": row["acknowledged_by"],
-        "acknowledged_at": _iso(row["acknowledged_at"]),
+        "acknowledged_at": iso(row["acknowledged_at"]),
     }
 
 

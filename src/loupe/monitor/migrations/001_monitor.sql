@@ -102,6 +102,8 @@ CREATE TABLE findings (
     place       TEXT NOT NULL,
     trace_id    TEXT,
     evidence    TEXT NOT NULL,
+    -- the order's last successful move when found: status, at, service, operation, trace_id
+    last_step   JSONB,
     -- a final order or an unattributed message: stays until acknowledged or expired
     settled     BOOLEAN NOT NULL,
     detected_at TIMESTAMPTZ NOT NULL,
