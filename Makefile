@@ -41,9 +41,9 @@ test: setup ## Lint, then unit, integration and end-to-end tests in one pytest r
 	$(call say,pytest)
 	@uv run pytest
 
-bench: setup ## Run the benchmark
-	$(call say,benchmark)
-	@uv run python -m loupe.bench
+bench: setup ## Benchmarks into docs/benchmarks.md: tracing cost, monitor (ONLY=pipeline|monitor)
+	$(call say,benchmarks$(if $(ONLY),: $(ONLY)))
+	@uv run python -m loupe.bench $(if $(ONLY),--only $(ONLY))
 
 lint: ## ruff check and format check (no setup needed beyond uv)
 	$(call say,ruff check)

@@ -1,19 +1,19 @@
-"""`make bench`: what tracing costs the order pipeline, measured side by side in one run.
+"""The pipeline benchmark: what tracing costs the order pipeline, measured side by side in
+one run.
 
 The same stack runs in rounds that cycle through three modes: tracing off
 (OTEL_SDK_DISABLED=true), on at 100% sampling and on at 10% (both exported to Jaeger
 all-in-one); cycling spreads machine noise over all of them. In each round a fixed number of
 orders goes through the whole lifecycle, a few at a time; every step's latency is the time
 from a person's action to the status it causes being visible where the next person looks, and
-the services' CPU time is read from /proc. Results go to the console and docs/benchmarks.md.
+the services' CPU time is read from /proc. Results go to the console and to the `pipeline`
+section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,10 +27,14 @@ from rich.console import Console
 from rich.table import Table
 
 from loupe.actors import Workshop
+from loupe.bench.measure import cpu_seconds, machine, percentile
+from loupe.bench.report import write_section
 from loupe.config import SERVICES
 from loupe.stack import Stack
-from loupe.stack.components import REPO_ROOT, JaegerPorts, jaeger_process, service_process
+from loupe.stack.components import JaegerPorts, jaeger_process, service_process
 from loupe.stack.sandbox import Sandbox
+
+SECTION = "pipeline"
 
 POLL_SECONDS = 0.02
 STEP_TIMEOUT = 60.0
@@ -70,12 +74,6 @@ class Round:
 
     def all_steps(self) -> list[float]:
         return [latency for latencies in self.steps.values() for latency in latencies]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def _wait_status(client: httpx.AsyncClient, url: str, status: str) -> None:
@@ -157,16 +155,6 @@ async def _drive(
     return time.perf_counter() - started, steps
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time the processes have used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
 def run_round(
     sandbox: Sandbox, jaeger: JaegerPorts, mode: Mode, orders: int, concurrency: int
 ) -> Round:
@@ -179,30 +167,10 @@ def run_round(
         # One untimed order first: connections, caches and the database's plans warm up.
         asyncio.run(_drive(sandbox, 1, 1))
         pids = [p.pid for p in stack if p.pid is not None]
-        cpu_before = _cpu_seconds(pids)
+        cpu_before = cpu_seconds(pids)
         seconds, steps = asyncio.run(_drive(sandbox, orders, concurrency))
-        cpu = _cpu_seconds(pids) - cpu_before
+        cpu = cpu_seconds(pids) - cpu_before
     return Round(mode.name, orders, seconds, cpu, steps)
-
-
-def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        memory_kb = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-    except (OSError, StopIteration, ValueError):
-        memory_kb = 0
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {memory_kb / 1024 / 1024:.0f} GiB, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
 
 
 @dataclass(frozen=True)
@@ -259,15 +227,13 @@ def report(rounds: list[Round], orders: int, concurrency: int) -> str:
     ratio = summaries["100%"].throughput / summaries["off"].throughput
     ratio10 = summaries["10%"].throughput / summaries["off"].throughput
     lines = [
-        "# Benchmarks",
-        "",
-        "Produced by `make bench` (`uv run python -m loupe.bench`); every figure below comes",
-        "from one run, the modes measured side by side in rounds that take turns.",
-        "",
         "## What tracing costs the order pipeline",
         "",
+        "Every figure in this section comes from one run of this benchmark, the modes "
+        "measured side by side in rounds that take turns.",
+        "",
         f"- Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {_machine()}",
+        f"- Machine: {machine()}",
         f"- Workload: {len(rounds) // len(MODES)} rounds per mode, {orders} orders a round, "
         f"{concurrency} in flight, pricing time 0 s; each order goes through all seven "
         "statuses (shop, MES, CRM, RabbitMQ, PostgreSQL, all real processes).",
@@ -316,19 +282,15 @@ def report(rounds: list[Round], orders: int, concurrency: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=40, help="orders per round (default 40)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per mode (default 5)")
-    parser.add_argument("--concurrency", type=int, default=8, help="orders in flight (8)")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=REPO_ROOT / "docs" / "benchmarks.md",
-        help="where to write the report (default docs/benchmarks.md)",
-    )
-    args = parser.parse_args()
-    console = Console()
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pipeline benchmark")
+    group.add_argument("--orders", type=int, default=40, help="orders per round (default 40)")
+    group.add_argument("--rounds", type=int, default=5, help="rounds per mode (default 5)")
+    group.add_argument("--concurrency", type=int, default=8, help="orders in flight (8)")
+
+
+def run(args: argparse.Namespace, console: Console, output: Path) -> None:
+    """Run the benchmark, print the results and write the `pipeline` section of `output`."""
     rounds: list[Round] = []
     total = args.rounds * len(MODES)
     with tempfile.TemporaryDirectory(prefix="loupe-bench-") as root, Sandbox(Path(root)) as sandbox:
@@ -348,10 +310,5 @@ def main() -> None:
     for row in _rows(rounds):
         table.add_row(*row)
     console.print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report(rounds, args.orders, args.concurrency))
-    console.print(f"written to {args.output}")
-
-
-if __name__ == "__main__":
-    main()
+    write_section(output, SECTION, report(rounds, args.orders, args.concurrency))
+    console.print(f"pipeline section written to {output}")

@@ -1,0 +1,9 @@
+"""`make bench`: loupe's benchmarks, each measuring side by side in one run.
+
+* `pipeline` — what tracing costs the order pipeline (tracing off, 100% and 10% sampling);
+* `monitor` — what the order-flow monitor ingests, how late it detects, and what attaching
+  it costs Jaeger.
+
+`python -m loupe.bench` runs both (`--only pipeline|monitor` one); each writes its own section
+of docs/benchmarks.md and leaves the other's as it was.
+"""

@@ -1,0 +1,49 @@
+"""`python -m loupe.bench [--only pipeline|monitor]`: run loupe's benchmarks (see __init__)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from loupe.bench import monitor, pipeline
+from loupe.bench.report import REPORT
+
+BENCHMARKS = {"pipeline": pipeline, "monitor": monitor}
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loupe.bench",
+        description="loupe's benchmarks: what tracing costs the pipeline, what the monitor "
+        "ingests and costs. Each writes its own section of the report.",
+    )
+    parser.add_argument(
+        "--only",
+        choices=tuple(BENCHMARKS),
+        help="run one benchmark (default: all, one after the other)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPORT,
+        help="the report whose sections are rewritten (default docs/benchmarks.md)",
+    )
+    for module in BENCHMARKS.values():
+        module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    console = Console()
+    for name, module in BENCHMARKS.items():
+        if args.only in (None, name):
+            console.rule(f"benchmark: {name}")
+            module.run(args, console, args.output)
+
+
+if __name__ == "__main__":
+    main()

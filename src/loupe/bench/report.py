@@ -1,0 +1,57 @@
+"""docs/benchmarks.md, in which each benchmark owns one section between markers and rewrites
+only its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loupe.stack.components import REPO_ROOT
+
+REPORT = REPO_ROOT / "docs" / "benchmarks.md"
+
+HEADER = """# Benchmarks
+
+Produced by `make bench` (`uv run python -m loupe.bench`, which runs every benchmark;
+`--only pipeline` or `--only monitor` runs one). Each section comes from one run of its
+benchmark, and each benchmark rewrites only its own section.
+"""
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} begin -->", f"<!-- bench:{name} end -->"
+
+
+LEGACY_SECTION = "pipeline"
+
+
+def adopt_legacy(document: str) -> str:
+    """A report written before it had sections (by the pipeline benchmark alone, which wrote
+    the whole file) gets the header and its figures become the `pipeline` section."""
+    if not document.strip() or "<!-- bench:" in document:
+        return document
+    start = document.find("\n## ")
+    if not document.startswith("# Benchmarks") or start < 0:
+        return document
+    begin, end = markers(LEGACY_SECTION)
+    return f"{HEADER}\n{begin}\n{document[start + 1 :].strip()}\n{end}\n"
+
+
+def replace_section(document: str, name: str, body: str) -> str:
+    """`document` with the section of benchmark `name` replaced by `body` (added at the end
+    when it has none yet; the header when the document is empty). Other sections stay."""
+    begin, end = markers(name)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    document = adopt_legacy(document)
+    if not document.strip():
+        return f"{HEADER}\n{block}\n"
+    start = document.find(begin)
+    stop = document.find(end, start + len(begin)) if start >= 0 else -1
+    if start >= 0 and stop >= 0:
+        return document[:start] + block + document[stop + len(end) :]
+    return document.rstrip("\n") + f"\n\n{block}\n"
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = path.read_text() if path.exists() else ""
+    path.write_text(replace_section(current, name, body))
