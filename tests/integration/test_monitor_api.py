@@ -257,6 +257,22 @@ async def test_otlp_refuses_other_content_types_and_garbage(client: Api) -> None
     assert (await metrics(client))[("loupe_monitor_spans_received_total", ())] == 0
 
 
+async def test_spans_the_database_cannot_take_get_503_so_the_sender_retries(
+    client: Api,
+) -> None:
+    # OTLP senders drop a batch answered 500 and retry one answered 503 (Jaeger's otlphttp
+    # exporter does), so a database the monitor cannot reach must answer 503.
+    span = Spans().make(
+        "shop-api", "POST /orders", ago(1), order_id="o-db", move=("NEW", "SUBMITTED")
+    )
+    await client.monitor.db.close()
+    response = await client.post("/v1/traces", content=otlp([span]), headers=PROTOBUF)
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "5"
+    assert "retry" in response.json()["detail"]
+    assert (await metrics(client))[("loupe_monitor_spans_received_total", ())] == 0
+
+
 async def test_gzip_members_are_joined_and_cut_or_inflated_bodies_refused(client: Api) -> None:
     made = Spans()
     first = otlp(

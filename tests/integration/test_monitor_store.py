@@ -287,6 +287,34 @@ async def test_a_dead_letter_with_no_order_is_reported_once(pool: asyncpg.Pool) 
     assert finding["evidence"] == "dead-lettered: poison message: not JSON"
 
 
+async def test_a_dead_letter_with_no_order_in_a_request_with_orders(pool: asyncpg.Pool) -> None:
+    # Jaeger's batch mixes spans freely: a dead letter that names no order arrives with other
+    # orders' moves and errors, and every one of them is stored.
+    made = Spans()
+    result = await send(
+        pool,
+        [
+            made.make(
+                "crm-api",
+                "process loupe.orders",
+                ago(2),
+                error="poison message: not JSON",
+                dead_lettered=True,
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.destination.subscription.name": "crm.order-status"},
+            ),
+            made.make("shop-api", "POST /orders", ago(2), order_id="o-1", move=HAPPY[0][2:]),
+            made.make("mes-api", "price order", ago(1), order_id="o-1", error="no model"),
+        ],
+    )
+    assert (result.new_transitions, result.new_errors) == (1, 2)
+    await detection.tick(pool, SLO, MANAGEMENT)
+    journey = await store.journey(pool, "o-1")
+    assert journey is not None and [t["status"] for t in journey["transitions"]] == ["SUBMITTED"]
+    orphan = [f for f in await store.findings(pool) if f["order_id"] is None]
+    assert [f["where"] for f in orphan] == ["queue crm.order-status"]
+
+
 async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
     pool: asyncpg.Pool,
 ) -> None:

@@ -209,7 +209,15 @@ def create_app(
             spans, total = decode(_body(raw, request.headers.get("content-encoding", "")))
         except MalformedSpans as exc:
             raise HTTPException(400, str(exc)) from None
-        result = await store.ingest(monitor.db, spans, monitor.slo, total)
+        try:
+            result = await store.ingest(monitor.db, spans, monitor.slo, total)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            # OTLP senders retry 503 and drop a batch on 500: while PostgreSQL is away, the
+            # spans wait in the collector's queue instead of being lost.
+            log.warning("cannot store spans now, asking the sender to retry: %s", exc)
+            raise HTTPException(
+                503, "the monitor's database is unavailable; retry", {"Retry-After": "5"}
+            ) from None
         monitor.metrics.spans_received.inc(total)
         monitor.metrics.spans_kept.inc(len(spans))
         for status_from, status_to, seconds in result.durations:

@@ -237,7 +237,10 @@ async def _project(
         changed.add(order.order_id)
 
     for span in errors:
-        assert span.order_id is not None
+        # An error that names no order (a poison message that is not JSON) is a finding of
+        # its own (detection's orphan dead letters), not part of any order's projection.
+        if span.order_id is None:
+            continue
         if span.order_id not in orders:
             orders[span.order_id] = _new_order(span)
         changed.add(span.order_id)
