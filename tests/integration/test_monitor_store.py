@@ -12,10 +12,11 @@ import pytest
 from integration_support import AMQP_URL, POSTGRES_DSN
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
-from otlp_spans import Spans, ago, otlp, slo
+from otlp_spans import STEPS, Spans, ago, otlp, slo
 
 from loupe.messaging.management import Management
 from loupe.monitor import detection, store
+from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
 
 pytestmark = pytest.mark.integration
@@ -152,6 +153,29 @@ async def test_an_order_past_its_slo_is_stuck_in_the_queue_until_it_moves(
     report = await store.incidents(pool)
     assert report["open"] == 0 and report["resolved"] == 1
     assert report["mttr_seconds"] == pytest.approx(40, abs=3)
+
+
+async def test_a_changed_slo_file_moves_the_deadlines_of_waiting_orders(
+    pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    await send(
+        pool,
+        [made.make("shop-api", "POST /orders", ago(40), order_id="o-wait", move=HAPPY[0][2:])],
+    )
+    assert await store.apply_slo(pool, SLO) == 0
+    patient = Slo.parse({"steps": {"SUBMITTED": {**STEPS["SUBMITTED"], "within": "1h"}}})
+    assert await store.apply_slo(pool, patient) == 1
+    assert (await detection.tick(pool, patient, MANAGEMENT)).opened == []
+    # Back to 30 s: 40 s waiting is stuck.
+    assert await store.apply_slo(pool, SLO) == 1
+    (opened,) = (await detection.tick(pool, SLO, MANAGEMENT)).opened
+    assert opened["order_id"] == "o-wait"
+    # A file with no step for SUBMITTED: no deadline, the finding clears, detection goes on.
+    silent = slo("PRICE_CALCULATED")
+    assert await store.apply_slo(pool, silent) == 1
+    await detection.tick(pool, silent, MANAGEMENT)
+    assert await store.findings(pool) == []
 
 
 async def test_after_a_status_reaches_crm_it_waits_for_the_seller(pool: asyncpg.Pool) -> None:

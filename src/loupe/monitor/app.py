@@ -168,6 +168,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         monitor.pool = await store.open_store(settings.base.postgres_dsn, settings.database)
+        if moved := await store.apply_slo(monitor.pool, monitor.slo):
+            log.info("deadlines of %d waiting orders follow the SLO file now", moved)
         if run_loops:
             monitor.start_loops()
         log.info("loupe-monitor ready on %s", settings.url)

@@ -42,6 +42,27 @@ async def open_store(base_dsn: str, database: str) -> asyncpg.Pool:
     return await open_database(base_dsn, database, MIGRATIONS)
 
 
+async def apply_slo(pool: asyncpg.Pool, slo: Slo) -> int:
+    """Give every order the deadline `slo` sets for its status (none where it sets none); the
+    number of orders whose deadline changed. Deadlines are stored when an order moves, so a
+    changed SLO file would otherwise judge waiting orders by the old one."""
+    statuses = list(slo.steps)
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        changed = await connection.fetchval(
+            "WITH steps AS (SELECT * FROM unnest($1::text[], $2::interval[]) AS x(status, within)),"
+            " target AS (SELECT o.order_id, o.status_at + s.within AS deadline FROM orders o"
+            "  LEFT JOIN steps s ON s.status = o.status),"
+            " updated AS (UPDATE orders o SET deadline = t.deadline FROM target t"
+            "  WHERE o.order_id = t.order_id AND o.deadline IS DISTINCT FROM t.deadline"
+            "  RETURNING 1)"
+            " SELECT count(*) FROM updated",
+            [str(status) for status in statuses],
+            [slo.steps[status].within for status in statuses],
+        )
+    return int(changed)
+
+
 @dataclass
 class IngestResult:
     received: int = 0
