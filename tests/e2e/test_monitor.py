@@ -86,8 +86,8 @@ within = "20s"
 service = "crm-api"
 then = "closing"
 """
-# "A healthy run of several minutes": long enough for many orders to go all the way through.
-HEALTHY_SECONDS = float(os.environ.get("LOUPE_E2E_HEALTHY_SECONDS", "150"))
+# "A healthy run of several minutes" (4 by default): many orders go all the way through.
+HEALTHY_SECONDS = float(os.environ.get("LOUPE_E2E_HEALTHY_SECONDS", "240"))
 
 
 @dataclass
