@@ -112,22 +112,6 @@ def test_a_section_is_added_to_a_report_written_before_sections(tmp_path: Path) 
     assert text.index("## Monitor") < text.index("A note at the end.") < text.index("## Pipeline")
 
 
-def test_a_report_from_before_sections_keeps_its_figures_as_the_pipeline_section() -> None:
-    legacy = (
-        "# Benchmarks\n\nProduced by `make bench`; one run.\n\n"
-        "## What tracing costs the order pipeline\n\n| a | b |\n"
-    )
-    text = replace_section(legacy, "monitor", "## Monitor\n\nfigures")
-    begin, end = markers("pipeline")
-    assert text.startswith(HEADER) and "one run." not in text
-    assert f"{begin}\n## What tracing costs the order pipeline\n\n| a | b |\n{end}" in text
-    assert text.index(end) < text.index("## Monitor")
-    text = replace_section(legacy, "pipeline", "## Pipeline\n\nnew")
-    assert "| a | b |" not in text and text.count(begin) == 1
-    # Anything else is left as it is.
-    assert replace_section("notes\n", "monitor", "## M").startswith("notes\n")
-
-
 def test_the_committed_report_has_both_sections() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
     for name in ("pipeline", "monitor"):

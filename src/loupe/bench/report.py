@@ -21,27 +21,11 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- bench:{name} begin -->", f"<!-- bench:{name} end -->"
 
 
-LEGACY_SECTION = "pipeline"
-
-
-def adopt_legacy(document: str) -> str:
-    """A report written before it had sections (by the pipeline benchmark alone, which wrote
-    the whole file) gets the header and its figures become the `pipeline` section."""
-    if not document.strip() or "<!-- bench:" in document:
-        return document
-    start = document.find("\n## ")
-    if not document.startswith("# Benchmarks") or start < 0:
-        return document
-    begin, end = markers(LEGACY_SECTION)
-    return f"{HEADER}\n{begin}\n{document[start + 1 :].strip()}\n{end}\n"
-
-
 def replace_section(document: str, name: str, body: str) -> str:
     """`document` with the section of benchmark `name` replaced by `body` (added at the end
     when it has none yet; the header when the document is empty). Other sections stay."""
     begin, end = markers(name)
     block = f"{begin}\n{body.strip()}\n{end}"
-    document = adopt_legacy(document)
     if not document.strip():
         return f"{HEADER}\n{block}\n"
     start = document.find(begin)
