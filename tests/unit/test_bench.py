@@ -3,6 +3,7 @@ synthetic spans and the rendering of results. (The measurements themselves are `
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from loupe.bench.journeys import (
     steady_flow,
     submissions,
 )
-from loupe.bench.measure import metric_sum, percentile, spread
+from loupe.bench.measure import cpu_by_group, cpu_used, metric_sum, percentile, spread
 from loupe.bench.report import HEADER, markers, replace_section, write_section
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
@@ -77,6 +78,19 @@ def test_metric_sum_adds_the_samples_whose_labels_match() -> None:
 
 
 # ---------------------------------------------------------------------------------- report file
+
+
+def test_cpu_by_group_counts_each_group_this_process_and_the_machine() -> None:
+    groups = {"this": [os.getpid()], "gone": [4_194_305]}  # above Linux's largest pid
+    before = cpu_by_group(groups)
+    started = os.times()
+    while os.times().user - started.user < 0.05:
+        sum(range(10_000))
+    used = cpu_used(before, cpu_by_group(groups))
+    assert set(used) == {"this", "gone", "client", "machine"}
+    assert used["gone"] == 0
+    assert used["this"] >= 0.04 and used["client"] >= 0.04
+    assert used["machine"] >= used["client"] - 0.02
 
 
 def test_a_new_report_gets_the_header_and_the_section() -> None:

@@ -71,6 +71,21 @@ def machine_cpu_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_group(groups: Mapping[str, Iterable[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each named group of processes, by this process (`client`)
+    and by the whole machine (`machine`); subtract two of these to get what a span used."""
+    own = os.times()
+    return {
+        **{name: cpu_seconds(pids) for name, pids in groups.items()},
+        "client": own.user + own.system,
+        "machine": machine_cpu_seconds(),
+    }
+
+
+def cpu_used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
+
+
 def pids_named(name: str) -> list[int]:
     """Processes whose command name is `name` (e.g. every PostgreSQL backend)."""
     found = []

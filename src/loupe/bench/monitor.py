@@ -54,9 +54,9 @@ from loupe.bench.journeys import (
     submissions,
 )
 from loupe.bench.measure import (
-    cpu_seconds,
+    cpu_by_group,
+    cpu_used,
     machine,
-    machine_cpu_seconds,
     metric_sum,
     percentile,
     pids_named,
@@ -305,11 +305,6 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _client_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def yardstick(batches: Sequence[Batch]) -> float:
     """Microseconds per span the monitor's own decoder takes over `batches`, in this process:
     the same CPU-bound work every time, so how it varies over a run shows how much the
@@ -373,14 +368,8 @@ async def ingest_round(
     assert monitor.process.pid is not None
     async with _client() as client:
         received_before, kept_before = await monitor.received(client)
-        postgres = pids_named("postgres")
-        pids = [monitor.process.pid]
-        cpu_before = (
-            cpu_seconds(pids),
-            cpu_seconds(postgres),
-            _client_cpu(),
-            machine_cpu_seconds(),
-        )
+        groups = {"monitor": [monitor.process.pid], "postgres": pids_named("postgres")}
+        cpu_before = cpu_by_group(groups)
         with _progress(console) as progress:
             task = progress.add_task(f"{label}: POST /v1/traces", total=len(batches))
             started = time.perf_counter()
@@ -388,12 +377,7 @@ async def ingest_round(
                 client, monitor.intake, batches, clients, lambda: progress.advance(task)
             )
             seconds = time.perf_counter() - started
-        cpu_after = (
-            cpu_seconds(pids),
-            cpu_seconds(postgres),
-            _client_cpu(),
-            machine_cpu_seconds(),
-        )
+        used = cpu_used(cpu_before, cpu_by_group(groups))
         received_after, kept_after = await monitor.received(client)
     return IngestRound(
         clients=clients,
@@ -403,10 +387,10 @@ async def ingest_round(
         latencies=latencies,
         received_reported=received_after - received_before,
         kept_reported=kept_after - kept_before,
-        monitor_cpu=cpu_after[0] - cpu_before[0],
-        postgres_cpu=cpu_after[1] - cpu_before[1],
-        client_cpu=cpu_after[2] - cpu_before[2],
-        machine_cpu=cpu_after[3] - cpu_before[3],
+        monitor_cpu=used["monitor"],
+        postgres_cpu=used["postgres"],
+        client_cpu=used["client"],
+        machine_cpu=used["machine"],
     )
 
 
@@ -586,14 +570,12 @@ async def _jaeger_timed(
         base = _Counters.parse(await scrape(client, jaeger_metrics))
         monitor_base, _ = await monitor.received(client)
         assert monitor.process.pid is not None
-        postgres = pids_named("postgres")
-        cpu_before = (
-            cpu_seconds([process.pid]),
-            cpu_seconds([monitor.process.pid]),
-            machine_cpu_seconds(),
-            _client_cpu(),
-            cpu_seconds(postgres),
-        )
+        groups = {
+            "jaeger": [process.pid],
+            "monitor": [monitor.process.pid],
+            "postgres": pids_named("postgres"),
+        }
+        cpu_before = cpu_by_group(groups)
         reached: dict[str, float] = {}
         posts_done = asyncio.Event()
 
@@ -638,13 +620,7 @@ async def _jaeger_timed(
             progress.update(task, description=f"{label}: waiting for Jaeger and the monitor")
             await watcher
             window = time.perf_counter() - started
-        cpu_after = (
-            cpu_seconds([process.pid]),
-            cpu_seconds([monitor.process.pid]),
-            machine_cpu_seconds(),
-            _client_cpu(),
-            cpu_seconds(postgres),
-        )
+        used = cpu_used(cpu_before, cpu_by_group(groups))
         final = _Counters.parse(await scrape(client, jaeger_metrics))
         reached["refused"] = final.refused - base.refused
     missing = [k for k in ("accepted", "stored") if k not in reached]
@@ -658,11 +634,11 @@ async def _jaeger_timed(
         accepted_seconds=reached["accepted"],
         stored_seconds=reached["stored"],
         monitor_seconds=reached.get("monitor"),
-        jaeger_cpu=cpu_after[0] - cpu_before[0],
-        monitor_cpu=cpu_after[1] - cpu_before[1],
-        machine_cpu=cpu_after[2] - cpu_before[2],
-        client_cpu=cpu_after[3] - cpu_before[3],
-        postgres_cpu=cpu_after[4] - cpu_before[4],
+        jaeger_cpu=used["jaeger"],
+        monitor_cpu=used["monitor"],
+        machine_cpu=used["machine"],
+        client_cpu=used["client"],
+        postgres_cpu=used["postgres"],
         window_seconds=window,
         refused=reached.get("refused", 0.0),
         monitor_received=reached.get("monitor_received", 0.0),
@@ -690,18 +666,16 @@ def jaeger_summary(rounds: Sequence[JaegerRound]) -> dict[str, dict[str, float]]
             continue
         spans = sum(r.spans for r in chosen)
         monitor_times = [r.monitor_seconds for r in chosen if r.monitor_seconds is not None]
+        window = max(1e-9, sum(r.window_seconds for r in chosen))
         summary[mode] = {
             "rate": spans / sum(r.seconds for r in chosen),
             "posts_rate": spans / sum(r.posts_seconds for r in chosen),
             "cpu_per_1000": sum(r.jaeger_cpu for r in chosen) / spans * 1000 * 1000,
             "monitor_cpu_per_1000": sum(r.monitor_cpu for r in chosen) / spans * 1000 * 1000,
             "machine_cpu_per_1000": sum(r.machine_cpu for r in chosen) / spans * 1000 * 1000,
-            "machine_cores": sum(r.machine_cpu for r in chosen)
-            / max(1e-9, sum(r.window_seconds for r in chosen)),
-            "client_cores": sum(r.client_cpu for r in chosen)
-            / max(1e-9, sum(r.window_seconds for r in chosen)),
-            "other_cores": sum(r.other_cpu for r in chosen)
-            / max(1e-9, sum(r.window_seconds for r in chosen)),
+            "machine_cores": sum(r.machine_cpu for r in chosen) / window,
+            "client_cores": sum(r.client_cpu for r in chosen) / window,
+            "other_cores": sum(r.other_cpu for r in chosen) / window,
             "spread": spread(r.rate for r in chosen),
             "monitor_seconds": statistics.fmean(monitor_times) if monitor_times else 0.0,
             "seconds": statistics.fmean(r.seconds for r in chosen),

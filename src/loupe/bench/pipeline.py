@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loupe.actors import Workshop
-from loupe.bench.measure import cpu_seconds, machine, percentile
+from loupe.bench.measure import cpu_seconds, machine, percentile, spread
 from loupe.bench.report import write_section
 from loupe.config import SERVICES
 from loupe.stack import Stack
@@ -212,11 +212,7 @@ def _rows(rounds: list[Round]) -> list[tuple[str, ...]]:
 
 def _spread(rounds: list[Round]) -> float:
     """The largest half-range of one mode's round throughputs, relative to their mean."""
-    spreads = []
-    for mode in MODES:
-        values = [r.throughput for r in rounds if r.mode == mode.name]
-        spreads.append((max(values) - min(values)) / 2 / statistics.fmean(values))
-    return max(spreads)
+    return max(spread(r.throughput for r in rounds if r.mode == mode.name) for mode in MODES)
 
 
 HEADERS = ("", "off", "100%", "10%", "100% / off", "10% / off")
