@@ -16,7 +16,7 @@ import httpx
 
 from loupe.messaging.management import Management, QueueStats
 from loupe.monitor.slo import Slo
-from loupe.monitor.store import BROKEN_STATUSES, WRITE_LOCK, finding_json, incident_json, iso
+from loupe.monitor.store import BROKEN_STATUSES, finding_json, incident_json, iso, writing
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,7 @@ async def tick(
     """One detection pass. Safe to run from several replicas: writers take one lock."""
     result = TickResult()
     queues = QueueEvidence(management)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+    async with writing(pool) as connection:
         now: datetime = await connection.fetchval("SELECT clock_timestamp()")
         cleared = await connection.fetch(
             "UPDATE findings f SET cleared_at = $1 FROM orders o"
@@ -349,8 +348,7 @@ async def tick(
 async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:
     """Forget what is older than `retention`: final orders with nothing open, their spans,
     old samples, cleared findings and resolved incidents. Keeps the database bounded."""
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+    async with writing(pool) as connection:
         cutoff: datetime = await connection.fetchval("SELECT now() - $1::interval", retention)
         gone = await connection.fetch(
             "DELETE FROM orders o WHERE o.status_at < $1 AND o.deadline IS NULL"

@@ -6,8 +6,9 @@ the process itself keeps no per-order state.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,13 +43,20 @@ async def open_store(base_dsn: str, database: str) -> asyncpg.Pool:
     return await open_database(base_dsn, database, MIGRATIONS)
 
 
+@contextlib.asynccontextmanager
+async def writing(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction that holds the writers' lock until it ends."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        yield connection
+
+
 async def apply_slo(pool: asyncpg.Pool, slo: Slo) -> int:
     """Give every order the deadline `slo` sets for its status (none where it sets none); the
     number of orders whose deadline changed. Deadlines are stored when an order moves, so a
     changed SLO file would otherwise judge waiting orders by the old one."""
     statuses = list(slo.steps)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+    async with writing(pool) as connection:
         changed = await connection.fetchval(
             "WITH steps AS (SELECT * FROM unnest($1::text[], $2::interval[]) AS x(status, within)),"
             " target AS (SELECT o.order_id, o.status_at + s.within AS deadline FROM orders o"
@@ -81,13 +89,13 @@ class _Order:
     rank: int
     status_began: datetime
     status_at: datetime
-    service: str | None
-    operation: str | None
-    trace_id: str | None
-    span_id: str | None
-    source: str | None
-    deadline: datetime | None
-    broken_at: datetime | None
+    service: str | None = None
+    operation: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    source: str | None = None
+    deadline: datetime | None = None
+    broken_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> _Order:
@@ -96,20 +104,7 @@ class _Order:
 
 def _new_order(span: SpanFacts) -> _Order:
     """An order known so far only by this span: no status until a move is seen."""
-    return _Order(
-        span.order_id or "",
-        None,
-        -1,
-        span.started_at,
-        span.ended_at,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return _Order(span.order_id or "", None, -1, span.started_at, span.ended_at)
 
 
 def _flow_keys(span: SpanFacts) -> Iterable[str]:
@@ -136,8 +131,7 @@ async def ingest(
         for key in _flow_keys(span):
             flows[key] = max(flows.get(key, span.ended_at), span.ended_at)
 
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+    async with writing(pool) as connection:
         new_transitions = await _insert_transitions(connection, transitions)
         new_errors = await _insert_errors(connection, errors)
         result.new_transitions = len(new_transitions)
@@ -475,8 +469,7 @@ async def incidents(
 async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> dict[str, Any] | None:
     """Marks the incident seen by `who`; its final orders' findings (FAILED, REJECTED,
     unattributed dead letters) are cleared: someone has taken them on."""
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+    async with writing(pool) as connection:
         row = await connection.fetchrow(
             "UPDATE incidents SET acknowledged_by = $2, acknowledged_at = now()"
             " WHERE id = $1 RETURNING *",
