@@ -3,6 +3,7 @@ broken findings, incidents opening and resolving, acknowledgement."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -176,6 +177,31 @@ async def test_a_changed_slo_file_moves_the_deadlines_of_waiting_orders(
     assert await store.apply_slo(pool, silent) == 1
     await detection.tick(pool, silent, MANAGEMENT)
     assert await store.findings(pool) == []
+
+
+async def test_a_hung_management_api_does_not_hold_up_ingest(pool: asyncpg.Pool) -> None:
+    # A port that accepts connections and never answers: RabbitMQ's management API hung.
+    hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    management = Management(f"http://127.0.0.1:{port}", AMQP_URL, timeout=5.0)
+    made = Spans()
+    await send(
+        pool,
+        [made.make("shop-api", "POST /orders", ago(40), order_id="o-late", move=HAPPY[0][2:])],
+    )
+    try:
+        ticking = asyncio.create_task(detection.tick(pool, SLO, management))
+        await asyncio.sleep(0.3)
+        assert not ticking.done()
+        # While the tick waits for the queue's figures, spans are still taken in.
+        fresh = [made.make("shop-api", "POST /orders", ago(1), order_id="o-new", move=HAPPY[0][2:])]
+        stored = await asyncio.wait_for(send(pool, fresh), 2.0)
+        assert stored.new_transitions == 1
+        (opened,) = (await ticking).opened
+    finally:
+        hung.close()
+    assert opened["order_id"] == "o-late"
+    assert "RabbitMQ management API unreachable (ReadTimeout)" in opened["evidence"]
 
 
 async def test_after_a_status_reaches_crm_it_waits_for_the_seller(pool: asyncpg.Pool) -> None:

@@ -4,9 +4,10 @@ place make one incident, which resolves itself once orders flow through that pla
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,15 @@ class QueueEvidence:
         if queue not in self._seen:
             self._seen[queue] = await self._ask(queue)
         return self._seen[queue]
+
+    async def prefetch(self, queues: Iterable[str]) -> None:
+        """Ask for these queues now, all at once, so that describing them later waits on
+        nothing."""
+        wanted = sorted(set(queues) - self._seen.keys())
+        for queue, described in zip(
+            wanted, await asyncio.gather(*(self._ask(q) for q in wanted)), strict=True
+        ):
+            self._seen[queue] = described
 
     async def _ask(self, queue: str) -> str:
         if self._management is None:
@@ -244,6 +254,17 @@ async def _record(
     result.latencies.append(max((now - finding.deadline).total_seconds(), 0.0))
 
 
+async def _queues_of_due_orders(pool: asyncpg.Pool, slo: Slo) -> set[str]:
+    """The queues that orders past their deadline, and not yet reported, wait in."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            "SELECT DISTINCT o.status FROM orders o WHERE o.deadline <= clock_timestamp()"
+            " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.subject = o.order_id"
+            "   AND f.cleared_at IS NULL)"
+        )
+    return {step.queue for row in rows if (step := slo.step(row["status"])) and step.queue}
+
+
 async def tick(
     pool: asyncpg.Pool,
     slo: Slo,
@@ -253,6 +274,10 @@ async def tick(
     """One detection pass. Safe to run from several replicas: writers take one lock."""
     result = TickResult()
     queues = QueueEvidence(management)
+    # RabbitMQ's answers (up to its timeout each) are awaited before the writers' lock is
+    # taken, not while every ingest request waits for it. Only an order that falls due in the
+    # milliseconds between has its queue asked under the lock.
+    await queues.prefetch(await _queues_of_due_orders(pool, slo))
     async with writing(pool) as connection:
         now: datetime = await connection.fetchval("SELECT clock_timestamp()")
         cleared = await connection.fetch(
