@@ -44,6 +44,7 @@ class Monitor:
     metrics: FlowMetrics = field(default_factory=FlowMetrics)
     pool: asyncpg.Pool | None = None
     loops: list[asyncio.Task[None]] = field(default_factory=list)
+    client: httpx.AsyncClient | None = None  # the loops' HTTP client (probes, webhooks)
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -78,27 +79,20 @@ class Monitor:
 
     def start_loops(self) -> None:
         settings = self.settings
-
-        async def detect() -> None:
-            await self.detect_once()
-
-        async def probe(client: httpx.AsyncClient) -> None:
-            await self.probe_once(client)
-
-        async def webhooks(client: httpx.AsyncClient) -> None:
-            await alerts.deliver_due(self.db, client)
-
-        async def prune() -> None:
-            await detection.prune(self.db, timedelta(hours=settings.retention_hours))
-
-        client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+        client = self.client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+        retention = timedelta(hours=settings.retention_hours)
         self.loops = [
-            asyncio.create_task(_every(settings.tick_seconds, detect, "detection")),
-            asyncio.create_task(_every(settings.probe_seconds, lambda: probe(client), "probe")),
-            asyncio.create_task(_every(1.0, lambda: webhooks(client), "webhooks")),
-            asyncio.create_task(_every(600.0, prune, "retention")),
+            asyncio.create_task(_every(settings.tick_seconds, self.detect_once, "detection")),
+            asyncio.create_task(
+                _every(settings.probe_seconds, lambda: self.probe_once(client), "probe")
+            ),
+            asyncio.create_task(
+                _every(1.0, lambda: alerts.deliver_due(self.db, client), "webhooks")
+            ),
+            asyncio.create_task(
+                _every(600.0, lambda: detection.prune(self.db, retention), "retention")
+            ),
         ]
-        self._client = client
 
     async def stop(self) -> None:
         for task in self.loops:
@@ -106,13 +100,13 @@ class Monitor:
         for task in self.loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.loops:
-            await self._client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
         if self.pool is not None:
             await self.pool.close()
 
 
-async def _every(seconds: float, action: Callable[[], Awaitable[None]], name: str) -> None:
+async def _every(seconds: float, action: Callable[[], Awaitable[object]], name: str) -> None:
     """Runs `action` every `seconds`; a failing round is logged and the next one runs anyway."""
     while True:
         started = asyncio.get_running_loop().time()
