@@ -59,10 +59,6 @@ def read(settings: MonitorSettings, action: Callable[[asyncpg.Pool], Awaitable[A
     return asyncio.run(_with_pool(settings, action))
 
 
-def _short(trace_id: str | None) -> str:
-    return trace_id or "-"
-
-
 def print_findings(found: list[dict[str, Any]], console: Console) -> None:
     if not found:
         console.print("[green]No order is stuck or broken.[/]")
@@ -79,7 +75,7 @@ def print_findings(found: list[dict[str, Any]], console: Console) -> None:
             escape(f["since"]),
             escape(f["service"]),
             escape(f["where"]),
-            escape(_short(f["trace_id"])),
+            escape(f["trace_id"] or "-"),
             escape(f["evidence"]),
         )
     console.print(table)
