@@ -8,6 +8,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from loupe.monitor.slo import Slo
+from loupe.monitor.store import incident_summary
 
 # From a demo's seconds to the workshop's days.
 DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 300, 1800, 3600, 4 * 3600, 8 * 3600, 86400, 3 * 86400)
@@ -82,14 +83,7 @@ class FlowMetrics:
                 "SELECT service, count(*) AS n FROM findings WHERE cleared_at IS NULL"
                 " AND state = 'broken' GROUP BY service"
             )
-            summary = await connection.fetchrow(
-                "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
-                " avg(extract(epoch FROM resolved_at - started_at))"
-                "   FILTER (WHERE resolved_at IS NOT NULL) AS mttr,"
-                " avg(extract(epoch FROM opened_at - started_at)) AS mttd"
-                " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
-                timedelta(days=7),
-            )
+            summary = await incident_summary(connection, timedelta(days=7))
             probes = await connection.fetch(
                 "SELECT DISTINCT ON (service) service, ok FROM health_samples"
                 " ORDER BY service, at DESC"
@@ -101,7 +95,7 @@ class FlowMetrics:
         for row in broken:
             self.broken.labels(service=row["service"]).set(row["n"])
         self.incidents_open.set(summary["open"])
-        self.mttr.set(float(summary["mttr"]) if summary["mttr"] is not None else float("nan"))
-        self.mttd.set(float(summary["mttd"]) if summary["mttd"] is not None else float("nan"))
+        for gauge, key in ((self.mttr, "mttr_seconds"), (self.mttd, "mttd_seconds")):
+            gauge.set(float("nan") if summary[key] is None else summary[key])
         for row in probes:
             self.service_up.labels(service=row["service"]).set(1 if row["ok"] else 0)

@@ -447,22 +447,31 @@ async def incidents(
             f" FROM incidents i WHERE {condition} ORDER BY opened_at DESC, id DESC",
             *args,
         )
-        summary = await connection.fetchrow(
-            "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
-            " count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,"
-            " avg(extract(epoch FROM opened_at - started_at)) AS mttd,"
-            " avg(extract(epoch FROM resolved_at - started_at))"
-            "   FILTER (WHERE resolved_at IS NOT NULL) AS mttr"
-            " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
-            window,
-        )
+        summary = await incident_summary(connection, window)
     return {
         "window_seconds": window.total_seconds(),
-        "open": summary["open"],
-        "resolved": summary["resolved"],
-        "mttd_seconds": float(summary["mttd"]) if summary["mttd"] is not None else None,
-        "mttr_seconds": float(summary["mttr"]) if summary["mttr"] is not None else None,
+        **summary,
         "incidents": [incident_json(r, r["n"]) for r in rows],
+    }
+
+
+async def incident_summary(connection: asyncpg.Connection, window: timedelta) -> dict[str, Any]:
+    """Over the incidents opened within `window` and every open one: how many are open and
+    resolved, and their MTTD and MTTR in seconds (None without any)."""
+    row = await connection.fetchrow(
+        "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
+        " count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,"
+        " avg(extract(epoch FROM opened_at - started_at)) AS mttd,"
+        " avg(extract(epoch FROM resolved_at - started_at))"
+        "   FILTER (WHERE resolved_at IS NOT NULL) AS mttr"
+        " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
+        window,
+    )
+    return {
+        "open": row["open"],
+        "resolved": row["resolved"],
+        "mttd_seconds": float(row["mttd"]) if row["mttd"] is not None else None,
+        "mttr_seconds": float(row["mttr"]) if row["mttr"] is not None else None,
     }
 
 
