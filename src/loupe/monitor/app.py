@@ -58,7 +58,6 @@ class Monitor:
         )
         for seconds in result.latencies:
             self.metrics.detection_latency.observe(seconds)
-        await self.metrics.refresh(self.db, self.slo)
         return result
 
     async def probe_once(self, client: httpx.AsyncClient) -> None:
@@ -222,6 +221,11 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        # The gauges are read from the database when scraped, not on every detection tick.
+        try:
+            await monitor.metrics.refresh(monitor.db, monitor.slo)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("metrics: gauges left as they were, the database cannot be read: %s", exc)
         return Response(generate_latest(monitor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     api = APIRouter(prefix=f"{API_PREFIX}/api")
