@@ -22,6 +22,8 @@ import jwt
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from loupe.config import env
+
 # Asymmetric algorithms only: an HMAC "signature" made with a public key must never pass.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 LEEWAY_SECONDS = 30
@@ -191,13 +193,10 @@ class AccessSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> AccessSettings:
-        def get(name: str, default: str) -> str:
-            return environ.get(name, "").strip() or default
-
         return cls(
-            issuer=get("LOUPE_OIDC_ISSUER_URL", cls.issuer).rstrip("/"),
-            client_id=get("LOUPE_OIDC_CLIENT_ID", cls.client_id),
-            groups_claim=get("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim),
+            issuer=env("LOUPE_OIDC_ISSUER_URL", cls.issuer, environ).rstrip("/"),
+            client_id=env("LOUPE_OIDC_CLIENT_ID", cls.client_id, environ),
+            groups_claim=env("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim, environ),
             read_groups=groups_from(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
             act_groups=groups_from(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
         )

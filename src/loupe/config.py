@@ -19,22 +19,35 @@ SERVICE_NAMES = {"shop": "shop-api", "crm": "crm-api", "mes": "mes-api"}
 
 DEFAULT_PORTS = {"shop": 8081, "crm": 8082, "mes": 8083}
 
+# src/loupe/config.py -> the repository root, where deploy/, docs/ and tools/ live.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-def _env(name: str, default: str, environ: Mapping[str, str] = os.environ) -> str:
+
+def env(name: str, default: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The variable's value, or `default` when it is unset or blank."""
     value = environ.get(name, "").strip()
     return value or default
 
 
-def _env_float(name: str, default: float, environ: Mapping[str, str] = os.environ) -> float:
-    raw = _env(name, str(default), environ)
+def env_float(
+    name: str,
+    default: float,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    above_zero: bool = False,
+) -> float:
+    raw = env(name, str(default), environ)
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if above_zero and value <= 0:
+        raise ValueError(f"{name} must be above 0, got {raw!r}")
+    return value
 
 
 def _env_int(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
-    raw = _env(name, str(default), environ)
+    raw = env(name, str(default), environ)
     try:
         return int(raw)
     except ValueError:
@@ -60,17 +73,17 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         urls = {
-            s: _env(f"LOUPE_{s.upper()}_URL", f"http://127.0.0.1:{p}", environ)
+            s: env(f"LOUPE_{s.upper()}_URL", f"http://127.0.0.1:{p}", environ)
             for s, p in DEFAULT_PORTS.items()
         }
         settings = cls(
-            amqp_url=_env("LOUPE_AMQP_URL", cls.amqp_url, environ),
-            postgres_dsn=_env("LOUPE_POSTGRES_DSN", cls.postgres_dsn, environ),
-            database_prefix=_env("LOUPE_DATABASE_PREFIX", cls.database_prefix, environ),
-            data_dir=Path(_env("LOUPE_DATA_DIR", str(cls.data_dir), environ)),
-            host=_env("LOUPE_HOST", cls.host, environ),
+            amqp_url=env("LOUPE_AMQP_URL", cls.amqp_url, environ),
+            postgres_dsn=env("LOUPE_POSTGRES_DSN", cls.postgres_dsn, environ),
+            database_prefix=env("LOUPE_DATABASE_PREFIX", cls.database_prefix, environ),
+            data_dir=Path(env("LOUPE_DATA_DIR", str(cls.data_dir), environ)),
+            host=env("LOUPE_HOST", cls.host, environ),
             service_urls=urls,
-            pricing_seconds=_env_float("LOUPE_PRICING_SECONDS", cls.pricing_seconds, environ),
+            pricing_seconds=env_float("LOUPE_PRICING_SECONDS", cls.pricing_seconds, environ),
             max_delivery_attempts=_env_int(
                 "LOUPE_MAX_DELIVERY_ATTEMPTS", cls.max_delivery_attempts, environ
             ),

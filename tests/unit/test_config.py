@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from loupe.config import DEFAULT_PORTS, SERVICE_NAMES, SERVICES, Settings
+from loupe.monitor.settings import MonitorSettings
 
 
 @pytest.fixture(autouse=True)
@@ -124,3 +126,36 @@ def test_fewer_than_one_delivery_attempt_is_refused(
     monkeypatch.setenv("LOUPE_MAX_DELIVERY_ATTEMPTS", value)
     with pytest.raises(ValueError, match="LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1"):
         Settings.from_env()
+
+
+def test_monitor_settings_from_the_environment() -> None:
+    settings = MonitorSettings.from_env(
+        {
+            "LOUPE_MONITOR_URL": "http://127.0.0.1:9191/",
+            "LOUPE_MONITOR_TICK_SECONDS": " 0.25 ",
+            "LOUPE_MONITOR_PROBE_SECONDS": "",
+            "LOUPE_MONITOR_WEBHOOK_URLS": "http://a.example/hook, ,http://b.example/hook",
+            "LOUPE_RABBITMQ_MANAGEMENT_URL": "http://127.0.0.1:15673/",
+        }
+    )
+    assert (settings.url, settings.host, settings.port) == (
+        "http://127.0.0.1:9191",
+        "127.0.0.1",
+        9191,
+    )
+    assert (settings.tick_seconds, settings.probe_seconds) == (0.25, 5.0)
+    assert settings.webhook_urls == ("http://a.example/hook", "http://b.example/hook")
+    assert settings.management_url == "http://127.0.0.1:15673"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "LOUPE_MONITOR_TICK_SECONDS must be a number, got 'soon'"),
+        ("0", "LOUPE_MONITOR_TICK_SECONDS must be above 0, got '0'"),
+        ("-1", "LOUPE_MONITOR_TICK_SECONDS must be above 0, got '-1'"),
+    ],
+)
+def test_monitor_intervals_must_be_positive_numbers(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MonitorSettings.from_env({"LOUPE_MONITOR_TICK_SECONDS": value})

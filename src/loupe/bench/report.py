@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loupe.stack.components import REPO_ROOT
+from loupe.config import REPO_ROOT
 
 REPORT = REPO_ROOT / "docs" / "benchmarks.md"
 

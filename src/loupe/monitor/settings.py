@@ -9,29 +9,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from loupe.access import AccessSettings
-from loupe.config import Settings
+from loupe.config import REPO_ROOT, Settings, env, env_float
 from loupe.messaging.management import DEFAULT_MANAGEMENT_URL, Management
 
-# src/loupe/monitor/settings.py -> the repository root, where deploy/ lives.
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MONITOR_URL = "http://127.0.0.1:8091"
 DEMO_SLO_FILE = REPO_ROOT / "deploy" / "monitor" / "slo-demo.toml"
 PRODUCTION_SLO_FILE = REPO_ROOT / "deploy" / "monitor" / "slo-production.toml"
 # Where the gateway sends /monitor/...: the API lives under it, OTLP intake does not.
 API_PREFIX = "/monitor"
-
-
-def _number(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be above 0, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -56,20 +41,22 @@ class MonitorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> MonitorSettings:
-        def get(name: str, default: str) -> str:
-            return environ.get(name, "").strip() or default
+        def seconds(name: str, default: float) -> float:
+            return env_float(name, default, environ, above_zero=True)
 
         webhooks = tuple(
             u.strip() for u in environ.get("LOUPE_MONITOR_WEBHOOK_URLS", "").split(",") if u.strip()
         )
         return cls(
-            url=get("LOUPE_MONITOR_URL", cls.url).rstrip("/"),
-            slo_file=Path(get("LOUPE_MONITOR_SLO_FILE", str(DEMO_SLO_FILE))),
-            tick_seconds=_number(environ, "LOUPE_MONITOR_TICK_SECONDS", cls.tick_seconds),
-            probe_seconds=_number(environ, "LOUPE_MONITOR_PROBE_SECONDS", cls.probe_seconds),
-            retention_hours=_number(environ, "LOUPE_MONITOR_RETENTION_HOURS", cls.retention_hours),
+            url=env("LOUPE_MONITOR_URL", cls.url, environ).rstrip("/"),
+            slo_file=Path(env("LOUPE_MONITOR_SLO_FILE", str(DEMO_SLO_FILE), environ)),
+            tick_seconds=seconds("LOUPE_MONITOR_TICK_SECONDS", cls.tick_seconds),
+            probe_seconds=seconds("LOUPE_MONITOR_PROBE_SECONDS", cls.probe_seconds),
+            retention_hours=seconds("LOUPE_MONITOR_RETENTION_HOURS", cls.retention_hours),
             webhook_urls=webhooks,
-            management_url=get("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url).rstrip("/"),
+            management_url=env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ).rstrip(
+                "/"
+            ),
             base=Settings.from_env(environ),
             access=AccessSettings.from_env(environ),
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from loupe.access import AccessSettings
-from loupe.config import Settings
+from loupe.config import Settings, env
 from loupe.messaging.management import DEFAULT_MANAGEMENT_URL
 
 DEFAULT_PORTAL_URL = "http://127.0.0.1:8090"
@@ -28,14 +28,13 @@ class PortalSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> PortalSettings:
-        def get(name: str, default: str) -> str:
-            return environ.get(name, "").strip() or default
-
         return cls(
-            url=get("LOUPE_PORTAL_URL", cls.url).rstrip("/"),
+            url=env("LOUPE_PORTAL_URL", cls.url, environ).rstrip("/"),
             access=AccessSettings.from_env(environ),
-            amqp_url=get("LOUPE_AMQP_URL", cls.amqp_url),
-            management_url=get("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url).rstrip("/"),
+            amqp_url=env("LOUPE_AMQP_URL", cls.amqp_url, environ),
+            management_url=env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ).rstrip(
+                "/"
+            ),
         )
 
     @property

@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from loupe.config import DEFAULT_PORTS, SERVICES, Settings
+from loupe.config import DEFAULT_PORTS, REPO_ROOT, SERVICES, Settings
 from loupe.stack.gateway import GatewayFiles, GatewaySettings
 from loupe.stack.process import DEFAULT_LOGS_DIR, Process, StackError, free_port, port_open
 
 Storage = Literal["badger", "memory"]
 STORAGES: tuple[Storage, ...] = ("badger", "memory")
 
-# src/loupe/stack/components.py -> the repository root, where deploy/ and .cache/ live.
-REPO_ROOT = Path(__file__).resolve().parents[3]
 JAEGER_BINARY = REPO_ROOT / ".cache" / "bin" / "jaeger"
 JAEGER_CONFIG_DIR = REPO_ROOT / "deploy" / "jaeger"
 # The overlay adding the pipeline `traces/monitor` (spans with order.id or status ERROR, sent

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import bcrypt
 
+from loupe.config import REPO_ROOT
 from loupe.stack.process import StackError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEX_TEMPLATE = REPO_ROOT / "deploy" / "dex" / "config.yaml"
 GATEWAY_TEMPLATE = REPO_ROOT / "deploy" / "oauth2-proxy" / "oauth2-proxy.cfg"
 GATEWAY_PAGES = REPO_ROOT / "deploy" / "oauth2-proxy" / "templates"
