@@ -174,7 +174,7 @@ DEFAULT_READ_GROUPS = ("devops", "developers")
 DEFAULT_ACT_GROUPS = ("devops",)
 
 
-def groups_from(raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
+def _groups(raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
     groups = tuple(g.strip() for g in raw.split(",") if g.strip())
     return groups or default
 
@@ -197,8 +197,8 @@ class AccessSettings:
             issuer=env("LOUPE_OIDC_ISSUER_URL", cls.issuer, environ).rstrip("/"),
             client_id=env("LOUPE_OIDC_CLIENT_ID", cls.client_id, environ),
             groups_claim=env("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim, environ),
-            read_groups=groups_from(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
-            act_groups=groups_from(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
+            read_groups=_groups(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
+            act_groups=_groups(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
         )
 
 

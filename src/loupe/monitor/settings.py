@@ -41,22 +41,21 @@ class MonitorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> MonitorSettings:
-        def seconds(name: str, default: float) -> float:
+        def positive(name: str, default: float) -> float:
             return env_float(name, default, environ, above_zero=True)
 
+        management_url = env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ)
         webhooks = tuple(
             u.strip() for u in environ.get("LOUPE_MONITOR_WEBHOOK_URLS", "").split(",") if u.strip()
         )
         return cls(
             url=env("LOUPE_MONITOR_URL", cls.url, environ).rstrip("/"),
             slo_file=Path(env("LOUPE_MONITOR_SLO_FILE", str(DEMO_SLO_FILE), environ)),
-            tick_seconds=seconds("LOUPE_MONITOR_TICK_SECONDS", cls.tick_seconds),
-            probe_seconds=seconds("LOUPE_MONITOR_PROBE_SECONDS", cls.probe_seconds),
-            retention_hours=seconds("LOUPE_MONITOR_RETENTION_HOURS", cls.retention_hours),
+            tick_seconds=positive("LOUPE_MONITOR_TICK_SECONDS", cls.tick_seconds),
+            probe_seconds=positive("LOUPE_MONITOR_PROBE_SECONDS", cls.probe_seconds),
+            retention_hours=positive("LOUPE_MONITOR_RETENTION_HOURS", cls.retention_hours),
             webhook_urls=webhooks,
-            management_url=env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ).rstrip(
-                "/"
-            ),
+            management_url=management_url.rstrip("/"),
             base=Settings.from_env(environ),
             access=AccessSettings.from_env(environ),
         )

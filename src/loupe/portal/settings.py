@@ -28,13 +28,12 @@ class PortalSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> PortalSettings:
+        management_url = env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ)
         return cls(
             url=env("LOUPE_PORTAL_URL", cls.url, environ).rstrip("/"),
             access=AccessSettings.from_env(environ),
             amqp_url=env("LOUPE_AMQP_URL", cls.amqp_url, environ),
-            management_url=env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ).rstrip(
-                "/"
-            ),
+            management_url=management_url.rstrip("/"),
         )
 
     @property
