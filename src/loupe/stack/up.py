@@ -88,7 +88,7 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
 
     keys = Secrets.ensure(gateway.secrets_dir)
     # The portal and the monitor's API both check the ID tokens the gateway passes.
-    access_env = portal_environment(gateway)
+    access_env = access_environment(gateway)
     portal_url = PortalSettings.from_env(access_env).url
     monitor_url = MonitorSettings.from_env(access_env).url
     files = render(
@@ -142,7 +142,7 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         time.sleep(0.5)
 
 
-def portal_environment(
+def access_environment(
     gateway: GatewaySettings, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
     """The portal's and the monitor's variables: they accept ID tokens from the gateway's issuer
