@@ -30,7 +30,7 @@ from loupe.messaging.topology import Exchanges
 from loupe.orders import IllegalTransition, OrderEvent, OrderSource, OrderStatus, check_transition
 from loupe.orders.lifecycle import is_behind
 from loupe.telemetry import OrderAttributes, set_order_attributes
-from loupe.telemetry.attributes import ORDER_FAILURE_REASON
+from loupe.telemetry.attributes import LINK_REASON, ORDER_FAILURE_REASON, PREVIOUS_STEP
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("loupe.orders")
@@ -206,7 +206,7 @@ class ServiceRuntime:
         if resumed_by is None:
             return await self._apply(connection, row, current, source, to, updates, event_fields)
         previous = span_context_from_text(row["last_step_context"])
-        links = [Link(previous, {"loupe.link.reason": "previous order step"})] if previous else []
+        links = [Link(previous, {LINK_REASON: PREVIOUS_STEP})] if previous else []
         with _tracer.start_as_current_span(resumed_by, links=links) as span:
             try:
                 return await self._apply(

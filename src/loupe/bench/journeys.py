@@ -22,9 +22,20 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
-SHOP, CRM, MES = "shop-api", "crm-api", "mes-api"
-PORTS = {SHOP: 8081, CRM: 8082, MES: 8083}
-DATABASES = {SHOP: "loupe_shop", CRM: "loupe_crm", MES: "loupe_mes"}
+from loupe.config import DEFAULT_PORTS, SERVICE_NAMES, SERVICES, Settings
+from loupe.telemetry.attributes import (
+    LINK_REASON,
+    ORDER_ID,
+    ORDER_PRICE,
+    ORDER_SOURCE,
+    ORDER_STATUS_FROM,
+    ORDER_STATUS_TO,
+    PREVIOUS_STEP,
+)
+
+SHOP, CRM, MES = (SERVICE_NAMES[s] for s in ("shop", "crm", "mes"))
+PORTS = {SERVICE_NAMES[s]: DEFAULT_PORTS[s] for s in SERVICES}
+DATABASES = {SERVICE_NAMES[s]: Settings().database_name(s) for s in SERVICES}
 QUEUE_OF = {SHOP: "shop.order-status", CRM: "crm.order-status", MES: "mes.order-submitted"}
 
 STATEMENTS = {
@@ -185,7 +196,6 @@ _SCOPES = {
     SpanKind.PRODUCER: "loupe.messaging",
     SpanKind.CONSUMER: "loupe.messaging",
 }
-LINK_REASON = {"loupe.link.reason": "previous order step"}
 
 
 def scope_of(spec: SpanSpec) -> str:
@@ -252,11 +262,11 @@ def constant_attributes(spec: SpanSpec) -> dict[str, str | int | float]:
             attributes["messaging.rabbitmq.message.delivery_tag"] = 1
             attributes["loupe.messaging.delivery_attempt"] = 1
     if spec.has_order:
-        attributes["order.source"] = "shop"
+        attributes[ORDER_SOURCE] = "shop"
     if spec.move:
-        attributes["order.status.from"], attributes["order.status.to"] = spec.move
+        attributes[ORDER_STATUS_FROM], attributes[ORDER_STATUS_TO] = spec.move
     if service == MES and spec.kind == SpanKind.CONSUMER and spec.move:
-        attributes["order.price"] = 1250.0
+        attributes[ORDER_PRICE] = 1250.0
     return attributes
 
 
@@ -347,7 +357,8 @@ class Journeys:
         scope_name = scope_of(spec)
         scope = self._scopes.setdefault(scope_name, InstrumentationScope(scope_name, "0.1.0"))
         context = SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
-        links = (Link(SpanContext(2, 2, False), LINK_REASON),) if _links(spec) else ()
+        previous = Link(SpanContext(2, 2, False), {LINK_REASON: PREVIOUS_STEP})
+        links = (previous,) if _links(spec) else ()
         readable = ReadableSpan(
             name=spec.name,
             context=context,
@@ -402,7 +413,7 @@ class Journeys:
             end = end_ns - (count - 1 - index) * 1_000_000
             span.start_time_unix_nano, span.end_time_unix_nano = end - 800_000, end
             if spec.has_order:
-                _string(span, "order.id", order_id)
+                _string(span, ORDER_ID, order_id)
             if template.order_path:
                 _string(span, "url.path", template.order_path.replace("{order_id}", order_id))
             if template.message_id:
