@@ -19,6 +19,9 @@ SERVICE_NAMES = {"shop": "shop-api", "crm": "crm-api", "mes": "mes-api"}
 
 DEFAULT_PORTS = {"shop": 8081, "crm": 8082, "mes": 8083}
 
+DEFAULT_CONSOLE_URL = "http://127.0.0.1:4180"
+"""The console's public base URL by default: the sign-in gateway on this machine."""
+
 # src/loupe/config.py -> the repository root, where deploy/, docs/ and tools/ live.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +72,9 @@ class Settings:
     max_delivery_attempts: int = 5
     retry_delay_ms: int = 2000
     prefetch: int = 8
+    # LOUPE_CONSOLE_URL: where people open loupe's console (the gateway's URL as browsers
+    # reach it); links in the CLI's output and in webhook alerts start with it.
+    console_url: str = DEFAULT_CONSOLE_URL
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -89,6 +95,7 @@ class Settings:
             ),
             retry_delay_ms=_env_int("LOUPE_RETRY_DELAY_MS", cls.retry_delay_ms, environ),
             prefetch=_env_int("LOUPE_PREFETCH", cls.prefetch, environ),
+            console_url=env("LOUPE_CONSOLE_URL", cls.console_url, environ).rstrip("/"),
         )
         if settings.max_delivery_attempts < 1:
             raise ValueError("LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1")
