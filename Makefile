@@ -14,7 +14,7 @@ help: ## Show this help
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## Install and start RabbitMQ + PostgreSQL, sync Python deps, build Jaeger, Dex, oauth2-proxy
+setup: ## Install and start RabbitMQ + PostgreSQL, sync Python deps, build Jaeger, Dex, oauth2-proxy, fetch Jaeger UI
 	$(call say,infrastructure: RabbitMQ and PostgreSQL)
 	@scripts/setup-infra.sh
 	@$(MAKE) ensure-uv
