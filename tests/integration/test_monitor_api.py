@@ -328,12 +328,18 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     await send(client, [moving[1]])
 
     # Nothing is reported before detection runs.
-    assert await client.read("/monitor/api/findings") == {"count": 0, "findings": []}
+    assert await client.read("/monitor/api/findings") == {
+        "count": 0,
+        "findings": [],
+        "as_of": None,
+    }
+    before = datetime.now(UTC)
     result = await client.monitor.detect_once()
     assert [f["order_id"] for f in result.opened] == ["o-stuck"]
 
     body = await client.read("/monitor/api/findings")
     assert body["count"] == 1
+    assert datetime.fromisoformat(body["as_of"]) >= before
     (finding,) = body["findings"]
     assert FINDING_FIELDS | {"evidence"} <= set(finding)
     assert {k: finding[k] for k in FINDING_FIELDS} == {
@@ -374,6 +380,13 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
             strict=True,
         )
     ]
+    # Each move against the SLO of the status it left: SUBMITTED may wait 30 s, NEW has none.
+    first, second = journey["transitions"]
+    assert (first["waited_seconds"], first["slo_seconds"], first["slo_met"]) == (None, None, None)
+    assert second["waited_seconds"] == pytest.approx(
+        (ended(moving[1]) - ended(moving[0])).total_seconds(), abs=0.01
+    )
+    assert (second["slo_seconds"], second["slo_met"]) == (30.0, True)
     assert journey["finding"] is None
     stuck_journey = await client.read("/monitor/api/orders/o-stuck/journey")
     assert stuck_journey["finding"]["state"] == "stuck"
@@ -399,6 +412,11 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert incident["id"] == finding["incident_id"]
     resolved = await client.read("/monitor/api/incidents?status=resolved")
     assert resolved["incidents"] == []
+    detail = await client.read(f"/monitor/api/incidents/{incident['id']}")
+    assert {k: detail[k] for k in incident} == incident
+    assert [(f["order_id"], f["cleared_at"]) for f in detail["findings"]] == [("o-stuck", None)]
+    missing_incident = await client.get("/monitor/api/incidents/999999", headers=DEVELOPER)
+    assert missing_incident.status_code == 404
 
     seen = await metrics(client)
     assert seen[("loupe_orders_stuck", (("step", "SUBMITTED"),))] == 1

@@ -10,7 +10,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,15 @@ from loupe.access import Access, TokenVerifier
 from loupe.config import SERVICE_NAMES
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.metrics import FlowMetrics
+from loupe.monitor.models import (
+    FindingList,
+    FindingState,
+    Incident,
+    IncidentDetail,
+    IncidentList,
+    Journey,
+    Uptime,
+)
 from loupe.monitor.settings import API_PREFIX, MonitorSettings
 from loupe.monitor.slo import Slo, SloError
 from loupe.monitor.spans import MalformedSpans, decode
@@ -45,6 +54,8 @@ class Monitor:
     pool: asyncpg.Pool | None = None
     loops: list[asyncio.Task[None]] = field(default_factory=list)
     client: httpx.AsyncClient | None = None  # the loops' HTTP client (probes, webhooks)
+    # When the last detection pass ended: how current the findings are.
+    detected_at: datetime | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -58,6 +69,7 @@ class Monitor:
         )
         for seconds in result.latencies:
             self.metrics.detection_latency.observe(seconds)
+        self.detected_at = datetime.now(UTC)
         return result
 
     async def probe_once(self, client: httpx.AsyncClient) -> None:
@@ -230,23 +242,26 @@ def create_app(
 
     api = APIRouter(prefix=f"{API_PREFIX}/api")
 
-    @api.get("/findings", summary="Orders stuck or broken now")
-    async def findings(
-        who: Who, state: str | None = Query(None, pattern="^(stuck|broken)$")
-    ) -> dict[str, Any]:
+    @api.get("/findings", summary="Orders stuck or broken now", response_model=FindingList)
+    async def findings(who: Who, state: FindingState | None = None) -> dict[str, Any]:
         access.require(who, "reader")
         found = await store.findings(monitor.db, state)
-        return {"count": len(found), "findings": found}
+        return {"count": len(found), "findings": found, "as_of": monitor.detected_at}
 
-    @api.get("/orders/{order_id}/journey", summary="One order's transitions, in order")
+    @api.get(
+        "/orders/{order_id}/journey",
+        summary="One order's transitions, in order, each against its SLO",
+        response_model=Journey,
+    )
     async def journey(who: Who, order_id: str) -> dict[str, Any]:
         access.require(who, "reader")
         found = await store.journey(monitor.db, order_id)
         if found is None:
             raise HTTPException(404, f"no spans of order {order_id} have reached the monitor")
+        _judge(found["transitions"], monitor.slo)
         return found
 
-    @api.get("/incidents", summary="Incidents, with MTTD and MTTR")
+    @api.get("/incidents", summary="Incidents, with MTTD and MTTR", response_model=IncidentList)
     async def incidents(
         who: Who,
         status: str = Query("all", pattern="^(open|resolved|all)$"),
@@ -255,7 +270,23 @@ def create_app(
         access.require(who, "reader")
         return await store.incidents(monitor.db, status, timedelta(hours=window_hours))
 
-    @api.post("/incidents/{incident_id}/acknowledge", summary="Take an incident on (devops)")
+    @api.get(
+        "/incidents/{incident_id}",
+        summary="One incident with the findings it holds",
+        response_model=IncidentDetail,
+    )
+    async def incident(who: Who, incident_id: int) -> dict[str, Any]:
+        access.require(who, "reader")
+        found = await store.incident(monitor.db, incident_id)
+        if found is None:
+            raise HTTPException(404, f"no incident {incident_id}")
+        return found
+
+    @api.post(
+        "/incidents/{incident_id}/acknowledge",
+        summary="Take an incident on (devops)",
+        response_model=Incident,
+    )
     async def acknowledge(who: Who, incident_id: int) -> dict[str, Any]:
         access.require(who, "operator")
         found = await store.acknowledge(monitor.db, incident_id, who.email or who.subject)
@@ -264,7 +295,7 @@ def create_app(
         log.warning("incident %s acknowledged by %s", incident_id, who.email or who.subject)
         return found
 
-    @api.get("/uptime", summary="Availability per service over a window")
+    @api.get("/uptime", summary="Availability per service over a window", response_model=Uptime)
     async def uptime(
         who: Who, window_hours: float = Query(24.0, gt=0, le=24.0 * 366)
     ) -> dict[str, Any]:
@@ -278,6 +309,24 @@ def create_app(
 
     app.include_router(api)
     return app
+
+
+def _judge(moves: list[dict[str, Any]], slo: Slo) -> None:
+    """Adds to each move how long the order waited since the move before it, what the SLO of
+    the status it left allows, and whether that was met."""
+    previous: datetime | None = None
+    for move in moves:
+        at = datetime.fromisoformat(move["at"])
+        step = slo.step(move["from"])
+        waited = (at - previous).total_seconds() if previous else None
+        move["waited_seconds"] = waited
+        move["slo_seconds"] = step.within.total_seconds() if step else None
+        move["slo_met"] = (
+            waited <= move["slo_seconds"]
+            if waited is not None and move["slo_seconds"] is not None
+            else None
+        )
+        previous = at
 
 
 def run_monitor() -> None:

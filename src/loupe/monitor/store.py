@@ -392,6 +392,7 @@ def finding_json(row: asyncpg.Record) -> dict[str, Any]:
         "last_step": json.loads(row["last_step"]) if row["last_step"] else None,
         "detected_at": iso(row["detected_at"]),
         "incident_id": row["incident_id"],
+        "cleared_at": iso(row["cleared_at"]),
     }
 
 
@@ -453,6 +454,18 @@ async def incidents(
         **summary,
         "incidents": [incident_json(r, r["n"]) for r in rows],
     }
+
+
+async def incident(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any] | None:
+    """One incident with every finding it holds, open or cleared, oldest first."""
+    async with pool.acquire() as connection:
+        row = await connection.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
+        if row is None:
+            return None
+        held = await connection.fetch(
+            "SELECT * FROM findings WHERE incident_id = $1 ORDER BY since, id", incident_id
+        )
+    return {**incident_json(row, len(held)), "findings": [finding_json(f) for f in held]}
 
 
 async def incident_summary(connection: asyncpg.Connection, window: timedelta) -> dict[str, Any]:
