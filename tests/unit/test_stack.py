@@ -16,7 +16,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from loupe.config import Settings
+from loupe.config import REPO_ROOT, Settings
 from loupe.monitor.settings import MonitorSettings
 from loupe.stack import (
     JaegerPorts,
@@ -31,7 +31,12 @@ from loupe.stack import (
     service_process,
     up,
 )
-from loupe.stack.components import monitor_process
+from loupe.stack.components import (
+    JAEGER_BASE_PATH,
+    JAEGER_UI_ASSETS,
+    JAEGER_UI_CONFIG,
+    monitor_process,
+)
 from loupe.stack.gateway import GatewaySettings
 from loupe.stack.process import port_open
 from loupe.stack.sandbox import Sandbox
@@ -334,11 +339,23 @@ def test_jaeger_process_without_binary_says_how_to_build(tmp_path: Path) -> None
         jaeger_process("memory", binary=tmp_path / "jaeger", logs_dir=tmp_path)
 
 
+def fake_ui(root: Path) -> dict[str, Path]:
+    """jaeger_process's `ui_assets` and `ui_config`, made under `root`: what setup would copy."""
+    assets = root / "jaeger-ui"
+    assets.mkdir()
+    (assets / "index.html").write_text("<!doctype html>")
+    config = root / "ui-config.json"
+    config.write_text("{}")
+    return {"ui_assets": assets, "ui_config": config}
+
+
 def test_jaeger_process_passes_ports_and_badger_dir(tmp_path: Path) -> None:
     binary = tmp_path / "jaeger"
     binary.write_text("")
     ports = JaegerPorts(otlp_grpc=1, otlp_http=2, query=3, query_grpc=4, health=5, metrics=6)
-    proc = jaeger_process("badger", ports, tmp_path / "data", tmp_path / "logs", binary=binary)
+    proc = jaeger_process(
+        "badger", ports, tmp_path / "data", tmp_path / "logs", binary=binary, **fake_ui(tmp_path)
+    )
     assert proc.argv[0] == str(binary)
     assert proc.argv[1] == "--config"
     assert proc.argv[2].endswith("deploy/jaeger/all-in-one-badger.yaml")
@@ -353,8 +370,44 @@ def test_jaeger_process_passes_ports_and_badger_dir(tmp_path: Path) -> None:
     )
     assert sorted(proc.listens_on) == [1, 2, 3, 4, 5, 6]
     assert proc.log_path == tmp_path / "logs" / "jaeger.log"
+    assert proc.env["LOUPE_JAEGER_UI_ASSETS"] == str(tmp_path / "jaeger-ui")
+    assert proc.env["LOUPE_JAEGER_UI_CONFIG"] == str(tmp_path / "ui-config.json")
     with pytest.raises(StackError, match="unknown Jaeger storage"):
         jaeger_process("cassandra", binary=binary)  # type: ignore[arg-type]
+
+
+def test_jaeger_process_without_ui_assets_says_how_to_fetch(tmp_path: Path) -> None:
+    binary = tmp_path / "jaeger"
+    binary.write_text("")
+    ui = fake_ui(tmp_path)
+    (ui["ui_assets"] / "index.html").unlink()
+    with pytest.raises(StackError, match=r"Jaeger UI's assets are missing.*make setup"):
+        jaeger_process("memory", binary=binary, logs_dir=tmp_path, **ui)
+    (ui["ui_assets"] / "index.html").write_text("<!doctype html>")
+    ui["ui_config"].unlink()
+    with pytest.raises(StackError, match="Jaeger UI's config file is missing"):
+        jaeger_process("memory", binary=binary, logs_dir=tmp_path, **ui)
+
+
+def test_jaeger_process_makes_the_ui_paths_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jaeger may start in any directory: relative paths would resolve against that one.
+    binary = tmp_path / "jaeger"
+    binary.write_text("")
+    fake_ui(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOUPE_JAEGER_UI_ASSETS", "elsewhere")
+    proc = jaeger_process(
+        "memory",
+        binary=binary,
+        logs_dir=tmp_path,
+        ui_assets=Path("jaeger-ui"),
+        ui_config=Path("ui-config.json"),
+    )
+    assert proc.env is not None
+    assert proc.env["LOUPE_JAEGER_UI_ASSETS"] == str(tmp_path.resolve() / "jaeger-ui")
+    assert proc.env["LOUPE_JAEGER_UI_CONFIG"] == str(tmp_path.resolve() / "ui-config.json")
 
 
 def test_jaeger_ports_from_env_and_free() -> None:
@@ -460,7 +513,7 @@ def test_jaeger_process_without_monitor_has_one_config(
     monkeypatch.delenv("LOUPE_MONITOR_OTLP_ENDPOINT", raising=False)
     binary = tmp_path / "jaeger"
     binary.write_text("")
-    proc = jaeger_process("memory", binary=binary, logs_dir=tmp_path)
+    proc = jaeger_process("memory", binary=binary, logs_dir=tmp_path, **fake_ui(tmp_path))
     assert proc.argv == [str(binary), "--config", str(JAEGER_DEPLOY / "all-in-one-memory.yaml")]
     assert proc.env is not None
     assert "LOUPE_MONITOR_OTLP_ENDPOINT" not in proc.env
@@ -469,12 +522,14 @@ def test_jaeger_process_without_monitor_has_one_config(
 def test_jaeger_process_with_monitor_adds_the_overlay(tmp_path: Path) -> None:
     binary = tmp_path / "jaeger"
     binary.write_text("")
+    ui = fake_ui(tmp_path)
     proc = jaeger_process(
         "badger",
         data_dir=tmp_path / "data",
         logs_dir=tmp_path,
         binary=binary,
         monitor_endpoint="http://127.0.0.1:18091/",
+        **ui,
     )
     assert proc.argv == [
         str(binary),
@@ -489,7 +544,21 @@ def test_jaeger_process_with_monitor_adds_the_overlay(tmp_path: Path) -> None:
     assert proc.env["LOUPE_MONITOR_OTLP_ENDPOINT"] == "http://127.0.0.1:18091"
     assert proc.env["LOUPE_JAEGER_BADGER_DIR"] == str((tmp_path / "data").resolve())
     with pytest.raises(StackError, match="OTLP endpoint is empty"):
-        jaeger_process("memory", binary=binary, logs_dir=tmp_path, monitor_endpoint=" ")
+        jaeger_process("memory", binary=binary, logs_dir=tmp_path, monitor_endpoint=" ", **ui)
+
+
+@pytest.mark.parametrize("storage", ["badger", "memory"])
+def test_jaeger_serves_the_ui_from_the_variables_jaeger_process_sets(storage: str) -> None:
+    query = _yaml(JAEGER_DEPLOY / f"all-in-one-{storage}.yaml")["extensions"]["jaeger_query"]
+    assert query["base_path"] == JAEGER_BASE_PATH
+    assert query["ui"] == {
+        "assets_path": "${env:LOUPE_JAEGER_UI_ASSETS:-.cache/jaeger-ui}",
+        "config_file": "${env:LOUPE_JAEGER_UI_CONFIG:-deploy/jaeger/ui-config.json}",
+    }
+    # The defaults are the same places, relative to the repository root.
+    assert REPO_ROOT / ".cache/jaeger-ui" == JAEGER_UI_ASSETS
+    assert REPO_ROOT / "deploy/jaeger/ui-config.json" == JAEGER_UI_CONFIG
+    assert JAEGER_UI_CONFIG.is_file()
 
 
 @pytest.mark.parametrize("storage", ["badger", "memory"])

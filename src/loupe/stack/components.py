@@ -25,6 +25,11 @@ JAEGER_CONFIG_DIR = REPO_ROOT / "deploy" / "jaeger"
 # over OTLP/HTTP to LOUPE_MONITOR_OTLP_ENDPOINT); the collector merges it over the all-in-one
 # file when given as a second --config.
 JAEGER_MONITOR_OVERLAY = JAEGER_CONFIG_DIR / "monitor-pipeline.yaml"
+# Jaeger UI's production build (index.html + static/), which scripts/build-tools.sh copies from
+# the crate pinned in tools/jaeger-ui, and the UI's settings (menu, link patterns). Passed to
+# the config files' `jaeger_query.ui` as LOUPE_JAEGER_UI_ASSETS and LOUPE_JAEGER_UI_CONFIG.
+JAEGER_UI_ASSETS = REPO_ROOT / ".cache" / "jaeger-ui"
+JAEGER_UI_CONFIG = JAEGER_CONFIG_DIR / "ui-config.json"
 DEX_BINARY = REPO_ROOT / ".cache" / "bin" / "dex"
 GATEWAY_BINARY = REPO_ROOT / ".cache" / "bin" / "oauth2-proxy"
 
@@ -96,10 +101,14 @@ def jaeger_process(
     logs_dir: Path = DEFAULT_LOGS_DIR,
     *,
     binary: Path = JAEGER_BINARY,
+    ui_assets: Path = JAEGER_UI_ASSETS,
+    ui_config: Path = JAEGER_UI_CONFIG,
     ready_timeout: float = 60.0,
     monitor_endpoint: str | None = None,
 ) -> Process:
     """Jaeger v2 all-in-one with the given storage; `data_dir` is only used by badger.
+
+    Jaeger UI is served from `ui_assets` at `/jaeger/`, with `ui_config` put into its page.
 
     With `monitor_endpoint` (the monitor's root URL, e.g. `http://127.0.0.1:8091`), Jaeger also
     forwards the spans the monitor needs to `{monitor_endpoint}/v1/traces`, through its own
@@ -108,10 +117,17 @@ def jaeger_process(
     if storage not in STORAGES:
         raise StackError(f"unknown Jaeger storage {storage!r}; choose one of {', '.join(STORAGES)}")
     _require_binary(binary, "Jaeger")
+    _require_ui(ui_assets, ui_config)
     ports = ports or JaegerPorts()
     config = JAEGER_CONFIG_DIR / f"all-in-one-{storage}.yaml"
     argv = [str(binary), "--config", str(config)]
-    env = {**os.environ, **ports.env()}
+    env = {
+        **os.environ,
+        **ports.env(),
+        # Always set and absolute, whatever directory Jaeger starts in (see JaegerPorts.env).
+        "LOUPE_JAEGER_UI_ASSETS": str(ui_assets.resolve()),
+        "LOUPE_JAEGER_UI_CONFIG": str(ui_config.resolve()),
+    }
     if storage == "badger":
         data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +159,18 @@ def _require_binary(binary: Path, what: str) -> None:
             f"the {what} binary is missing ({binary}); "
             "build it with `make setup` or `scripts/build-tools.sh`"
         )
+
+
+def _require_ui(assets: Path, config: Path) -> None:
+    # Jaeger panics at start without either (it builds its page from both), and says why only
+    # in its log.
+    if not (assets / "index.html").is_file():
+        raise StackError(
+            f"Jaeger UI's assets are missing ({assets}/index.html); "
+            "fetch them with `make setup` or `scripts/build-tools.sh`"
+        )
+    if not config.is_file():
+        raise StackError(f"Jaeger UI's config file is missing ({config})")
 
 
 def dex_process(
