@@ -24,7 +24,13 @@ from loupe.messaging.propagation import extract_context
 from loupe.messaging.publisher import Publisher
 from loupe.messaging.topology import Exchanges, QueueSpec
 from loupe.orders import OrderEvent, OrderEventError
-from loupe.telemetry.attributes import DELIVERY_ATTEMPT, ORDER_ID, TRACE_CONTEXT_NOTE
+from loupe.telemetry.attributes import (
+    DEAD_LETTER_REASON,
+    DEAD_LETTERED_EVENT,
+    DELIVERY_ATTEMPT,
+    ORDER_ID,
+    TRACE_CONTEXT_NOTE,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("loupe.messaging")
@@ -268,7 +274,7 @@ class Consumer:
             # A poison event that named its order before failing to parse still belongs to that
             # order: the monitor finds the dead letter by it.
             span.set_attribute(ORDER_ID, order_id)
-        span.add_event("dead-lettered", {"loupe.messaging.reason": reason})
+        span.add_event(DEAD_LETTERED_EVENT, {DEAD_LETTER_REASON: reason})
         log.error(
             "dead-lettering message %s from %s: %s",
             delivery.message_id,

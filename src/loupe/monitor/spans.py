@@ -15,6 +15,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from loupe.orders import OrderStatus
 from loupe.telemetry.attributes import (
+    DEAD_LETTER_REASON,
+    DEAD_LETTERED_EVENT,
     ORDER_FAILURE_REASON,
     ORDER_ID,
     ORDER_SOURCE,
@@ -22,8 +24,6 @@ from loupe.telemetry.attributes import (
     ORDER_STATUS_TO,
 )
 
-DEAD_LETTERED_EVENT = "dead-lettered"
-DEAD_LETTER_REASON = "loupe.messaging.reason"
 SUBSCRIPTION = "messaging.destination.subscription.name"
 # error.type of refused steps (see loupe.orders.lifecycle and loupe.runtime).
 REFUSALS = frozenset({"IllegalTransition", "OrderNotFound"})

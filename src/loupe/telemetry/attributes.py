@@ -20,6 +20,9 @@ NEW = "NEW"
 DELIVERY_ATTEMPT = "loupe.messaging.delivery_attempt"
 TRACE_CONTEXT_NOTE = "loupe.trace_context.note"
 DUPLICATE_DELIVERY = "loupe.messaging.duplicate"
+# The span event a consumer adds when it moves a message to the dead-letter queue, with why.
+DEAD_LETTERED_EVENT = "dead-lettered"
+DEAD_LETTER_REASON = "loupe.messaging.reason"
 # On the link from a person's step to the order's previous step (a trace of its own).
 LINK_REASON = "loupe.link.reason"
 PREVIOUS_STEP = "previous order step"

@@ -20,6 +20,12 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 from opentelemetry.util.types import Attributes
 
+from loupe.telemetry.attributes import (
+    DEAD_LETTER_REASON,
+    ORDER_FAILURE_REASON,
+    TRACE_CONTEXT_NOTE,
+)
+
 ALLOWED_KEYS = frozenset(
     {
         # HTTP, stable conventions. Query strings and client addresses are left out on purpose.
@@ -77,9 +83,9 @@ SCRUBBED_KEYS = frozenset(
         "exception.stacktrace",
         "db.query.text",
         "otel.status_description",
-        "loupe.trace_context.note",
-        "loupe.messaging.reason",
-        "order.failure.reason",
+        TRACE_CONTEXT_NOTE,
+        DEAD_LETTER_REASON,
+        ORDER_FAILURE_REASON,
     }
 )
 REDACTED = "[redacted]"
