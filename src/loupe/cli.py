@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import typer
@@ -61,14 +62,20 @@ def monitor() -> None:
     run_monitor()
 
 
-def _report(action: Any, render: Any, as_json: bool) -> None:
-    from rich.console import Console
-
-    from loupe.monitor.report import ReportError, dump, read
+def _report(
+    action: Callable[[Any, str], Awaitable[Any]],
+    render: Callable[[Any, Any, str], None],
+    as_json: bool,
+) -> None:
+    """Reads the monitor's database with `action(pool, console_url)` and prints the answer as
+    JSON or, through `render(data, console, console_url)`, as text that fits the terminal."""
+    from loupe.monitor.report import ReportError, dump, read, stdout_console
     from loupe.monitor.settings import MonitorSettings
 
+    settings = MonitorSettings.from_env()
+    console_url = settings.base.console_url
     try:
-        data = read(MonitorSettings.from_env(), action)
+        data = read(settings, lambda pool: action(pool, console_url))
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -77,10 +84,12 @@ def _report(action: Any, render: Any, as_json: bool) -> None:
     if as_json:
         typer.echo(dump(data))
     else:
-        render(data, Console())
+        render(data, stdout_console(), console_url)
 
 
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON (the API's contract) instead.")
+JSON_OPTION = typer.Option(
+    False, "--json", help="Print JSON (the API's contract, plus console_url links) instead."
+)
 
 
 @app.command()
@@ -88,34 +97,56 @@ def stuck(
     as_json: bool = JSON_OPTION,
     state: str = typer.Option("", help="Only `stuck` or only `broken` (default: both)."),
 ) -> None:
-    """Orders stuck or broken now: where, since when, the trace to open, the evidence."""
+    """Orders stuck or broken now: where, since when, the evidence; the trace and the console
+    link when the terminal is wide enough."""
     from loupe.monitor import report, store
 
     if state not in ("", "stuck", "broken"):
         raise typer.BadParameter("--state must be stuck or broken")
 
-    async def action(pool: Any) -> Any:
-        found = await store.findings(pool, state or None)
+    async def action(pool: Any, console_url: str) -> Any:
+        found = report.link_findings(console_url, await store.findings(pool, state or None))
         return {"count": len(found), "findings": found}
 
-    _report(action, lambda data, console: report.print_findings(data["findings"], console), as_json)
+    _report(
+        action, lambda data, console, _: report.print_findings(data["findings"], console), as_json
+    )
 
 
 @app.command()
 def journey(
-    order_id: str = typer.Argument(..., help="The order's id (order.id in the traces)."),
+    order_id: str = typer.Argument(
+        ..., help="The order's id (order.id in the traces), or its first characters."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """One order's transitions in order: when, which service, which trace."""
     from loupe.monitor import report, store
 
-    async def action(pool: Any) -> Any:
+    async def action(pool: Any, _: str) -> Any:
         found = await store.journey(pool, order_id)
         if found is None:
+            # A short id, as `loupe stuck` shows in a narrow terminal.
+            matches = await report.orders_starting_with(pool, order_id)
+            if len(matches) == 1:
+                return await store.journey(pool, matches[0])
+            if matches:
+                typer.echo(
+                    f"several orders start with {order_id}: {', '.join(matches)}; give more "
+                    "of the id",
+                    err=True,
+                )
+                return None
             typer.echo(f"no spans of order {order_id} have reached the monitor", err=True)
         return found
 
-    _report(action, report.print_journey, as_json)
+    _report(
+        action,
+        lambda data, console, console_url: report.print_journey(
+            data, console, console_url=console_url
+        ),
+        as_json,
+    )
 
 
 @app.command()
@@ -132,10 +163,11 @@ def incidents(
     if status not in ("open", "resolved", "all"):
         raise typer.BadParameter("--status must be open, resolved or all")
 
-    async def action(pool: Any) -> Any:
-        return await store.incidents(pool, status, timedelta(hours=window_hours))
+    async def action(pool: Any, console_url: str) -> Any:
+        found = await store.incidents(pool, status, timedelta(hours=window_hours))
+        return report.link_incidents(console_url, found)
 
-    _report(action, report.print_incidents, as_json)
+    _report(action, lambda data, console, _: report.print_incidents(data, console), as_json)
 
 
 @app.command()

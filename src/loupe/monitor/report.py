@@ -4,23 +4,44 @@ They read the monitor's database directly. That is their authorisation: PostgreS
 only OS users it has a role for (peer authentication over the Unix socket, as set up by
 scripts/setup-infra.sh), so whoever can run them could read the database anyway. Away from
 the host, use the API behind the gateway, which checks the role.
+
+The tables fit the width they are printed in, one row per line, like `kubectl get`: as the
+width shrinks, columns are dropped or shortened in a stated order (`drop` and `short` steps,
+1 first), and the last column (the evidence, or where an incident is) takes what is left and
+ends in "…" when it is longer. Nothing is folded onto a second line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import asyncpg
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from loupe.database import dsn_for
 from loupe.monitor.settings import MonitorSettings
+from loupe.portal.links import absolute, incident_path, order_path
+
+Row = dict[str, Any]
+
+PIPE_WIDTH = 120
+"""The width when stdout is not a terminal and COLUMNS is not set."""
+GAP = 2
+"""Spaces between two columns."""
+LAST_MIN = 24
+"""The last column gets at least this many cells, and a quarter of the width, before more
+columns are dropped or shortened."""
+SHORT_ID = 8
+"""An order id's first characters, shown when the full id does not fit."""
 
 
 class ReportError(Exception):
@@ -59,89 +80,384 @@ def read(settings: MonitorSettings, action: Callable[[asyncpg.Pool], Awaitable[A
     return asyncio.run(_with_pool(settings, action))
 
 
-def print_findings(found: list[dict[str, Any]], console: Console) -> None:
+async def orders_starting_with(pool: asyncpg.Pool, prefix: str, limit: int = 5) -> list[str]:
+    """The ids of the orders the monitor knows that start with `prefix` (a short id)."""
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            "SELECT order_id FROM orders WHERE starts_with(order_id, $1) ORDER BY order_id"
+            " LIMIT $2",
+            prefix,
+            limit,
+        )
+    return [r["order_id"] for r in rows]
+
+
+# -- console links in the JSON ---------------------------------------------------------------
+
+
+def finding_url(console_url: str, finding: Row) -> str | None:
+    """The console's page of the finding's order; of its incident when it names no order."""
+    if finding.get("order_id"):
+        return absolute(console_url, order_path(finding["order_id"]))
+    if finding.get("incident_id") is not None:
+        return absolute(console_url, incident_path(finding["incident_id"]))
+    return None
+
+
+def incident_url(console_url: str, incident: Row) -> str:
+    return absolute(console_url, incident_path(incident["id"]))
+
+
+def link_findings(console_url: str, found: Sequence[Row]) -> list[Row]:
+    """Each finding with `console_url` added, the page to open it in the console."""
+    return [{**f, "console_url": finding_url(console_url, f)} for f in found]
+
+
+def link_incidents(console_url: str, report: Row) -> Row:
+    """The incidents report with `console_url` added to each incident."""
+    return {
+        **report,
+        "incidents": [
+            {**i, "console_url": incident_url(console_url, i)} for i in report["incidents"]
+        ],
+    }
+
+
+# -- text of the cells -----------------------------------------------------------------------
+
+
+def ago(when: str | None, now: datetime) -> str:
+    """`when` (ISO 8601) relative to `now`, in its largest unit: "41 s ago", "4 min ago"."""
+    if not when:
+        return "-"
+    seconds = int((now - datetime.fromisoformat(when)).total_seconds())
+    if seconds < 1:
+        return "just now"
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def utc(when: str | None) -> str:
+    """`when` (ISO 8601) to the second in UTC: "2026-11-24 10:15:02"."""
+    if not when:
+        return "-"
+    return datetime.fromisoformat(when).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    """A time to detect or resolve in its two largest units: "4.2 s", "3 min 5 s", "2 d 4 h"."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    if whole < 86400:
+        return f"{whole // 3600} h {whole % 3600 // 60} min"
+    return f"{whole // 86400} d {whole % 86400 // 3600} h"
+
+
+def window(seconds: float) -> str:
+    """A report's window: "7 days", "36 hours", "90 min"."""
+    hours = seconds / 3600
+    if hours >= 24 and hours % 24 == 0:
+        return f"{hours / 24:g} day" + ("" if hours == 24 else "s")
+    if hours >= 1:
+        return f"{hours:g} hour" + ("" if hours == 1 else "s")
+    return f"{seconds / 60:g} min"
+
+
+def short_id(order_id: str | None) -> str:
+    """The order id's first SHORT_ID characters (`loupe journey` takes them too)."""
+    return order_id[:SHORT_ID] if order_id else "(none)"
+
+
+def clip(text: str, width: int) -> str:
+    """`text` in at most `width` cells, ending in "…" when it was longer."""
+    if cell_len(text) <= width:
+        return text
+    return set_cell_size(text, max(width - 1, 0)) + "…" if width > 0 else ""
+
+
+# -- choosing the columns --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a report table.
+
+    `text` renders a row's cell. At its `drop` step the column goes; at its `short` step it
+    shows `short_text` instead. `limit` is the widest it gets (longer cells end in "…"); the
+    last column has none: it takes the width that is left. A `whole` column (an id) is never
+    cut, however narrow the console.
+    """
+
+    header: str
+    text: Callable[[Row], str]
+    limit: int | None = None
+    drop: int | None = None
+    short: int | None = None
+    short_text: Callable[[Row], str] | None = None
+    style: Callable[[Row], str] | None = None
+    whole: bool = False
+
+    def shown(self, step: int) -> bool:
+        return self.drop is None or step < self.drop
+
+    def cell(self, row: Row, step: int) -> str:
+        if self.short_text is not None and self.short is not None and step >= self.short:
+            return self.short_text(row)
+        return self.text(row)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The columns chosen for a width, each cell's text, and each column's width."""
+
+    columns: tuple[Column, ...]
+    widths: tuple[int, ...]
+    cells: tuple[tuple[str, ...], ...]  # one tuple per row
+    step: int  # the steps applied: 0 when everything fits
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return tuple(c.header for c in self.columns)
+
+    @property
+    def total(self) -> int:
+        return sum(self.widths) + GAP * (len(self.widths) - 1)
+
+
+def _steps(columns: Sequence[Column]) -> list[int]:
+    return sorted({s for c in columns for s in (c.drop, c.short) if s is not None})
+
+
+def _measure(columns: Sequence[Column], rows: Sequence[Row], step: int) -> Layout:
+    shown = tuple(c for c in columns if c.shown(step))
+    cells = tuple(tuple(c.cell(row, step) for c in shown) for row in rows)
+    widths = []
+    for index, column in enumerate(shown):
+        natural = max([cell_len(column.header), *(cell_len(r[index]) for r in cells)])
+        widths.append(min(natural, column.limit) if column.limit else natural)
+    return Layout(shown, tuple(widths), cells, step)
+
+
+def choose(columns: Sequence[Column], rows: Sequence[Row], width: int) -> Layout:
+    """The widest layout that fits `width`: steps are applied in order (1 first) until the
+    columns before the last one leave it LAST_MIN cells and a quarter of the width (or all it
+    needs). The last column then takes what is left. Past the last step, the widest columns
+    give up cells."""
+    last_min = max(LAST_MIN, width // 4)
+    steps = [0, *_steps(columns)]
+    for step in steps:
+        layout = _measure(columns, rows, step)
+        before = layout.total - layout.widths[-1]
+        if before + min(layout.widths[-1], last_min) <= width:
+            last = min(layout.widths[-1], width - before)
+            return Layout(layout.columns, (*layout.widths[:-1], last), layout.cells, step)
+    # Narrower than the narrowest layout: squeeze the widest columns but ids, a cell at a time.
+    widths = list(layout.widths)
+    cut = [i for i, c in enumerate(layout.columns) if not c.whole]
+    while sum(widths) + GAP * (len(widths) - 1) > width and cut:
+        widest = max(cut, key=lambda i: widths[i])
+        if widths[widest] <= 1:
+            break
+        widths[widest] -= 1
+    return Layout(layout.columns, tuple(widths), layout.cells, layout.step)
+
+
+def table(layout: Layout, rows: Sequence[Row]) -> Table:
+    """`layout` as a rich Table without borders, every cell on one line."""
+    grid = Table(box=None, padding=(0, GAP // 2), pad_edge=False, header_style="bold")
+    for column, width in zip(layout.columns, layout.widths, strict=True):
+        grid.add_column(column.header, width=width, no_wrap=True, overflow="ellipsis")
+    for row, cells in zip(rows, layout.cells, strict=True):
+        grid.add_row(
+            *(
+                Text(cell, style=column.style(row) if column.style else "")
+                for column, cell in zip(layout.columns, cells, strict=True)
+            )
+        )
+    return grid
+
+
+def line(console: Console, text: str | Text) -> None:
+    """One line, cut with "…" at the console's width rather than folded."""
+    console.print(text, no_wrap=True, overflow="ellipsis", crop=True)
+
+
+def link_line(console: Console, text: str) -> None:
+    """A line ending in a link: never cut (a cut link does not open) nor folded by rich."""
+    console.print(text, soft_wrap=True)
+
+
+def open_hint(url: str | None, width: int) -> str | None:
+    """The line printed under a table whose link column did not fit: the first row's link."""
+    if not url:
+        return None
+    hint = f"open: {url}"
+    more = f"{hint}  (first row; every row's link: --json)"
+    return more if cell_len(more) <= width else hint
+
+
+def stdout_console(environ: Mapping[str, str] = os.environ, file: IO[str] | None = None) -> Console:
+    """A terminal's console at the terminal's width; piped, COLUMNS or PIPE_WIDTH, no colour."""
+    console = Console(file=file, highlight=False)
+    if console.is_terminal:
+        return console
+    columns = environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+    return Console(file=file, width=width, highlight=False, no_color=True)
+
+
+# -- the reports -----------------------------------------------------------------------------
+
+
+def _state_style(row: Row) -> str:
+    return "red" if row["state"] == "broken" else "yellow"
+
+
+def _or_dash(key: str) -> Callable[[Row], str]:
+    return lambda row: str(row[key]) if row.get(key) not in (None, "") else "-"
+
+
+def finding_columns(now: datetime) -> list[Column]:
+    """`loupe stuck`'s columns. As the width shrinks: the link goes first, then the trace id,
+    the UTC time, the full order id (its first 8 characters stay), the status, the service,
+    and `where` is cut to 20; the evidence is always last."""
+    return [
+        Column(
+            "order",
+            lambda f: f["order_id"] or "(none)",
+            short=4,
+            short_text=lambda f: short_id(f["order_id"]),
+            whole=True,
+        ),
+        Column("state", _or_dash("state"), style=_state_style),
+        Column("status", _or_dash("status"), drop=5),
+        Column("since", lambda f: ago(f["since"], now)),
+        Column("since (UTC)", lambda f: utc(f["since"]), drop=3),
+        Column("service", _or_dash("service"), drop=6),
+        Column(
+            "where", _or_dash("where"), limit=28, short=7, short_text=lambda f: clip(f["where"], 20)
+        ),
+        Column("trace", _or_dash("trace_id"), drop=2),
+        Column("link", _or_dash("console_url"), drop=1),
+        Column("evidence", _or_dash("evidence")),
+    ]
+
+
+def _hint_if_dropped(layout: Layout, rows: Sequence[Row], console: Console) -> None:
+    if rows and "link" not in layout.headers:
+        hint = open_hint(rows[0].get("console_url"), console.width)
+        if hint:
+            link_line(console, hint)
+
+
+def print_findings(found: list[Row], console: Console, now: datetime | None = None) -> None:
     if not found:
         console.print("[green]No order is stuck or broken.[/]")
         return
-    table = Table(title=f"{len(found)} order(s) stuck or broken", title_justify="left")
-    for column in ("order", "state", "status", "since", "service", "where", "trace", "evidence"):
-        table.add_column(column, overflow="fold")
-    for f in found:
-        colour = "red" if f["state"] == "broken" else "yellow"
-        table.add_row(
-            escape(f["order_id"] or "(unknown order)"),
-            f"[{colour}]{f['state']}[/]",
-            escape(f["status"] or "-"),
-            escape(f["since"]),
-            escape(f["service"]),
-            escape(f["where"]),
-            escape(f["trace_id"] or "-"),
-            escape(f["evidence"]),
-        )
-    console.print(table)
+    layout = choose(finding_columns(now or datetime.now(UTC)), found, console.width)
+    line(console, Text(f"{len(found)} order(s) stuck or broken", style="bold"))
+    console.print(table(layout, found))
+    _hint_if_dropped(layout, found, console)
 
 
-def print_journey(journey: dict[str, Any], console: Console) -> None:
-    console.print(
-        f"[bold]Order {escape(journey['order_id'])}[/]: {escape(journey['status'] or '?')}"
-        f" ({escape(journey['source'] or 'source unknown')})"
+def journey_columns(now: datetime) -> list[Column]:
+    """`loupe journey`'s columns. As the width shrinks: the trace id goes first, then who
+    followed each move (seen by) and the UTC time; the operation is always last."""
+    return [
+        Column("when", lambda m: ago(m["at"], now)),
+        Column("at (UTC)", lambda m: utc(m["at"]), drop=3),
+        Column("move", lambda m: f"{m['from']} → {m['status']}"),
+        Column("service", _or_dash("service")),
+        Column("trace", _or_dash("trace_id"), drop=1),
+        Column("seen by", lambda m: ", ".join(s["service"] for s in m["seen_by"]) or "-", drop=2),
+        Column("operation", _or_dash("operation")),
+    ]
+
+
+def print_journey(
+    journey: Row, console: Console, now: datetime | None = None, console_url: str | None = None
+) -> None:
+    now = now or datetime.now(UTC)
+    line(
+        console,
+        Text.assemble(
+            (f"Order {journey['order_id']}", "bold"),
+            f": {journey['status'] or '?'} ({journey['source'] or 'source unknown'})",
+        ),
     )
-    table = Table(show_header=True)
-    for column in ("at", "status", "service", "operation", "trace", "seen by"):
-        table.add_column(column, overflow="fold")
-    for move in journey["transitions"]:
-        table.add_row(
-            escape(move["at"]),
-            escape(f"{move['from']} → {move['status']}"),
-            escape(move["service"]),
-            escape(move["operation"]),
-            escape(move["trace_id"]),
-            escape(", ".join(s["service"] for s in move["seen_by"]) or "-"),
-        )
-    console.print(table)
+    moves = journey["transitions"]
+    if moves:
+        console.print(table(choose(journey_columns(now), moves, console.width), moves))
     for error in journey["errors"]:
-        console.print(
-            f"[red]error[/] {escape(error['at'])} {escape(error['service'])} "
-            f"{escape(error['where'])}: {escape(error['message'])}"
-            + (" (dead-lettered)" if error["dead_lettered"] else "")
+        line(
+            console,
+            Text.assemble(
+                ("error", "red"),
+                f" {ago(error['at'], now)} {error['service']} {error['where']}: "
+                f"{error['message']}" + (" (dead-lettered)" if error["dead_lettered"] else ""),
+            ),
         )
     finding = journey.get("finding")
     if finding:
-        console.print(
-            f"[bold]{finding['state']}[/] since {escape(finding['since'])} at "
-            f"{escape(finding['service'])} / {escape(finding['where'])}: "
-            f"{escape(finding['evidence'])}"
+        line(
+            console,
+            Text.assemble(
+                (finding["state"], _state_style(finding)),
+                f" since {ago(finding['since'], now)} at {finding['service']} / "
+                f"{finding['where']}: {finding['evidence']}",
+            ),
         )
+    if console_url:
+        link_line(console, f"open: {absolute(console_url, order_path(journey['order_id']))}")
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
+def incident_columns(now: datetime) -> list[Column]:
+    """`loupe incidents`' columns. As the width shrinks: the link goes first, then who
+    acknowledged it, the UTC time, the time to detect, the time to resolve and the number of
+    orders; where it is is always last."""
+    return [
+        Column("id", lambda i: str(i["id"]), whole=True),
+        Column(
+            "status",
+            _or_dash("status"),
+            style=lambda i: "red" if i["status"] == "open" else "green",
+        ),
+        Column("state", _or_dash("state"), style=_state_style),
+        Column("started", lambda i: ago(i["started_at"], now)),
+        Column("started (UTC)", lambda i: utc(i["started_at"]), drop=3),
+        Column("TTD", lambda i: duration(i["time_to_detect_seconds"]), drop=4),
+        Column("TTR", lambda i: duration(i["time_to_resolve_seconds"]), drop=5),
+        Column("orders", lambda i: str(i["orders"]), drop=6),
+        Column("service", _or_dash("service")),
+        Column("acknowledged by", _or_dash("acknowledged_by"), limit=24, drop=2),
+        Column("link", _or_dash("console_url"), drop=1),
+        Column("where", _or_dash("where")),
+    ]
 
 
-def print_incidents(report: dict[str, Any], console: Console) -> None:
-    console.print(
-        f"Incidents in the last {timedelta(seconds=report['window_seconds'])}: "
+def print_incidents(report: Row, console: Console, now: datetime | None = None) -> None:
+    line(
+        console,
+        f"Incidents (last {window(report['window_seconds'])}): "
         f"{report['open']} open, {report['resolved']} resolved; "
-        f"MTTD {_seconds(report['mttd_seconds'])}, MTTR {_seconds(report['mttr_seconds'])}"
+        f"MTTD {duration(report['mttd_seconds'])}, MTTR {duration(report['mttr_seconds'])}",
     )
-    if not report["incidents"]:
+    found = report["incidents"]
+    if not found:
         return
-    table = Table(show_header=True)
-    for column in ("id", "status", "state", "service", "where", "orders", "started", "TTD", "TTR"):
-        table.add_column(column, overflow="fold")
-    for i in report["incidents"]:
-        table.add_row(
-            str(i["id"]),
-            i["status"],
-            i["state"],
-            escape(i["service"]),
-            escape(i["where"]),
-            str(i["orders"]),
-            escape(i["started_at"]),
-            _seconds(i["time_to_detect_seconds"]),
-            _seconds(i["time_to_resolve_seconds"]),
-        )
-    console.print(table)
+    layout = choose(incident_columns(now or datetime.now(UTC)), found, console.width)
+    console.print(table(layout, found))
+    _hint_if_dropped(layout, found, console)
 
 
 def dump(data: Any) -> str:
