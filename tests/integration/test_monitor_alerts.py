@@ -31,6 +31,8 @@ from loupe.monitor.spans import decode
 
 pytestmark = pytest.mark.integration
 
+CONSOLE = "https://loupe.example.com"
+
 SLO = Slo.parse(
     {
         "error_grace": "3s",
@@ -191,11 +193,13 @@ async def test_a_delivery_is_retried_with_backoff_until_accepted(
 ) -> None:
     hook = receiver([500, 500])
     await move(pool, "shop-api", "o-stuck", "NEW", "SUBMITTED", 40)
-    tick = await detection.tick(pool, SLO, None, [hook.url])
+    tick = await detection.tick(pool, SLO, None, [hook.url], CONSOLE)
     (opened,) = tick.incidents_opened
     (row,) = await deliveries(pool)
     written = json.loads(row["text"])
-    assert written == {"event": "incident.opened", "incident": opened}
+    # The incident as the API shows it, and where to open it in the console.
+    link = f"{CONSOLE}/incidents/{opened['id']}"
+    assert written == {"event": "incident.opened", "incident": {**opened, "console_url": link}}
     assert (written["incident"]["state"], written["incident"]["service"]) == ("stuck", "mes-api")
     assert written["incident"]["where"] == "queue mes.order-submitted"
     assert (row["url"], row["attempts"], row["delivered_at"]) == (hook.url, 0, None)
@@ -235,8 +239,13 @@ async def test_a_delivery_is_retried_with_backoff_until_accepted(
 
 
 async def test_a_tick_queues_one_delivery_per_url_per_event(
-    pool: asyncpg.Pool, http: httpx.AsyncClient, receiver: Callable[[list[int]], Receiver]
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Callable[[list[int]], Receiver],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The monitor's tick is given no console URL here: LOUPE_CONSOLE_URL is read.
+    monkeypatch.setenv("LOUPE_CONSOLE_URL", "https://console.example.org/")
     first, second = receiver([]), receiver([])
     urls = [first.url, second.url]
     # Two incidents: one stuck order, one broken order at another place.
@@ -253,6 +262,11 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     )
     assert queued == sorted(
         (url, "incident.opened", incident["id"])
+        for url in urls
+        for incident in tick.incidents_opened
+    )
+    assert sorted(json.loads(row["text"])["incident"]["console_url"] for row in rows) == sorted(
+        f"https://console.example.org/incidents/{incident['id']}"
         for url in urls
         for incident in tick.incidents_opened
     )
@@ -273,7 +287,11 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     (resolved,) = tick.incidents_resolved
     bodies = [json.loads(row["text"]) for row in (await deliveries(pool))[4:]]
     assert [row["url"] for row in (await deliveries(pool))[4:]] == urls
-    assert bodies == [{"event": "incident.resolved", "incident": resolved}] * 2
+    link = f"https://console.example.org/incidents/{resolved['id']}"
+    assert (
+        bodies
+        == [{"event": "incident.resolved", "incident": {**resolved, "console_url": link}}] * 2
+    )
     assert resolved["status"] == "resolved" and resolved["time_to_resolve_seconds"] > 30
 
     assert await deliver_due(pool, http) == (6, 0)

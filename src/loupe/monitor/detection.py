@@ -15,9 +15,11 @@ from typing import Any
 import asyncpg
 import httpx
 
+from loupe.config import Settings
 from loupe.messaging.management import Management, QueueStats
 from loupe.monitor.slo import Slo
 from loupe.monitor.store import BROKEN_STATUSES, finding_json, incident_json, iso, writing
+from loupe.portal.links import absolute, incident_path
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +256,12 @@ async def _record(
     result.latencies.append(max((now - finding.deadline).total_seconds(), 0.0))
 
 
+def webhook_body(event: str, incident: dict[str, Any], console_url: str) -> dict[str, Any]:
+    """An alert: the event and the incident, with the incident's page in the console."""
+    linked = {**incident, "console_url": absolute(console_url, incident_path(incident["id"]))}
+    return {"event": event, "incident": linked}
+
+
 async def _queues_of_due_orders(pool: asyncpg.Pool, slo: Slo) -> set[str]:
     """The queues that orders past their deadline, and not yet reported, wait in."""
     async with pool.acquire() as connection:
@@ -270,8 +278,12 @@ async def tick(
     slo: Slo,
     management: Management | None,
     webhook_urls: Sequence[str] = (),
+    console_url: str | None = None,
 ) -> TickResult:
-    """One detection pass. Safe to run from several replicas: writers take one lock."""
+    """One detection pass. Safe to run from several replicas: writers take one lock.
+
+    Webhook alerts link to the incident in the console under `console_url`, by default
+    LOUPE_CONSOLE_URL (Settings.console_url)."""
     result = TickResult()
     queues = QueueEvidence(management)
     # RabbitMQ's answers (up to its timeout each) are awaited before the writers' lock is
@@ -347,13 +359,11 @@ async def tick(
             ("incident.resolved", i) for i in result.incidents_resolved
         ]
         if events and webhook_urls:
+            base = console_url or Settings.from_env().console_url
+            bodies = [json.dumps(webhook_body(name, incident, base)) for name, incident in events]
             await connection.executemany(
                 "INSERT INTO webhook_deliveries (url, body) VALUES ($1, $2::jsonb)",
-                [
-                    (url, json.dumps({"event": name, "incident": incident}))
-                    for name, incident in events
-                    for url in webhook_urls
-                ],
+                [(url, body) for body in bodies for url in webhook_urls],
             )
     for incident in result.incidents_opened:
         log.warning(
