@@ -242,10 +242,8 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     pool: asyncpg.Pool,
     http: httpx.AsyncClient,
     receiver: Callable[[list[int]], Receiver],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The monitor's tick is given no console URL here: LOUPE_CONSOLE_URL is read.
-    monkeypatch.setenv("LOUPE_CONSOLE_URL", "https://console.example.org/")
+    console = "https://console.example.org/"  # the monitor passes LOUPE_CONSOLE_URL
     first, second = receiver([]), receiver([])
     urls = [first.url, second.url]
     # Two incidents: one stuck order, one broken order at another place.
@@ -253,7 +251,7 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     await move(pool, "shop-api", "o-rejected", "NEW", "SUBMITTED", 5)
     await move(pool, "mes-api", "o-rejected", "SUBMITTED", "PRICE_CALCULATED", 4)
     await move(pool, "crm-api", "o-rejected", "PRICE_CALCULATED", "REJECTED", 3)
-    tick = await detection.tick(pool, SLO, None, urls)
+    tick = await detection.tick(pool, SLO, None, urls, console)
     assert len(tick.incidents_opened) == 2
     rows = await deliveries(pool)
     queued = sorted(
@@ -272,7 +270,7 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     )
 
     # A tick with nothing new queues nothing.
-    assert (await detection.tick(pool, SLO, None, urls)).incidents_opened == []
+    assert (await detection.tick(pool, SLO, None, urls, console)).incidents_opened == []
     assert len(await deliveries(pool)) == 4
     # Without URLs nothing is queued, whatever happens.
     await move(pool, "shop-api", "o-late", "NEW", "SUBMITTED", 31)
@@ -283,7 +281,7 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     # The stuck order moves on: its incident resolves, one event per URL.
     await move(pool, "mes-api", "o-stuck", "SUBMITTED", "PRICE_CALCULATED", 0.5)
     await move(pool, "mes-api", "o-late", "SUBMITTED", "PRICE_CALCULATED", 0.5)
-    tick = await detection.tick(pool, SLO, None, urls)
+    tick = await detection.tick(pool, SLO, None, urls, console)
     (resolved,) = tick.incidents_resolved
     bodies = [json.loads(row["text"]) for row in (await deliveries(pool))[4:]]
     assert [row["url"] for row in (await deliveries(pool))[4:]] == urls

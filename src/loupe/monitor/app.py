@@ -65,7 +65,11 @@ class Monitor:
 
     async def detect_once(self) -> detection.TickResult:
         result = await detection.tick(
-            self.db, self.slo, self.settings.management, self.settings.webhook_urls
+            self.db,
+            self.slo,
+            self.settings.management,
+            self.settings.webhook_urls,
+            self.settings.base.console_url,
         )
         for seconds in result.latencies:
             self.metrics.detection_latency.observe(seconds)

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from loupe.config import Settings
+from loupe.config import DEFAULT_CONSOLE_URL
 from loupe.messaging.management import Management, QueueStats
 from loupe.monitor.slo import Slo
 from loupe.monitor.store import BROKEN_STATUSES, finding_json, incident_json, iso, writing
@@ -278,12 +278,12 @@ async def tick(
     slo: Slo,
     management: Management | None,
     webhook_urls: Sequence[str] = (),
-    console_url: str | None = None,
+    console_url: str = DEFAULT_CONSOLE_URL,
 ) -> TickResult:
     """One detection pass. Safe to run from several replicas: writers take one lock.
 
-    Webhook alerts link to the incident in the console under `console_url`, by default
-    LOUPE_CONSOLE_URL (Settings.console_url)."""
+    Webhook alerts link to the incident in the console under `console_url`
+    (LOUPE_CONSOLE_URL)."""
     result = TickResult()
     queues = QueueEvidence(management)
     # RabbitMQ's answers (up to its timeout each) are awaited before the writers' lock is
@@ -359,8 +359,9 @@ async def tick(
             ("incident.resolved", i) for i in result.incidents_resolved
         ]
         if events and webhook_urls:
-            base = console_url or Settings.from_env().console_url
-            bodies = [json.dumps(webhook_body(name, incident, base)) for name, incident in events]
+            bodies = [
+                json.dumps(webhook_body(name, incident, console_url)) for name, incident in events
+            ]
             await connection.executemany(
                 "INSERT INTO webhook_deliveries (url, body) VALUES ($1, $2::jsonb)",
                 [(url, body) for body in bodies for url in webhook_urls],
