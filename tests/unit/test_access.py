@@ -4,6 +4,7 @@ here by a fake provider through httpx's mock transport), then iss, aud and exp."
 from __future__ import annotations
 
 import json
+import re
 import time
 import tomllib
 import warnings
@@ -150,6 +151,7 @@ async def test_forwarded_groups_do_not_raise_a_developers_role(client: httpx.Asy
 async def test_roles_from_groups(client: httpx.AsyncClient) -> None:
     answer = await client.get("/api/whoami", headers={"Authorization": f"Bearer {token()}"})
     devops = answer.json()
+    assert re.fullmatch(r"[0-9a-f]{64}", devops.pop("csrf_token"))
     assert devops == {
         "email": "devops@example.com",
         "subject": "user-1",

@@ -54,6 +54,21 @@ class Management:
             f"{quote(queue, safe='')}"
         )
 
+    async def problem(self) -> str | None:
+        """Why the management API (and so, most likely, RabbitMQ) cannot be used now, in
+        words; None when it answers for our virtual host."""
+        url = f"{self.url.rstrip('/')}/api/vhosts/{quote(self.vhost, safe='')}"
+        try:
+            async with self._client() as client:
+                response = await client.get(url)
+        except httpx.HTTPError as exc:
+            return (
+                f"RabbitMQ's management API at {self.url} cannot be reached ({type(exc).__name__})"
+            )
+        if response.status_code != 200:
+            return f"RabbitMQ's management API at {self.url} answered {response.status_code}"
+        return None
+
     async def queue_stats(self, queue: str) -> QueueStats | None:
         """None when the queue does not exist; httpx errors when the API cannot be reached."""
         async with self._client() as client:

@@ -1,97 +1,74 @@
-"""The portal's FastAPI app: who is signed in, and the dead-letter queue by role."""
+"""loupe-portal: the console's pages and its JSON API, behind the sign-in gateway."""
 
-import html
+from __future__ import annotations
+
+import contextlib
 import logging
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
-from loupe.access import Access, Identity, TokenVerifier
-from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
+from loupe.access import Access, TokenVerifier
+from loupe.portal import actions, pages
+from loupe.portal.antiforgery import ForgeryRefused
+from loupe.portal.console import Console
+from loupe.portal.monitor_api import MonitorRefused, MonitorUnavailable
 from loupe.portal.settings import PortalSettings
 
 log = logging.getLogger(__name__)
 
-
-class RequeueRequest(BaseModel):
-    order_id: str | None = None
+STATIC = Path(__file__).parent / "static"
 
 
-def create_app(settings: PortalSettings, verifier: TokenVerifier | None = None) -> FastAPI:
+def create_app(
+    settings: PortalSettings,
+    verifier: TokenVerifier | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """`transport` replaces the network for the monitor and Jaeger (tests only)."""
     access = Access(settings.access, verifier)
+
+    # trust_env=False: the monitor and Jaeger are on this machine; a proxy from the
+    # environment must not see the person's token.
+    client = httpx.AsyncClient(timeout=10.0, trust_env=False, transport=transport)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with client:
+            yield
+
     app = FastAPI(
         title="loupe-portal",
-        description="loupe's own pages behind the sign-in gateway.",
+        description="loupe's console and its API, behind the sign-in gateway.",
+        lifespan=lifespan,
     )
+    app.state.console = Console(settings, access, client)
     access.install(app, "loupe-portal")
-    Who = access.who
-    require = access.require
 
-    def whoami_body(who: Identity) -> dict[str, Any]:
-        role = access.role(who)
-        return {
-            "email": who.email,
-            "subject": who.subject,
-            "groups": list(who.groups),
-            "role": role,
-            "can_read": role in ("reader", "operator"),
-            "can_act": role == "operator",
-        }
+    @app.exception_handler(ForgeryRefused)
+    async def forged(_: Request, exc: ForgeryRefused) -> JSONResponse:
+        return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
+
+    @app.exception_handler(MonitorRefused)
+    async def refused(_: Request, exc: MonitorRefused) -> JSONResponse:
+        return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
+
+    @app.exception_handler(MonitorUnavailable)
+    async def unavailable(_: Request, exc: MonitorUnavailable) -> JSONResponse:
+        return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/api/whoami")
-    async def whoami(who: Who) -> dict[str, Any]:
-        return whoami_body(who)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def home(who: Who) -> HTMLResponse:
-        body = whoami_body(who)
-        role = {
-            "operator": "operator — may read and requeue dead letters",
-            "reader": "reader — may read",
-            "none": "no role — in no group loupe knows",
-        }[body["role"]]
-        groups = ", ".join(body["groups"]) or "no group"
-        page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>loupe</title></head>
-<body>
-<h1>loupe</h1>
-<p>Signed in as <strong>{html.escape(body["email"] or body["subject"])}</strong>
-({html.escape(groups)}).</p>
-<p>Role: {html.escape(role)}</p>
-<ul>
-<li><a href="/api/dead-letters">Dead letters</a></li>
-<li><a href="/jaeger/api/services">Jaeger API: services</a></li>
-</ul>
-<p><a href="/oauth2/sign_out">Sign out</a></p>
-</body></html>
-"""
-        return HTMLResponse(page)
-
-    @app.get("/api/dead-letters")
-    async def dead_letters(who: Who, limit: int = 100) -> dict[str, Any]:
-        require(who, "reader")
-        letters = await list_dead_letters(settings, max(1, min(limit, 1000)))
-        return {"count": len(letters), "dead_letters": letters}
-
-    @app.post("/api/dead-letters/requeue")
-    async def requeue(who: Who, request: RequeueRequest | None = None) -> dict[str, Any]:
-        require(who, "operator")
-        order_id = request.order_id if request else None
-        result = await requeue_dead_letters(settings, who.email or who.subject, order_id)
-        log.warning(
-            "%s requeued %d dead letter(s)%s",
-            who.email or who.subject,
-            len(result["requeued"]),
-            f" of order {order_id}" if order_id else "",
-        )
-        return {"requested_by": who.email or who.subject, **result}
-
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(actions.router)
+    app.include_router(pages.router)
     return app
 
 
@@ -102,4 +79,11 @@ def run_portal() -> None:
 
     settings = PortalSettings.from_env()
     configure_telemetry("loupe-portal")
-    serve(create_app(settings), settings.host, settings.port)
+    # The Now page's panel is asked for every second by every open page: tracing it would
+    # bury the spans people look for.
+    serve(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        excluded_urls="healthz,static,now/panel",
+    )

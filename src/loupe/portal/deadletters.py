@@ -85,9 +85,13 @@ async def list_dead_letters(settings: PortalSettings, limit: int = 100) -> list[
 
 
 async def requeue_dead_letters(
-    settings: PortalSettings, requested_by: str, order_id: str | None = None
+    settings: PortalSettings,
+    requested_by: str,
+    order_id: str | None = None,
+    message_id: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Moves dead letters (those of `order_id` only, when given) back to their work queue.
+    """Moves dead letters (those of `order_id`, or the one `message_id`, when given) back to
+    their work queue.
 
     Each copy goes through the default exchange to the queue named in x-loupe-queue, and is
     confirmed by the broker before its dead letter is acked; on any failure the dead letter
@@ -106,7 +110,9 @@ async def requeue_dead_letters(
                 break
             headers = dict(message.headers or {})
             letter = describe(headers, message.body, message.message_id)
-            if order_id is not None and letter.order_id != order_id:
+            if (order_id is not None and letter.order_id != order_id) or (
+                message_id is not None and letter.message_id != message_id
+            ):
                 held.append(message)
                 continue
             if letter.queue not in QUEUES:

@@ -1,0 +1,89 @@
+"""The portal's JSON API: who is signed in, the dead letters, and the actions devops take from
+the console (requeue dead letters, acknowledge an incident). Every action is role-checked,
+proven to come from the console (loupe.portal.antiforgery) and written to the actions log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field, model_validator
+
+from loupe.access import Role
+from loupe.monitor.models import Incident
+from loupe.portal.console import ConsoleDep, Operator, Reader
+from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
+
+router = APIRouter(prefix="/api", tags=["portal"])
+
+
+class WhoAmI(BaseModel):
+    email: str
+    subject: str
+    groups: list[str]
+    role: Role
+    can_read: bool
+    can_act: bool
+    csrf_token: str = Field(description="send as X-Loupe-Csrf with every action")
+
+
+class RequeueRequest(BaseModel):
+    """Which dead letters go back to work: one message, or every letter of one order."""
+
+    order_id: str | None = None
+    message_id: str | None = None
+
+    @model_validator(mode="after")
+    def names_one(self) -> RequeueRequest:
+        if (self.order_id is None) == (self.message_id is None):
+            raise ValueError("name exactly one of order_id or message_id")
+        return self
+
+
+@router.get("/whoami", response_model=WhoAmI)
+async def whoami(viewer: Reader) -> dict[str, Any]:
+    who = viewer.identity
+    return {
+        "email": who.email,
+        "subject": who.subject,
+        "groups": list(who.groups),
+        "role": viewer.role,
+        "can_read": True,
+        "can_act": viewer.can_act,
+        "csrf_token": viewer.csrf_token,
+    }
+
+
+@router.get("/dead-letters")
+async def dead_letters(console: ConsoleDep, viewer: Reader, limit: int = 100) -> dict[str, Any]:
+    letters = await list_dead_letters(console.settings, max(1, min(limit, 1000)))
+    return {"count": len(letters), "dead_letters": letters}
+
+
+@router.post("/dead-letters/requeue")
+async def requeue(console: ConsoleDep, viewer: Operator, request: RequeueRequest) -> dict[str, Any]:
+    target = request.model_dump(exclude_none=True)
+    result = await requeue_dead_letters(
+        console.settings, viewer.name, request.order_id, request.message_id
+    )
+    console.audit(
+        viewer.identity,
+        "requeue dead letters",
+        target,
+        f"{len(result['requeued'])} requeued, {len(result['skipped'])} skipped",
+    )
+    return {"requested_by": viewer.name, **result}
+
+
+@router.post("/incidents/{incident_id}/acknowledge", response_model=Incident)
+async def acknowledge(incident_id: int, console: ConsoleDep, viewer: Operator) -> Incident:
+    found = await console.monitor.acknowledge(viewer.authorization, incident_id)
+    console.audit(
+        viewer.identity,
+        "acknowledge incident",
+        {"incident_id": incident_id},
+        "acknowledged" if found else "no such incident",
+    )
+    if found is None:
+        raise HTTPException(404, f"no incident {incident_id}")
+    return found

@@ -1,0 +1,118 @@
+"""The monitor's API as the console reads it: every call carries the signed-in person's own ID
+token, so the monitor checks their role itself and the portal holds no access of its own."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from loupe.monitor.models import (
+    FindingList,
+    Incident,
+    IncidentDetail,
+    IncidentList,
+    Journey,
+    Uptime,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class MonitorUnavailable(Exception):
+    """The monitor did not answer, or answered something other than its contract; the text
+    says which, in words a person on call can act on."""
+
+
+class MonitorRefused(Exception):
+    """The monitor answered 401/403: the person may not do this."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+
+
+class MonitorApi:
+    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+        self.api_url = f"{base_url.rstrip('/')}/monitor/api"
+        self._client = client
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        authorization: str,
+        model: type[Model],
+        params: dict[str, str | float] | None = None,
+    ) -> Model | None:
+        try:
+            response = await self._client.request(
+                method,
+                f"{self.api_url}{path}",
+                params=params,
+                headers={"Authorization": authorization, "Accept": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise MonitorUnavailable(
+                f"the monitor at {self.api_url} cannot be reached ({type(exc).__name__})"
+            ) from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code in (401, 403):
+            raise MonitorRefused(response.status_code, _detail(response))
+        if response.status_code != 200:
+            raise MonitorUnavailable(
+                f"the monitor answered {response.status_code}: {_detail(response)}"
+            )
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise MonitorUnavailable(
+                f"the monitor's answer does not fit its contract: {exc}"
+            ) from exc
+
+    async def _always(
+        self,
+        path: str,
+        authorization: str,
+        model: type[Model],
+        params: dict[str, str | float] | None = None,
+    ) -> Model:
+        """A call whose path always exists: 404 means the monitor is not what we expect."""
+        found = await self._call("GET", path, authorization, model, params)
+        if found is None:
+            raise MonitorUnavailable(f"the monitor at {self.api_url} has no {path}")
+        return found
+
+    async def findings(self, authorization: str) -> FindingList:
+        return await self._always("/findings", authorization, FindingList)
+
+    async def journey(self, authorization: str, order_id: str) -> Journey | None:
+        path = f"/orders/{quote(order_id, safe='')}/journey"
+        return await self._call("GET", path, authorization, Journey)
+
+    async def incidents(
+        self, authorization: str, status: str = "all", window_hours: float = 24.0 * 7
+    ) -> IncidentList:
+        params: dict[str, str | float] = {"status": status, "window_hours": window_hours}
+        return await self._always("/incidents", authorization, IncidentList, params)
+
+    async def incident(self, authorization: str, incident_id: int) -> IncidentDetail | None:
+        return await self._call("GET", f"/incidents/{incident_id}", authorization, IncidentDetail)
+
+    async def uptime(self, authorization: str, window_hours: float) -> Uptime:
+        params: dict[str, str | float] = {"window_hours": window_hours}
+        return await self._always("/uptime", authorization, Uptime, params)
+
+    async def acknowledge(self, authorization: str, incident_id: int) -> Incident | None:
+        path = f"/incidents/{incident_id}/acknowledge"
+        return await self._call("POST", path, authorization, Incident)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail") or response.text[:200])
+    except ValueError:
+        return response.text[:200]
