@@ -19,6 +19,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from playwright.sync_api import Browser, sync_playwright
 
 from loupe.config import SERVICES, Settings
 from loupe.stack import Stack, free_port
@@ -31,6 +32,8 @@ from loupe.stack.components import (
 )
 from loupe.stack.gateway import GatewayFiles, GatewaySettings, Secrets, render
 from loupe.stack.sandbox import Sandbox
+
+from .browser_support import CHROMIUM, CHROMIUM_ARGS
 
 
 @dataclass
@@ -211,3 +214,19 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 break
             time.sleep(0.2)
         yield Gateway(settings, files, jaeger, password)
+
+
+# -- a real browser (tests/e2e/browser_support.py) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium; a test module using it is marked `needs_chromium`."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
