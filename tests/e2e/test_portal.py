@@ -44,6 +44,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
         env = {
             **sandbox.env,
             "LOUPE_PORTAL_URL": portal_url,
+            "LOUPE_CONSOLE_URL": settings.url,
             "LOUPE_OIDC_ISSUER_URL": settings.dex_issuer,
             "LOUPE_OIDC_CLIENT_ID": CLIENT_ID,
             "OTEL_SDK_DISABLED": "true",
@@ -131,9 +132,15 @@ def test_requeue_needs_devops(portal: tuple[Gateway, Sandbox, str]) -> None:
 
     with gateway.client() as client:
         sign_in(gateway, client, "devops@example.com", "/")
-        done = client.post(
-            f"{gateway.url}/api/dead-letters/requeue", headers=API, json={"order_id": "order-e2e-1"}
-        )
+        requeue = f"{gateway.url}/api/dead-letters/requeue"
+        body = {"order_id": "order-e2e-1"}
+        # An action needs the person's anti-forgery token, and nothing else in its place.
+        refused = client.post(requeue, headers=API, json=body)
+        assert refused.status_code == 403 and "anti-forgery" in refused.json()["detail"]
+        token = client.get(f"{gateway.url}/api/whoami", headers=API).json()["csrf_token"]
+        elsewhere = {**API, "X-Loupe-Csrf": token, "Origin": "http://evil.example"}
+        assert client.post(requeue, headers=elsewhere, json=body).status_code == 403
+        done = client.post(requeue, headers={**API, "X-Loupe-Csrf": token}, json=body)
         assert done.status_code == 200, done.text
         assert [d["order_id"] for d in done.json()["requeued"]] == ["order-e2e-1"]
         after = client.get(f"{gateway.url}/api/dead-letters", headers=API).json()

@@ -28,15 +28,20 @@ class WhoAmI(BaseModel):
 
 
 class RequeueRequest(BaseModel):
-    """Which dead letters go back to work: one message, or every letter of one order."""
+    """Which dead letters go back to work: one letter (its message id and, since one event
+    fanned out to several queues leaves a letter per queue, its queue), or every letter of
+    one order."""
 
     order_id: str | None = None
     message_id: str | None = None
+    queue: str | None = Field(None, description="with message_id: the letter of this queue")
 
     @model_validator(mode="after")
     def names_one(self) -> RequeueRequest:
         if (self.order_id is None) == (self.message_id is None):
             raise ValueError("name exactly one of order_id or message_id")
+        if self.queue is not None and self.message_id is None:
+            raise ValueError("queue goes with message_id")
         return self
 
 
@@ -64,7 +69,7 @@ async def dead_letters(console: ConsoleDep, viewer: Reader, limit: int = 100) ->
 async def requeue(console: ConsoleDep, viewer: Operator, request: RequeueRequest) -> dict[str, Any]:
     target = request.model_dump(exclude_none=True)
     result = await requeue_dead_letters(
-        console.settings, viewer.name, request.order_id, request.message_id
+        console.settings, viewer.name, request.order_id, request.message_id, request.queue
     )
     console.audit(
         viewer.identity,

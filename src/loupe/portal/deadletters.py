@@ -89,9 +89,15 @@ async def requeue_dead_letters(
     requested_by: str,
     order_id: str | None = None,
     message_id: str | None = None,
+    queue_name: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Moves dead letters (those of `order_id`, or the one `message_id`, when given) back to
-    their work queue.
+    """Moves dead letters back to their work queue: those of `order_id`, or those with
+    `message_id` (one event fanned out to several queues leaves one letter per queue, so
+    `queue_name` picks one of them), or all when none is given.
+
+    It works on a snapshot: at most the letters that were in the queue when it began, each at
+    most once. A requeued letter that fails again comes straight back to the dead-letter
+    queue, and without the snapshot it would be read and requeued again and again.
 
     Each copy goes through the default exchange to the queue named in x-loupe-queue, and is
     confirmed by the broker before its dead letter is acked; on any failure the dead letter
@@ -103,18 +109,26 @@ async def requeue_dead_letters(
     connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        queue = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=True)
-        while True:
+        queue = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+        in_queue = queue.declaration_result.message_count or 0
+        seen: set[tuple[str | None, str | None]] = set()
+        for _ in range(in_queue):
             message = await queue.get(no_ack=False, fail=False, timeout=10)
             if message is None:
                 break
             headers = dict(message.headers or {})
             letter = describe(headers, message.body, message.message_id)
-            if (order_id is not None and letter.order_id != order_id) or (
-                message_id is not None and letter.message_id != message_id
-            ):
+            wanted = (
+                (order_id is None or letter.order_id == order_id)
+                and (message_id is None or letter.message_id == message_id)
+                and (queue_name is None or letter.queue == queue_name)
+            )
+            # Already handled in this round (requeued, failed again, dead-lettered again).
+            again = letter.message_id is not None and (letter.message_id, letter.queue) in seen
+            if not wanted or again:
                 held.append(message)
                 continue
+            seen.add((letter.message_id, letter.queue))
             if letter.queue not in QUEUES:
                 held.append(message)
                 skipped.append({**asdict(letter), "why": "no known work queue in x-loupe-queue"})
