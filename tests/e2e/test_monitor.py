@@ -10,183 +10,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-import asyncpg
 import httpx
 import pytest
 
-from loupe.actors import Workshop
-from loupe.config import SERVICES, Settings
-from loupe.database import dsn_for
 from loupe.messaging.management import Management
 from loupe.messaging.topology import ORDERS_EXCHANGE
-from loupe.stack import Stack
-from loupe.stack.components import (
-    JaegerPorts,
-    actors_process,
-    dex_process,
-    gateway_process,
-    jaeger_process,
-    monitor_process,
-    service_process,
-)
-from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
-from loupe.stack.process import free_port
-from loupe.stack.sandbox import Sandbox
 
-from .conftest import API, Gateway, sign_in, wait_for
+from .conftest import API, sign_in, wait_for
+from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack
 
 pytestmark = pytest.mark.e2e
 
-SUBMITTED_SLO = 10.0
-SLO_FILE = f"""
-error_grace = "5s"
-
-[steps.SUBMITTED]
-within = "{SUBMITTED_SLO:.0f}s"
-service = "mes-api"
-queue = "mes.order-submitted"
-
-[steps.PRICE_CALCULATED]
-within = "20s"
-service = "crm-api"
-queue = "crm.order-status"
-then = "seller approval"
-
-[steps.MANUFACTURING_APPROVED]
-within = "20s"
-service = "mes-api"
-queue = "mes.order-decisions"
-then = "an operator to take it"
-
-[steps.MANUFACTURING_STARTED]
-within = "20s"
-service = "mes-api"
-then = "the operator to complete it"
-
-[steps.MANUFACTURING_COMPLETED]
-within = "20s"
-service = "crm-api"
-queue = "crm.order-status"
-then = "shipping"
-
-[steps.SHIPPED]
-within = "20s"
-service = "crm-api"
-then = "closing"
-"""
 # "A healthy run of several minutes" (4 by default): many orders go all the way through.
 HEALTHY_SECONDS = float(os.environ.get("LOUPE_E2E_HEALTHY_SECONDS", "240"))
 
 
-@dataclass
-class Monitored:
-    stack: Stack
-    settings: Settings
-    env: dict[str, str]
-    jaeger: JaegerPorts
-    gateway: Gateway
-    frozen_order: str | None = None
-    # When every process was up: the monitor's probes before it saw services still starting.
-    up_since: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def uptime(self) -> dict[str, bool]:
-        """Per service: did every health probe since everything was up pass?"""
-        rows = self.query(
-            "SELECT service, bool_and(ok) AS up FROM health_samples WHERE at > $1 GROUP BY service",
-            self.up_since,
-        )
-        return {r["service"]: r["up"] for r in rows}
-
-    @property
-    def database(self) -> str:
-        return self.settings.database_name("monitor")
-
-    def query(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        async def run() -> list[dict[str, Any]]:
-            connection = await asyncpg.connect(dsn_for(self.settings.postgres_dsn, self.database))
-            try:
-                return [dict(r) for r in await connection.fetch(sql, *args)]
-            finally:
-                await connection.close()
-
-        return asyncio.run(run())
-
-    def cli(self, *args: str) -> Any:
-        """`loupe <args> --json` as a user on the host runs it; its JSON answer."""
-        done = subprocess.run(
-            [sys.executable, "-m", "loupe", *args, "--json"],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-    def findings(self) -> list[dict[str, Any]]:
-        return list(self.cli("stuck")["findings"])
-
-
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
-    root = tmp_path_factory.mktemp("monitor")
-    slo = root / "slo.toml"
-    slo.write_text(SLO_FILE, encoding="utf-8")
-    with Sandbox(root) as sandbox:
-        env = {
-            **sandbox.env,
-            "LOUPE_PRICING_SECONDS": "0.3",
-            "LOUPE_RETRY_DELAY_MS": "200",
-            "LOUPE_MAX_DELIVERY_ATTEMPTS": "3",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "LOUPE_MONITOR_SLO_FILE": str(slo),
-            "LOUPE_MONITOR_PROBE_SECONDS": "1",
-        }
-        monitor_url = env["LOUPE_MONITOR_URL"]
-        jaeger = JaegerPorts.pick_free()
-        otlp = jaeger.otlp_http_url
-        password = secrets.token_urlsafe(12)
-        gateway = GatewaySettings(
-            address=f"127.0.0.1:{free_port()}", dex_port=free_port(), secrets_dir=root / "secrets"
-        )
-        keys = Secrets.ensure(gateway.secrets_dir, {"LOUPE_DEMO_PASSWORD": password})
-        files = render(
-            gateway, jaeger.query_url, root / "data", sandbox.logs, keys, monitor_url=monitor_url
-        )
-        # The monitor's API trusts ID tokens of this gateway's issuer and client only.
-        env["LOUPE_OIDC_ISSUER_URL"] = gateway.issuer
-        env["LOUPE_OIDC_CLIENT_ID"] = CLIENT_ID
-        stack = Stack(
-            [
-                dex_process(gateway, files, sandbox.logs),
-                gateway_process(gateway, files, sandbox.logs),
-                jaeger_process(
-                    "memory", jaeger, logs_dir=sandbox.logs, monitor_endpoint=monitor_url
-                ),
-                monitor_process(env, otlp_endpoint=otlp, logs_dir=sandbox.logs),
-                *(
-                    service_process(s, env, otlp_endpoint=otlp, logs_dir=sandbox.logs)
-                    for s in SERVICES
-                ),
-                actors_process(env, rate=1.0, otlp_endpoint=otlp, logs_dir=sandbox.logs),
-            ]
-        )
-        with stack:
-            yield Monitored(
-                stack, sandbox.settings, env, jaeger, Gateway(gateway, files, jaeger, password)
-            )
+    with monitored_stack(tmp_path_factory.mktemp("monitor")) as running:
+        yield running
 
 
 def test_a_healthy_run_reports_nothing(monitored: Monitored) -> None:
@@ -222,17 +71,6 @@ def test_a_healthy_run_reports_nothing(monitored: Monitored) -> None:
     assert monitored.uptime() == {"shop-api": True, "crm-api": True, "mes-api": True}
 
 
-def _place_order(monitored: Monitored) -> str:
-    async def place() -> str:
-        workshop = Workshop(monitored.settings, seed=11)
-        try:
-            return await workshop.place_order()
-        finally:
-            await workshop.close()
-
-    return asyncio.run(place())
-
-
 def _finding(monitored: Monitored, order_id: str) -> dict[str, Any] | None:
     rows = monitored.query(
         "SELECT * FROM findings WHERE order_id = $1 AND cleared_at IS NULL", order_id
@@ -242,7 +80,7 @@ def _finding(monitored: Monitored, order_id: str) -> dict[str, Any] | None:
 
 def test_frozen_mes_leaves_orders_stuck_in_its_queue(monitored: Monitored) -> None:
     monitored.stack.signal_process("mes", signal.SIGSTOP)
-    order_id = _place_order(monitored)
+    order_id = monitored.place_order()
     placed = time.monotonic()
     finding = wait_for(
         lambda: _finding(monitored, order_id), SUBMITTED_SLO + 5, f"order {order_id} stuck"

@@ -89,6 +89,8 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     keys = Secrets.ensure(gateway.secrets_dir)
     # The portal and the monitor's API both check the ID tokens the gateway passes.
     access_env = access_environment(gateway)
+    # The console reads Jaeger's traces for its order pages.
+    access_env.setdefault("LOUPE_JAEGER_QUERY_URL", ports.query_url)
     portal_url = PortalSettings.from_env(access_env).url
     monitor_url = MonitorSettings.from_env(access_env).url
     files = render(
@@ -146,11 +148,14 @@ def access_environment(
     gateway: GatewaySettings, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
     """The portal's and the monitor's variables: they accept ID tokens from the gateway's issuer
-    and client, and let in the same groups as the gateway (unless set otherwise)."""
+    and client, let in the same groups as the gateway (unless set otherwise), and link to the
+    console where the gateway serves it."""
     env = dict(environ)
     env["LOUPE_OIDC_ISSUER_URL"] = gateway.issuer
     env["LOUPE_OIDC_CLIENT_ID"] = gateway.oidc_client_id or CLIENT_ID
     env.setdefault("LOUPE_ALLOWED_GROUPS", ",".join(gateway.allowed_groups))
+    if not env.get("LOUPE_CONSOLE_URL", "").strip():
+        env["LOUPE_CONSOLE_URL"] = gateway.url
     return env
 
 
@@ -177,7 +182,8 @@ def _urls(
     table = Table(title="loupe is running", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("Sign in (gateway), loupe-portal", f"{gateway.url}/")
+    table.add_row("loupe console (sign in here)", f"{gateway.url}/")
+    table.add_row("Jaeger UI, signed in", f"{gateway.url}/jaeger/search")
     table.add_row("Who am I, signed in", f"{gateway.url}/api/whoami")
     table.add_row("Jaeger API, signed in", f"{gateway.url}/jaeger/api/services")
     table.add_row("Order-flow monitor API, signed in", f"{gateway.url}/monitor/api/findings")
