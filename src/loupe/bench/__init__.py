@@ -2,8 +2,10 @@
 
 * `pipeline` — what tracing costs the order pipeline (tracing off, 100% and 10% sampling);
 * `monitor` — what the order-flow monitor ingests, how late it detects, and what attaching
-  it costs Jaeger.
+  it costs Jaeger;
+* `console` — how long the console's heaviest pages take to render, and to be usable in
+  Chromium.
 
-`python -m loupe.bench` runs both (`--only pipeline|monitor` one); each writes its own section
-of docs/benchmarks.md and leaves the other's as it was.
+`python -m loupe.bench` runs them all (`--only pipeline|monitor|console` one); each writes its
+own section of docs/benchmarks.md and leaves the others' as they were.
 """

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loupe.bench import monitor, pipeline
+from loupe.bench import console, monitor, pipeline
 from loupe.bench.report import REPORT
 
-BENCHMARKS = {"pipeline": pipeline, "monitor": monitor}
+BENCHMARKS = {"pipeline": pipeline, "monitor": monitor, "console": console}
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,11 +38,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
-    console = Console()
+    terminal = Console()
     for name, module in BENCHMARKS.items():
         if args.only in (None, name):
-            console.rule(f"benchmark: {name}")
-            module.run(args, console, args.output)
+            terminal.rule(f"benchmark: {name}")
+            module.run(args, terminal, args.output)
 
 
 if __name__ == "__main__":
