@@ -203,6 +203,43 @@ def test_frozen_mes_shows_on_the_now_page_without_a_reload(
     page.locator(f'[data-place="{STUCK_AT_MES}"]').wait_for(state="detached", timeout=90_000)
 
 
+def test_now_says_when_the_monitor_cannot_be_reached(console: Monitored, developer: Person) -> None:
+    page = developer.open("/")
+    page.evaluate("window.__loupe_same_page = true")
+    console.stack.stop_process("monitor")
+    try:
+        banner = page.locator("#now-status .banner.problem")
+        banner.wait_for(timeout=5_000)
+        assert "monitor" in banner.inner_text()
+        assert "out of date" in page.locator("#now-status").inner_text().lower()
+        assert "stale" in (page.get_attribute("#now-panel", "class") or "")
+        developer.keep()
+    finally:
+        console.stack.start_process("monitor")
+    # Back: the page says nothing more and shows current data, still without a reload.
+    page.locator("#now-status .banner").first.wait_for(state="detached", timeout=30_000)
+    assert "stale" not in (page.get_attribute("#now-panel", "class") or "")
+    assert page.evaluate("window.__loupe_same_page") is True
+
+
+def test_pages_fit_a_phone(console: Monitored, developer: Person) -> None:
+    order_id = console.query("SELECT order_id FROM orders WHERE status = 'CLOSED' LIMIT 1")[0][
+        "order_id"
+    ]
+    developer.page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        for path in ("/", f"/orders/{order_id}", "/incidents", "/dead-letters"):
+            page = developer.open(path)
+            # Wide parts (the waterfall, tables) scroll inside their own box; the page itself
+            # never needs sideways scrolling.
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+            if path.startswith("/orders/"):
+                developer.shot("console-order-phone.png")
+    finally:
+        developer.page.set_viewport_size({"width": 1280, "height": 800})
+
+
 def test_the_incidents_page_shows_the_resolved_incident(
     console: Monitored, developer: Person
 ) -> None:
