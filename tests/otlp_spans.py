@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from loupe.monitor.slo import Slo
+from loupe.telemetry.attributes import DEAD_LETTER_REASON, DEAD_LETTERED_EVENT
 
 
 class Spans:
@@ -88,7 +89,7 @@ class Spans:
         for event_name, event_attributes in events:
             span.add_event(event_name, event_attributes)
         if dead_lettered:
-            span.add_event("dead-lettered", {"loupe.messaging.reason": error or "poison"})
+            span.add_event(DEAD_LETTERED_EVENT, {DEAD_LETTER_REASON: error or "poison"})
         if exception is not None:
             span.record_exception(exception)
         if status is not None:

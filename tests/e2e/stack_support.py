@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,11 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aio_pika
 import asyncpg
 
 from loupe.actors import Workshop
 from loupe.config import SERVICES, Settings
 from loupe.database import dsn_for
+from loupe.messaging.topology import ORDERS_EXCHANGE
 from loupe.stack import Stack
 from loupe.stack.components import (
     JaegerPorts,
@@ -138,6 +141,25 @@ class Monitored:
 
     def findings(self) -> list[dict[str, Any]]:
         return list(self.cli("stuck")["findings"])
+
+    def publish_poison(self, order_id: str) -> None:
+        """An order.submitted event naming `order_id` that no consumer can parse (an unknown
+        status, no occurred_at): MES fails the order, and every consumer dead-letters it."""
+
+        async def publish() -> None:
+            connection = await aio_pika.connect(self.settings.amqp_url)
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                exchange = await channel.get_exchange(ORDERS_EXCHANGE)
+                body = json.dumps({"order_id": order_id, "status": "NOT_A_STATUS"}).encode()
+                await exchange.publish(
+                    aio_pika.Message(body, message_id=str(uuid.uuid4())),
+                    routing_key="order.submitted",
+                )
+            finally:
+                await connection.close()
+
+        run_async(publish)
 
     def place_order(self, seed: int = 11) -> str:
         """One shop order placed as a customer would, with a valid model."""

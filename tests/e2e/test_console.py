@@ -18,30 +18,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
 from loupe.config import REPO_ROOT
-from loupe.messaging.topology import ORDERS_EXCHANGE
+from loupe.orders.lifecycle import HAPPY_PATH
 
 from .browser_support import needs_chromium, sign_in_with_browser
 from .conftest import wait_for
-from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack, run_async
+from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
 
 SCREENSHOTS = REPO_ROOT / "docs" / "images"
-STATUSES = [
-    "SUBMITTED",
-    "PRICE_CALCULATED",
-    "MANUFACTURING_APPROVED",
-    "MANUFACTURING_STARTED",
-    "MANUFACTURING_COMPLETED",
-    "SHIPPED",
-    "CLOSED",
-]
+STATUSES = [status.value for status in HAPPY_PATH]
 STUCK_AT_MES = "stuck|mes-api|queue mes.order-submitted"
 
 
@@ -261,20 +252,7 @@ def test_a_poison_message_is_on_the_dead_letters_page(
 ) -> None:
     order_id = str(uuid.uuid4())
 
-    async def publish() -> None:
-        connection = await aio_pika.connect(console.settings.amqp_url)
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(ORDERS_EXCHANGE)
-            body = json.dumps({"order_id": order_id, "status": "NOT_A_STATUS"}).encode()
-            await exchange.publish(
-                aio_pika.Message(body, message_id=str(uuid.uuid4())),
-                routing_key="order.submitted",
-            )
-        finally:
-            await connection.close()
-
-    run_async(publish)
+    console.publish_poison(order_id)
 
     def listed() -> bool:
         page = developer.open("/dead-letters")

@@ -8,7 +8,6 @@ MES is frozen (SIGSTOP), the monitor restarted while it is, MES resumed, and a p
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -16,12 +15,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 
 from loupe.messaging.management import Management
-from loupe.messaging.topology import ORDERS_EXCHANGE
 
 from .conftest import API, sign_in, wait_for
 from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack
@@ -158,19 +155,6 @@ def test_resumed_mes_moves_orders_on_and_the_incident_resolves(monitored: Monito
 def test_a_poison_message_is_broken_with_its_reason(monitored: Monitored) -> None:
     order_id = str(uuid.uuid4())
 
-    async def publish() -> None:
-        connection = await aio_pika.connect(monitored.settings.amqp_url)
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(ORDERS_EXCHANGE)
-            body = json.dumps({"order_id": order_id, "status": "NOT_A_STATUS"}).encode()
-            await exchange.publish(
-                aio_pika.Message(body, message_id=str(uuid.uuid4())),
-                routing_key="order.submitted",
-            )
-        finally:
-            await connection.close()
-
     # MES may still be working off what piled up while it was frozen; the poison message
     # would wait behind that backlog.
     management = Management("http://127.0.0.1:15672", monitored.settings.amqp_url)
@@ -180,7 +164,7 @@ def test_a_poison_message_is_broken_with_its_reason(monitored: Monitored) -> Non
         return stats.ready + stats.unacknowledged if stats else 0
 
     wait_for(lambda: asyncio.run(backlog()) == 0, 120, "MES to work off its backlog", every=1)
-    asyncio.run(publish())
+    monitored.publish_poison(order_id)
     # The views' copies may be found first (their dead letters, no status yet); MES fails the
     # order, and the finding follows it.
     finding = wait_for(

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,12 +17,7 @@ import asyncpg
 import httpx
 import pytest
 from integration_support import POSTGRES_DSN
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode
+from otlp_spans import Spans, ago, otlp
 
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.alerts import MAX_ATTEMPTS, backoff, deliver_due
@@ -130,8 +125,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 # -- incidents to alert about -----------------------------------------------------------------
 
-_EXPORTER = InMemorySpanExporter()
-_PROVIDERS: dict[str, TracerProvider] = {}
+_SPANS = Spans()
 
 
 async def move(
@@ -145,28 +139,15 @@ async def move(
     error: str | None = None,
 ) -> None:
     """One span of `service` moving `order_id`, through OTLP encoding into the store."""
-    if service not in _PROVIDERS:
-        provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        _PROVIDERS[service] = provider
-    nanos = int((datetime.now(UTC) - timedelta(seconds=seconds_ago)).timestamp() * 1e9)
-    span = (
-        _PROVIDERS[service]
-        .get_tracer("tests")
-        .start_span(
-            "step",
-            attributes={
-                "order.id": order_id,
-                "order.status.from": status_from,
-                "order.status.to": status_to,
-            },
-            start_time=nanos - 1_000_000,
-        )
+    span = _SPANS.make(
+        service,
+        "step",
+        ago(seconds_ago),
+        order_id=order_id,
+        move=(status_from, status_to),
+        error=error,
     )
-    if error:
-        span.set_status(Status(StatusCode.ERROR, error))
-    span.end(end_time=nanos)
-    kept, total = decode(encode_spans([_EXPORTER.get_finished_spans()[-1]]).SerializeToString())
+    kept, total = decode(otlp([span]))
     await store.ingest(pool, kept, SLO, total)
 
 

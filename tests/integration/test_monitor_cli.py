@@ -8,16 +8,11 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from integration_support import POSTGRES_DSN
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from otlp_spans import Spans, ago, otlp
 from typer.testing import CliRunner
 
 from loupe import cli
@@ -45,8 +40,7 @@ REJECTED = "9e1f03c2-77aa-4b1e-9a55-0c2d8d1e4f10"
 
 
 async def _fill(database: str) -> None:
-    exporter = InMemorySpanExporter()
-    providers: dict[str, TracerProvider] = {}
+    made = Spans()
     pool = await store.open_store(POSTGRES_DSN, database)
     try:
         for service, order_id, status_from, status_to, seconds_ago in [
@@ -56,28 +50,10 @@ async def _fill(database: str) -> None:
             ("mes-api", REJECTED, "SUBMITTED", "PRICE_CALCULATED", 6),
             ("crm-api", REJECTED, "PRICE_CALCULATED", "REJECTED", 4),
         ]:
-            if service not in providers:
-                providers[service] = TracerProvider(
-                    resource=Resource.create({"service.name": service})
-                )
-                providers[service].add_span_processor(SimpleSpanProcessor(exporter))
-            end = int((datetime.now(UTC) - timedelta(seconds=seconds_ago)).timestamp() * 1e9)
-            span = (
-                providers[service]
-                .get_tracer("tests")
-                .start_span(
-                    "step",
-                    attributes={
-                        "order.id": order_id,
-                        "order.status.from": status_from,
-                        "order.status.to": status_to,
-                    },
-                    start_time=end - 1_000_000,
-                )
+            span = made.make(
+                service, "step", ago(seconds_ago), order_id=order_id, move=(status_from, status_to)
             )
-            span.end(end_time=end)
-            spans = encode_spans([exporter.get_finished_spans()[-1]]).SerializeToString()
-            kept, total = decode(spans)
+            kept, total = decode(otlp([span]))
             await store.ingest(pool, kept, SLO, total)
         await detection.tick(pool, SLO, None)
     finally:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from loupe.monitor.models import Incident
+from loupe.portal.render import seconds
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 """The windows people choose between on the incidents page, by the name in the URL."""
@@ -31,14 +32,6 @@ class MttrChart:
     start: datetime
     end: datetime
     resolved: int
-
-
-def _seconds(value: float) -> str:
-    if value < 120:
-        return f"{value:.0f} s"
-    if value < 7200:
-        return f"{value / 60:.0f} min"
-    return f"{value / 3600:.1f} h"
 
 
 def mttr_chart(
@@ -79,7 +72,7 @@ def mttr_chart(
                 height=round(bar_height, 2),
                 title=(
                     f"{len(totals[slot])} resolved from {began:%Y-%m-%d %H:%M} UTC, "
-                    f"mean time to resolve {_seconds(mean)}"
+                    f"mean time to resolve {seconds(mean)}"
                 ),
             )
         )
