@@ -28,13 +28,13 @@ TRACE_ID = re.compile(r"^[0-9a-f]{16}$|^[0-9a-f]{32}$")
 REFRESH_MS = 1000
 
 
-async def _now_panel(console: ConsoleDep, viewer: Reader) -> tuple[dict[str, object], bool]:
-    """The panel's context, and whether everything it needs answered."""
+async def _now_panel(console: ConsoleDep, viewer: Reader) -> dict[str, object]:
+    """The panel's context: the places, or what could not be reached."""
     broker = await console.broker_problem()
     try:
         found = await console.monitor.findings(viewer.authorization)
     except MonitorUnavailable as exc:
-        return {"monitor_problem": str(exc), "broker_problem": broker, "places": []}, False
+        return {"monitor_problem": str(exc), "broker_problem": broker, "places": []}
     grouped = places.group(found.findings)
     return {
         "monitor_problem": None,
@@ -43,12 +43,12 @@ async def _now_panel(console: ConsoleDep, viewer: Reader) -> tuple[dict[str, obj
         "stuck": sum(p.orders for p in grouped if p.state == "stuck"),
         "broken": sum(p.orders for p in grouped if p.state == "broken"),
         "as_of": found.as_of,
-    }, broker is None
+    }
 
 
 @router.get("/", response_class=HTMLResponse)
 async def now(console: ConsoleDep, viewer: Reader) -> HTMLResponse:
-    panel, _ = await _now_panel(console, viewer)
+    panel = await _now_panel(console, viewer)
     return page("now.html", viewer=viewer, active="now", refresh_ms=REFRESH_MS, **panel)
 
 
@@ -56,7 +56,7 @@ async def now(console: ConsoleDep, viewer: Reader) -> HTMLResponse:
 async def now_panel(console: ConsoleDep, viewer: Reader) -> HTMLResponse:
     """The Now page's live part. 503 when the monitor cannot be reached: the page then keeps
     what it showed, marked as out of date, instead of passing it off as current."""
-    panel, _ = await _now_panel(console, viewer)
+    panel = await _now_panel(console, viewer)
     status = 503 if panel["monitor_problem"] else 200
     return page("now_panel.html", status_code=status, viewer=viewer, **panel)
 
