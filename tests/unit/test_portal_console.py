@@ -25,6 +25,8 @@ from loupe.access import AccessSettings
 from loupe.orders.lifecycle import HAPPY_PATH
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
+from loupe.stack.gateway import GatewaySettings
+from loupe.stack.up import access_environment
 
 CONSOLE = "http://console.test"
 DEVOPS = {"Authorization": f"Bearer {token()}"}
@@ -234,3 +236,28 @@ async def test_no_page_shows_what_the_backends_do_not_send(console: httpx.AsyncC
         html = (await console.get(path, headers=DEVOPS)).text
         emails = set(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", html))
         assert emails <= {"devops@example.com"}, (path, emails)
+
+
+def test_settings_from_env_with_their_documented_defaults() -> None:
+    assert PortalSettings.from_env({}) == PortalSettings()
+    settings = PortalSettings.from_env(
+        {
+            "LOUPE_CONSOLE_URL": "https://loupe.example.org/",
+            "LOUPE_MONITOR_URL": "http://127.0.0.1:9191/",
+            "LOUPE_JAEGER_QUERY_URL": "http://127.0.0.1:26686/jaeger/",
+            "LOUPE_PORTAL_ANTIFORGERY_KEY": "k",
+            "LOUPE_DATA_DIR": "/var/lib/loupe",
+        }
+    )
+    assert settings.console_url == "https://loupe.example.org"
+    assert settings.monitor_url == "http://127.0.0.1:9191"
+    assert settings.jaeger_query_url == "http://127.0.0.1:26686/jaeger"
+    assert settings.antiforgery_key == "k"
+    assert settings.actions_log == Path("/var/lib/loupe/logs/actions.jsonl")
+
+
+def test_loupe_up_points_links_at_the_gateway_unless_told_otherwise() -> None:
+    gateway = GatewaySettings(address="127.0.0.1:14180")
+    assert access_environment(gateway, {})["LOUPE_CONSOLE_URL"] == "http://127.0.0.1:14180"
+    told = {"LOUPE_CONSOLE_URL": "https://loupe.example.org"}
+    assert access_environment(gateway, told)["LOUPE_CONSOLE_URL"] == "https://loupe.example.org"
