@@ -19,13 +19,14 @@ from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanContext, TraceFlags
+from opentelemetry.trace import Link
 
 from loupe.config import SERVICE_NAMES, Settings
 from loupe.database import open_database
 from loupe.messaging import QUEUES, Consumer, Publisher, declare_topology
 from loupe.messaging.consumer import DeadLetterHook, Delivery, Handler
 from loupe.messaging.inbox import claim_delivery
+from loupe.messaging.propagation import span_context_from_text, span_context_to_text
 from loupe.messaging.topology import Exchanges
 from loupe.orders import IllegalTransition, OrderEvent, OrderSource, OrderStatus, check_transition
 from loupe.orders.lifecycle import is_behind
@@ -58,25 +59,6 @@ class OrderNotFound(Exception):
     def __init__(self, order_id: str) -> None:
         super().__init__(f"order {order_id} does not exist")
         self.order_id = order_id
-
-
-def span_context_to_text(context: SpanContext) -> str:
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-def span_context_from_text(text: str | None) -> SpanContext | None:
-    """The stored step context, or None when it is absent or unreadable."""
-    try:
-        _, trace_id, span_id, flags = (text or "").split("-")
-        context = SpanContext(
-            int(trace_id, 16),
-            int(span_id, 16),
-            is_remote=True,
-            trace_flags=TraceFlags(int(flags, 16)),
-        )
-    except ValueError:
-        return None
-    return context if context.is_valid else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""W3C trace context in AMQP headers: what goes in comes out, and bad headers never raise."""
+"""W3C trace context in AMQP headers: what goes in comes out, and bad headers never raise; the
+stored `traceparent` text of a step reads back as the same context."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from loupe.messaging import extract_context, inject_context
+from loupe.messaging.propagation import span_context_from_text, span_context_to_text
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 VALID_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -320,3 +322,28 @@ def test_arbitrary_headers_never_raise(headers: dict[str, Any]) -> None:
         expected = "no traceparent" if headers.get("traceparent") is None else "malformed"
         assert expected in note
         assert "new trace" in note
+
+
+@given(trace_id=trace_ids, span_id=span_ids, sampled=st.booleans())
+def test_stored_step_text_is_the_traceparent_header_and_reads_back(
+    trace_id: int, span_id: int, sampled: bool
+) -> None:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    step = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+    headers: dict[str, Any] = {}
+    inject_context(headers, trace.set_span_in_context(NonRecordingSpan(step), Context()))
+
+    text = span_context_to_text(step)
+
+    assert text == headers["traceparent"]
+    read = span_context_from_text(text)
+    assert read is not None and read.is_remote
+    assert (read.trace_id, read.span_id, read.trace_flags) == (trace_id, span_id, flags)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [None, "", "garbage", f"00-{'0' * 32}-{P}-01", f"00-{T}-{'0' * 16}-01", f"00-{T}-xyz-01"],
+)
+def test_an_absent_or_unreadable_stored_step_is_none(text: str | None) -> None:
+    assert span_context_from_text(text) is None

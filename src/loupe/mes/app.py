@@ -23,14 +23,10 @@ from loupe.config import Settings
 from loupe.mes.pricing import ModelError, price_model
 from loupe.messaging import Delivery, PoisonMessage
 from loupe.messaging.inbox import claim_delivery
+from loupe.messaging.propagation import span_context_to_text
 from loupe.objectstore import ObjectNotFound, ObjectStore
 from loupe.orders import OrderEvent, OrderSource, OrderStatus
-from loupe.runtime import (
-    OrderNotFound,
-    ServiceRuntime,
-    read_model_upload,
-    span_context_to_text,
-)
+from loupe.runtime import OrderNotFound, ServiceRuntime, read_model_upload
 from loupe.telemetry.attributes import ORDER_ID, ORDER_PRICE
 
 _tracer = trace.get_tracer("loupe.mes")

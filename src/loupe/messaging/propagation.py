@@ -1,4 +1,5 @@
-"""W3C `traceparent`, `tracestate` and `baggage` in AMQP message headers.
+"""W3C `traceparent`, `tracestate` and `baggage` in AMQP message headers, and the
+`traceparent` text of one span context, which the services store beside an order's last step.
 
 These header names are the ones the OpenTelemetry Java agent, the .NET RabbitMQ client and
 Node's amqplib instrumentation read and write, so the company's Java and C# services join the
@@ -13,6 +14,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import SpanContext, TraceFlags
 
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
@@ -66,3 +68,23 @@ def extract_context(headers: MutableMapping[str, Any] | None) -> tuple[Context, 
         return context, "message had no traceparent header; started a new trace"
     shown = repr(raw)[:80]
     return context, f"message had a malformed traceparent {shown}; started a new trace"
+
+
+def span_context_to_text(context: SpanContext) -> str:
+    """The context in `traceparent` form (version 00), to keep in a database column."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def span_context_from_text(text: str | None) -> SpanContext | None:
+    """The stored step context, or None when it is absent or unreadable."""
+    try:
+        _, trace_id, span_id, flags = (text or "").split("-")
+        context = SpanContext(
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(flags, 16)),
+        )
+    except ValueError:
+        return None
+    return context if context.is_valid else None
