@@ -17,8 +17,9 @@ import httpx
 
 from loupe.config import DEFAULT_CONSOLE_URL
 from loupe.messaging.management import Management, QueueStats
+from loupe.monitor.projection import BROKEN_STATUSES
 from loupe.monitor.slo import Slo
-from loupe.monitor.store import BROKEN_STATUSES, finding_json, incident_json, iso, writing
+from loupe.monitor.store import finding_json, incident_json, iso, writing
 from loupe.portal.links import absolute, incident_path
 
 log = logging.getLogger(__name__)

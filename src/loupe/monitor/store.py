@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,26 +17,15 @@ from typing import Any
 import asyncpg
 
 from loupe.database import open_database
+from loupe.monitor import projection
+from loupe.monitor.projection import OrderRow, StoredError, rank
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import SpanFacts
-from loupe.orders import OrderStatus
-from loupe.orders.lifecycle import HAPPY_PATH
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Serialises writers (ingest requests, detection ticks) across replicas too: the per-order
 # projection is read, merged and written back.
 WRITE_LOCK = 0x6D6F6E69746F72  # "monitor"
-
-_RANK = {status.value: index for index, status in enumerate(HAPPY_PATH)}
-_RANK[OrderStatus.REJECTED.value] = 100
-_RANK[OrderStatus.FAILED.value] = 101
-BROKEN_STATUSES = (OrderStatus.FAILED.value, OrderStatus.REJECTED.value)
-FINAL_RANK = _RANK[OrderStatus.CLOSED.value]
-
-
-def rank(status: str | None) -> int:
-    """How far along a status is; a later span can never move an order back."""
-    return _RANK.get(status or "", -1)
 
 
 async def open_store(base_dsn: str, database: str) -> asyncpg.Pool:
@@ -82,40 +71,6 @@ class IngestResult:
     durations: list[tuple[str, str, float]] = field(default_factory=list)
 
 
-@dataclass
-class _Order:
-    order_id: str
-    status: str | None
-    rank: int
-    status_began: datetime
-    status_at: datetime
-    service: str | None = None
-    operation: str | None = None
-    trace_id: str | None = None
-    span_id: str | None = None
-    source: str | None = None
-    deadline: datetime | None = None
-    broken_at: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> _Order:
-        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
-
-
-def _new_order(span: SpanFacts) -> _Order:
-    """An order known so far only by this span: no status until a move is seen."""
-    return _Order(span.order_id or "", None, -1, span.started_at, span.ended_at)
-
-
-def _flow_keys(span: SpanFacts) -> Iterable[str]:
-    if span.error or not span.order_id:
-        return ()
-    keys = [f"{span.service}|{span.place}"]
-    if span.transition and span.status_from:
-        keys.append(f"step:{span.status_from}")
-    return keys
-
-
 async def ingest(
     pool: asyncpg.Pool, spans: Sequence[SpanFacts], slo: Slo, received: int
 ) -> IngestResult:
@@ -128,7 +83,7 @@ async def ingest(
     errors = [s for s in spans if s.error]
     flows: dict[str, datetime] = {}
     for span in spans:
-        for key in _flow_keys(span):
+        for key in projection.flow_keys(span):
             flows[key] = max(flows.get(key, span.ended_at), span.ended_at)
 
     async with writing(pool) as connection:
@@ -219,68 +174,24 @@ async def _project(
     errors: list[SpanFacts],
     slo: Slo,
 ) -> list[tuple[str, str, float]]:
+    """Reads the touched orders' rows, moves them on (projection.py) and writes them back."""
     rows = await connection.fetch(
         "SELECT * FROM orders WHERE order_id = ANY($1::text[])", order_ids
     )
-    orders = {r["order_id"]: _Order.from_row(r) for r in rows}
-    durations: list[tuple[str, str, float]] = []
-    changed: set[str] = set()
-    for span in sorted(transitions, key=lambda s: s.started_at):
-        assert span.order_id and span.status_to
-        order = orders.get(span.order_id)
-        step_rank = rank(span.status_to)
-        if order is None:
-            order = orders[span.order_id] = _new_order(span)
-        moves_on = step_rank > order.rank
-        # The same status from a span that began earlier: that one is the move, the other a
-        # copy following it.
-        origin = step_rank == order.rank and span.started_at < order.status_began
-        if not (moves_on or origin):
-            continue
-        if moves_on and order.status == span.status_from and order.status is not None:
-            seconds = (span.ended_at - order.status_at).total_seconds()
-            durations.append((order.status, span.status_to, max(seconds, 0.0)))
-        if moves_on:
-            order.broken_at = span.ended_at if span.status_to in BROKEN_STATUSES else None
-        order.status, order.rank = span.status_to, step_rank
-        order.status_began, order.status_at = span.started_at, span.ended_at
-        order.service, order.operation = span.service, span.name
-        order.trace_id, order.span_id = span.trace_id, span.span_id
-        order.source = span.source or order.source
-        step = slo.step(order.status)
-        order.deadline = order.status_at + step.within if step else None
-        changed.add(order.order_id)
-
-    for span in errors:
-        # An error that names no order (a poison message that is not JSON) is a finding of
-        # its own (detection's orphan dead letters), not part of any order's projection.
-        if span.order_id is None:
-            continue
-        if span.order_id not in orders:
-            orders[span.order_id] = _new_order(span)
-        changed.add(span.order_id)
-
-    # Broken: an error after the order's last move, once its grace is over (at once for a
-    # dead letter). Recomputed from every stored error, so late spans land right either way.
-    # A final order is not: FAILED and REJECTED are broken by themselves, and an error after
-    # CLOSED (say, a second "close") does not concern the order's path.
-    open_orders = [o for o in orders.values() if o.order_id in changed and o.rank < FINAL_RANK]
+    projected = projection.advance(map(OrderRow.from_row, rows), transitions, errors, slo)
+    open_orders = projected.open_orders()
     if open_orders:
         stored = await connection.fetch(
             "SELECT order_id, at, dead_lettered FROM errors WHERE order_id = ANY($1::text[])"
             " AND NOT refusal",
             [o.order_id for o in open_orders],
         )
-        by_order: dict[str, list[asyncpg.Record]] = {}
+        by_order: dict[str, list[StoredError]] = {}
         for row in stored:
-            by_order.setdefault(row["order_id"], []).append(row)
-        for order in open_orders:
-            due = [
-                row["at"] + (timedelta(0) if row["dead_lettered"] else slo.error_grace)
-                for row in by_order.get(order.order_id, [])
-                if order.status is None or row["at"] > order.status_at
-            ]
-            order.broken_at = min(due) if due else None
+            by_order.setdefault(row["order_id"], []).append(
+                StoredError(row["at"], row["dead_lettered"])
+            )
+        projection.mark_broken(projected, by_order, slo)
 
     await connection.executemany(
         "INSERT INTO orders (order_id, status, rank, status_at, service, operation, trace_id,"
@@ -307,11 +218,10 @@ async def _project(
                 o.broken_at,
                 o.status_began,
             )
-            for o in orders.values()
-            if o.order_id in changed
+            for o in projected.changed_rows()
         ],
     )
-    return durations
+    return projected.durations
 
 
 # -- reading ----------------------------------------------------------------------------------
