@@ -1,0 +1,145 @@
+"""A service's HTTP side: the FastAPI app its routes hang on (health, refusals as 409/404, the
+dependencies routes declare), the order views it answers with, and serving it with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from loupe.config import SERVICE_NAMES, Settings
+from loupe.objectstore import ObjectStore
+from loupe.orders import IllegalTransition
+from loupe.service.kernel import ServiceKernel
+from loupe.service.orders_table import OrderNotFound, OrderTable
+
+View = TypeVar("View", bound=BaseModel)
+
+
+def create_app(
+    kernel: ServiceKernel,
+    orders: OrderTable,
+    title: str,
+    description: str,
+    store: ObjectStore | None = None,
+) -> FastAPI:
+    """The app of one service: its kernel starts and stops with it; routes reach the order
+    table, the object store (shop and MES keep 3D models) and the settings through the
+    dependencies below."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await kernel.start()
+        try:
+            yield
+        finally:
+            await kernel.stop()
+
+    app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
+    app.state.orders = orders
+    app.state.store = store
+    app.state.settings = kernel.settings
+
+    @app.get("/healthz", tags=["operations"], summary="Ready: database and broker connected")
+    async def healthz() -> JSONResponse:
+        problems = await kernel.health()
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, 503)
+        return JSONResponse({"status": "ok", "service": kernel.service_name})
+
+    @app.exception_handler(IllegalTransition)
+    async def illegal(_: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc), "status": exc.current.value, "requested": exc.wanted.value},
+            409,
+        )
+
+    @app.exception_handler(OrderNotFound)
+    async def missing(_: Request, exc: OrderNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 404)
+
+    return app
+
+
+def _orders(request: Request) -> OrderTable:
+    orders: OrderTable = request.app.state.orders
+    return orders
+
+
+def _store(request: Request) -> ObjectStore:
+    store: ObjectStore = request.app.state.store
+    return store
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Orders = Annotated[OrderTable, Depends(_orders)]
+Store = Annotated[ObjectStore, Depends(_store)]
+ServiceSettings = Annotated[Settings, Depends(_settings)]
+
+
+def field_error(field: str, message: str) -> HTTPException:
+    """A 422 that names the offending field, like FastAPI's own validation errors do."""
+    return HTTPException(422, {"field": field, "message": message})
+
+
+def order_view(view: type[View], row: Mapping[str, Any]) -> View:
+    """An order row as a service's API shows it: its own columns only, prices as numbers and
+    times in ISO 8601."""
+    data = {name: row[name] for name in view.model_fields if name in row}
+    for name, value in data.items():
+        if isinstance(value, Decimal):
+            data[name] = float(value)
+        elif isinstance(value, datetime):
+            data[name] = value.isoformat()
+    return view(**data)
+
+
+def serve(app: FastAPI, host: str, port: int, excluded_urls: str = "healthz") -> None:
+    """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry.
+
+    `excluded_urls` (comma-separated regular expressions) are served untraced.
+    """
+    import uvicorn
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    from loupe.telemetry import shutdown_telemetry
+
+    # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=excluded_urls, exclude_spans=["receive", "send"]
+    )
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    try:
+        asyncio.run(uvicorn.Server(config).serve())
+    finally:
+        shutdown_telemetry()
+
+
+def run_service(service: str, port: int | None = None) -> None:
+    """Run one order service until SIGINT/SIGTERM."""
+    import importlib
+
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    from loupe.telemetry import configure_telemetry
+
+    settings = Settings.from_env()
+    configure_telemetry(SERVICE_NAMES[service])
+    AsyncPGInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument()
+    module = importlib.import_module(f"loupe.{service}.app")
+    serve(module.create_app(settings), settings.host, port or settings.port(service))

@@ -1,0 +1,120 @@
+"""One service's connections: its database, its RabbitMQ connection and consumers, started and
+stopped with the HTTP app, and the health they report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractRobustConnection
+
+from loupe.config import SERVICE_NAMES, Settings
+from loupe.database import open_database
+from loupe.messaging import QUEUES, Consumer, Publisher, declare_topology
+from loupe.messaging.consumer import DeadLetterHook, Handler
+from loupe.messaging.topology import Exchanges
+from loupe.orders import OrderEvent
+
+log = logging.getLogger(__name__)
+
+
+class ServiceKernel:
+    """A service's database pool and broker connection, and the consumers it runs on them.
+
+    Consumers are declared before `start`, which opens everything; nothing is opened while the
+    app is only built (so its OpenAPI document can be exported offline).
+    """
+
+    def __init__(self, service: str, settings: Settings, migrations: Path) -> None:
+        self.service = service
+        self.service_name = SERVICE_NAMES[service]
+        self.settings = settings
+        self._migrations = migrations
+        self._consumers: list[tuple[str, Handler, DeadLetterHook | None]] = []
+        self._on_stop: list[Callable[[], Awaitable[Any]]] = []
+        self._pool: asyncpg.Pool | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._exchanges: Exchanges | None = None
+        amqp = urlsplit(settings.amqp_url)
+        self._amqp_server = (amqp.hostname or "127.0.0.1", amqp.port or 5672)
+        self.publisher = Publisher(self.service_name, self._amqp_server)
+
+    def consume(
+        self, queue: str, handler: Handler, on_dead_letter: DeadLetterHook | None = None
+    ) -> None:
+        if QUEUES[queue].service != self.service:
+            raise ValueError(
+                f"queue {queue} belongs to {QUEUES[queue].service}, not {self.service}"
+            )
+        self._consumers.append((queue, handler, on_dead_letter))
+
+    def on_stop(self, callback: Callable[[], Awaitable[Any]]) -> None:
+        self._on_stop.append(callback)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the service has not started")
+        return self._pool
+
+    @property
+    def exchanges(self) -> Exchanges:
+        if self._exchanges is None:
+            raise RuntimeError("the service has not started")
+        return self._exchanges
+
+    async def publish(self, event: OrderEvent) -> None:
+        await self.publisher.publish_event(self.exchanges.orders, event)
+
+    async def start(self) -> None:
+        self._pool = await open_database(
+            self.settings.postgres_dsn, self.settings.database_name(self.service), self._migrations
+        )
+        self._connection = await aio_pika.connect_robust(
+            self.settings.amqp_url, client_properties={"connection_name": self.service_name}
+        )
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchanges = await declare_topology(channel)
+        consume_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
+        for queue, handler, on_dead_letter in self._consumers:
+            consumer = Consumer(
+                QUEUES[queue],
+                handler,
+                exchanges=self._exchanges,
+                publisher=self.publisher,
+                service=self.service_name,
+                max_attempts=self.settings.max_delivery_attempts,
+                retry_delay_ms=self.settings.retry_delay_ms,
+                on_dead_letter=on_dead_letter,
+                server=self._amqp_server,
+            )
+            await consumer.start(consume_channel)
+        log.info("%s ready", self.service_name)
+
+    async def stop(self) -> None:
+        for callback in self._on_stop:
+            await callback()
+        if self._connection is not None:
+            await self._connection.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def health(self) -> dict[str, str]:
+        """What is wrong, by part (database, broker); empty when the service can work."""
+        problems = {}
+        try:
+            async with self.pool.acquire(timeout=2) as connection:
+                await connection.fetchval("SELECT 1")
+        except Exception as exc:
+            problems["database"] = f"{type(exc).__name__}: {exc}"
+        if self._connection is None or self._connection.is_closed:
+            problems["broker"] = "not connected to RabbitMQ"
+        return problems
