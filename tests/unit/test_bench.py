@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import tomllib
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from loupe.bench import monitor, pipeline
+from loupe.bench import pipeline
 from loupe.bench.__main__ import parse
 from loupe.bench.journeys import (
     JOURNEY,
@@ -25,6 +24,8 @@ from loupe.bench.journeys import (
 )
 from loupe.bench.measure import cpu_by_group, cpu_used, metric_sum, percentile, spread
 from loupe.bench.report import HEADER, markers, replace_section, write_section
+from loupe.bench.slo import slo_toml
+from loupe.monitor.settings import DEMO_SLO_FILE
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
 from loupe.orders.lifecycle import HAPPY_PATH
@@ -203,11 +204,6 @@ def test_the_steady_flow_is_what_the_monitor_sees_in_the_services_spans() -> Non
     assert linked and all(s.name.endswith(("manufacturing", "order")) for s in linked)
 
 
-def test_the_yardstick_times_the_monitors_decoder() -> None:
-    batches = list(steady_flow(3, WARM_UP + 2, 1, 10**18, 1))
-    assert 0 < monitor.yardstick(batches) < 10_000
-
-
 def test_the_same_seed_makes_the_same_spans_and_another_seed_others() -> None:
     first = [b.body for b in steady_flow(1, WARM_UP + 1, 1, 10**18, 1)]
     again = [b.body for b in steady_flow(1, WARM_UP + 1, 1, 10**18, 1)]
@@ -215,120 +211,22 @@ def test_the_same_seed_makes_the_same_spans_and_another_seed_others() -> None:
     assert first == again and first[-1] != other[-1]
 
 
-def test_the_benchmark_slo_files_are_valid() -> None:
-    short = Slo.parse(tomllib.loads(monitor.slo_toml("2s")))
-    assert short.step("SUBMITTED").within.total_seconds() == 2  # type: ignore[union-attr]
-    assert short.step("SHIPPED").within.total_seconds() == 86400  # type: ignore[union-attr]
-    assert len(short.steps) == 6
+# ---------------------------------------------------------------------------------- SLO files
+
+
+def test_a_benchmark_slo_file_is_the_demo_files_steps_with_its_own_deadlines() -> None:
+    demo = Slo.load(DEMO_SLO_FILE)
+    slo = Slo.parse(tomllib.loads(slo_toml("1s", "90s", {"SHIPPED": "2h"})))
+    assert slo.error_grace.total_seconds() == 90
+    assert list(slo.steps) == list(demo.steps)
+    for status, step in slo.steps.items():
+        expected = 7200 if status == "SHIPPED" else 1
+        assert step.within.total_seconds() == expected
+        wanted = demo.steps[status]
+        assert (step.service, step.queue, step.then) == (wanted.service, wanted.queue, wanted.then)
 
 
 # ---------------------------------------------------------------------------------- rendering
-
-
-def _ingest(clients: int, seconds: float) -> monitor.IngestRound:
-    return monitor.IngestRound(
-        clients=clients,
-        spans=38_000,
-        kept=12_000,
-        seconds=seconds,
-        latencies=[0.01 * (i + 1) for i in range(100)],
-        received_reported=38_000,
-        kept_reported=12_000,
-        monitor_cpu=0.7 * seconds,
-        postgres_cpu=0.2 * seconds,
-        client_cpu=0.1 * seconds,
-        machine_cpu=1.1 * seconds,
-    )
-
-
-def _round(mode: str, seconds: float) -> monitor.JaegerRound:
-    return monitor.JaegerRound(
-        mode=mode,
-        spans=60_000,
-        kept=19_000,
-        posts_seconds=seconds - 0.1,
-        accepted_seconds=seconds - 0.1,
-        stored_seconds=seconds,
-        monitor_seconds=seconds + 1.0 if mode == "with monitor" else None,
-        jaeger_cpu=seconds * 0.9,
-        monitor_cpu=seconds * 0.5,
-        machine_cpu=seconds * 1.8,
-        client_cpu=seconds * 0.2,
-        postgres_cpu=seconds * 0.1,
-        window_seconds=seconds,
-    )
-
-
-def _results() -> monitor.Results:
-    return monitor.Results(
-        ingest=[_ingest(1, 2.0), _ingest(4, 1.9), _ingest(1, 2.2), _ingest(4, 2.1)],
-        ingest_batches=100,
-        request_bytes=160_000,
-        detections=[
-            monitor.Detection("quiet", 300, 15.0, 2.0, [i / 600 for i in range(300)], 0, 300, 300),
-            monitor.Detection("busy", 300, 15.0, 2.0, [2.5] * 299, 9000.0, 299, 0),
-        ],
-        rounds=[
-            _round(mode, seconds)
-            for mode, seconds in zip(monitor.JAEGER_MODES * 2, (2.0, 2.5, 2.2, 2.4), strict=True)
-        ],
-        jaeger_batches=150,
-        jaeger_clients=4,
-        orders_per_batch=4,
-        tick_seconds=0.5,
-        started=datetime(2026, 11, 24, 12, 0, tzinfo=UTC),
-        seconds=200.0,
-        yardsticks=[12.0, 13.5, 18.0],
-    )
-
-
-def test_ingest_is_summarised_per_number_of_clients() -> None:
-    one, four = monitor.ingest_summary(_results().ingest)
-    assert (one.clients, four.clients) == (1, 4)
-    assert one.spans_per_second == pytest.approx(76_000 / 4.2)
-    assert one.kept_per_second == pytest.approx(24_000 / 4.2)
-    assert one.monitor_cores == pytest.approx(0.7)
-    assert one.other_cores == pytest.approx(0.1)
-    assert (one.p50, one.p99) == (pytest.approx(0.51), pytest.approx(0.99))
-    assert one.spread == pytest.approx(spread([19_000, 38_000 / 2.2]))
-
-
-def test_detection_meets_the_aim_only_with_every_order_found_in_time() -> None:
-    quiet, busy = _results().detections
-    assert quiet.meets_aim and quiet.missing == 0
-    assert not busy.meets_aim and busy.missing == 1
-    fast_but_one_missing = monitor.Detection("x", 3, 1.0, 2.0, [0.1, 0.2])
-    assert not fast_but_one_missing.meets_aim
-
-
-def test_jaeger_rounds_compare_the_modes() -> None:
-    summary = monitor.jaeger_summary(_results().rounds)
-    alone, attached = summary["alone"], summary["with monitor"]
-    assert alone["rate"] == pytest.approx(120_000 / 4.2)
-    assert attached["rate"] == pytest.approx(120_000 / 4.9)
-    assert attached["monitor_seconds"] == pytest.approx(3.45)
-    assert alone["cpu_per_1000"] == pytest.approx(4.2 * 0.9 / 120_000 * 1e6)
-    assert alone["machine_cores"] == pytest.approx(1.8)
-    assert attached["client_cores"] == pytest.approx(0.2)
-    assert attached["other_cores"] == pytest.approx(1.8 - 0.9 - 0.5 - 0.1 - 0.2)
-    round_ = _round("alone", 2.0)
-    assert round_.seconds == 2.0 and round_.rate == 30_000
-
-
-def test_the_monitor_section_says_what_was_measured() -> None:
-    text = monitor.report(_results())
-    assert text.startswith("## The order-flow monitor")
-    assert "- Run: 2026-11-24 12:00 UTC" in text
-    assert "95 spans, 30 with `order.id` (18 of them transitions)" in text
-    assert "| 1 client | 4 clients |" in text
-    assert "taking turns between 1 and 4 concurrent clients" in text
-    assert "| quiet | 0 | 300 | 300 | 250 | 493 | 498 | **yes** |" in text
-    assert "| busy | 9,000 | 300 | 299 | 2500 | 2500 | 2500 | **no** |" in text
-    ratio = (120_000 / 4.9) / (120_000 / 4.2)
-    assert f"Jaeger stores **{ratio * 100:.1f}%**" in text
-    assert "alone 30,000, with monitor 24,000, alone 27,273, with monitor 25,000" in text
-    assert "±" in text
-    assert "took 12.0 to 18.0 µs per span (median 13.5)" in text and "up to 50%" in text
 
 
 def test_the_pipeline_section_keeps_its_shape() -> None:

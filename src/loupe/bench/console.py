@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,10 +46,10 @@ from rich.table import Table
 
 from loupe.bench.measure import machine, percentile, spread
 from loupe.bench.report import write_section
+from loupe.bench.slo import slo_toml
 from loupe.config import SERVICE_NAMES
 from loupe.database import dsn_for
 from loupe.monitor import store
-from loupe.monitor.settings import DEMO_SLO_FILE
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import SpanFacts
 from loupe.orders.lifecycle import HAPPY_PATH
@@ -70,21 +69,6 @@ CLIENT_ID = "loupe-bench"
 STUCK_PLACES = 6
 BROKEN_PLACES = 14
 AIMS = {"now": 0.300, "order": 0.150, "browser": 1.0}
-
-
-def _slo_toml() -> str:
-    """The demo SLO file with every step due after a second, so detection finds every order at
-    once; errors count after a second too."""
-    steps = tomllib.loads(DEMO_SLO_FILE.read_text(encoding="utf-8"))["steps"]
-    text = 'error_grace = "1s"\n'
-    for status, step in steps.items():
-        text += f'\n[steps.{status}]\nwithin = "1s"\n'
-        text += "".join(
-            f"{key} = {json.dumps(step[key])}\n"
-            for key in ("service", "queue", "then")
-            if key in step
-        )
-    return text
 
 
 class _Issuer:
@@ -355,7 +339,9 @@ def _running(root: Path, findings: int) -> Iterator[dict[str, Any]]:
     try:
         with Sandbox(root) as sandbox:
             slo_file = root / "slo.toml"
-            slo_file.write_text(_slo_toml(), encoding="utf-8")
+            # Every step due after a second, so detection finds every order at once; errors count
+            # after a second too.
+            slo_file.write_text(slo_toml("1s", "1s"), encoding="utf-8")
             jaeger = JaegerPorts.pick_free()
             portal_url = f"http://127.0.0.1:{free_port()}"
             env = {
