@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
 from loupe.config import Settings
 from loupe.messaging.consumer import DeadLetterHook, Delivery, Handler
@@ -93,6 +94,28 @@ class FakeKernel:
         self, queue: str, handler: Handler, on_dead_letter: DeadLetterHook | None = None
     ) -> None:
         self.queues[queue] = (handler, on_dead_letter)
+
+    def dead_letter_hooks(self) -> dict[str, DeadLetterHook | None]:
+        return {queue: hook for queue, (_, hook) in self.queues.items()}
+
+    async def deliver(self, queue: str, event: OrderEvent) -> Delivery:
+        """Hand `event` to the queue's handler as the consumer would; returns the delivery."""
+        delivery = Delivery(f"m-{event.order_id}", queue, "order.any", 1, INVALID_SPAN_CONTEXT)
+        handler, _ = self.queues[queue]
+        await handler(event, delivery)
+        return delivery
+
+
+def status_event(
+    order_id: str, status: OrderStatus, previous: OrderStatus | None = None, **fields: Any
+) -> OrderEvent:
+    return OrderEvent.now(
+        order_id=order_id,
+        status=status,
+        previous_status=previous,
+        source=OrderSource.SHOP,
+        **fields,
+    )
 
 
 def offline_client(app: FastAPI, orders: FakeOrders) -> httpx.AsyncClient:

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from loupe.messaging.consumer import Delivery
-from loupe.orders import OrderEvent
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 
 QUEUE = "shop.order-status"
 
 
-async def follow_status(orders: OrderTable, event: OrderEvent, delivery: Delivery) -> None:
-    await orders.mirror(event, delivery, insert_missing=False)
-
-
 def subscribe(kernel: ServiceKernel, orders: OrderTable) -> None:
-    kernel.consume(QUEUE, partial(follow_status, orders))
+    kernel.consume(QUEUE, partial(orders.mirror, insert_missing=False))
