@@ -103,6 +103,18 @@ def otlp(spans: Sequence[ReadableSpan]) -> bytes:
     return encode_spans(list(spans)).SerializeToString()
 
 
+# The happy path's moves: (service, operation, from, to).
+HAPPY_MOVES: tuple[tuple[str, str, str, str], ...] = (
+    ("shop-api", "POST /orders", "NEW", "SUBMITTED"),
+    ("mes-api", "process loupe.orders", "SUBMITTED", "PRICE_CALCULATED"),
+    ("crm-api", "approve manufacturing", "PRICE_CALCULATED", "MANUFACTURING_APPROVED"),
+    ("mes-api", "take order", "MANUFACTURING_APPROVED", "MANUFACTURING_STARTED"),
+    ("mes-api", "complete order", "MANUFACTURING_STARTED", "MANUFACTURING_COMPLETED"),
+    ("crm-api", "ship order", "MANUFACTURING_COMPLETED", "SHIPPED"),
+    ("crm-api", "close order", "SHIPPED", "CLOSED"),
+)
+
+
 def ago(seconds: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)
 

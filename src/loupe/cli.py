@@ -100,13 +100,14 @@ def stuck(
     """Orders stuck or broken now: where, since when, the evidence; the trace and the console
     link when the terminal is wide enough."""
     from loupe.monitor import report, store
+    from loupe.monitor.models import FindingKind
 
-    if state not in ("", "stuck", "broken"):
+    if state not in ("", *FindingKind):
         raise typer.BadParameter("--state must be stuck or broken")
 
     async def action(pool: Any, console_url: str) -> Any:
-        found = report.link_findings(console_url, await store.findings(pool, state or None))
-        return {"count": len(found), "findings": found}
+        found = await store.findings(pool, FindingKind(state) if state else None)
+        return report.findings_json(console_url, found)
 
     _report(
         action, lambda data, console, _: report.print_findings(data["findings"], console), as_json
@@ -129,16 +130,16 @@ def journey(
             # A short id, as `loupe stuck` shows in a narrow terminal.
             matches = await report.orders_starting_with(pool, order_id)
             if len(matches) == 1:
-                return await store.journey(pool, matches[0])
-            if matches:
+                found = await store.journey(pool, matches[0])
+            elif matches:
                 typer.echo(
                     f"several orders start with {order_id}: {', '.join(matches)}; give more "
                     "of the id",
                     err=True,
                 )
-                return None
-            typer.echo(f"no spans of order {order_id} have reached the monitor", err=True)
-        return found
+            else:
+                typer.echo(f"no spans of order {order_id} have reached the monitor", err=True)
+        return report.journey_json(found) if found else None
 
     _report(
         action,
@@ -159,13 +160,14 @@ def incidents(
     from datetime import timedelta
 
     from loupe.monitor import report, store
+    from loupe.monitor.models import IncidentState
 
-    if status not in ("open", "resolved", "all"):
+    if status not in (*IncidentState, store.ALL):
         raise typer.BadParameter("--status must be open, resolved or all")
 
     async def action(pool: Any, console_url: str) -> Any:
         found = await store.incidents(pool, status, timedelta(hours=window_hours))
-        return report.link_incidents(console_url, found)
+        return report.incidents_json(console_url, found)
 
     _report(action, lambda data, console, _: report.print_incidents(data, console), as_json)
 

@@ -21,6 +21,7 @@ from otlp_spans import Spans, ago, otlp
 
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.alerts import MAX_ATTEMPTS, backoff, deliver_due
+from loupe.monitor.models import IncidentState
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
 
@@ -179,8 +180,9 @@ async def test_a_delivery_is_retried_with_backoff_until_accepted(
     (row,) = await deliveries(pool)
     written = json.loads(row["text"])
     # The incident as the API shows it, and where to open it in the console.
-    link = f"{CONSOLE}/incidents/{opened['id']}"
-    assert written == {"event": "incident.opened", "incident": {**opened, "console_url": link}}
+    link = f"{CONSOLE}/incidents/{opened.id}"
+    incident = opened.model_dump(mode="json")
+    assert written == {"event": "incident.opened", "incident": {**incident, "console_url": link}}
     assert (written["incident"]["state"], written["incident"]["service"]) == ("stuck", "mes-api")
     assert written["incident"]["where"] == "queue mes.order-submitted"
     assert (row["url"], row["attempts"], row["delivered_at"]) == (hook.url, 0, None)
@@ -240,12 +242,10 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
         for row in rows
     )
     assert queued == sorted(
-        (url, "incident.opened", incident["id"])
-        for url in urls
-        for incident in tick.incidents_opened
+        (url, "incident.opened", incident.id) for url in urls for incident in tick.incidents_opened
     )
     assert sorted(json.loads(row["text"])["incident"]["console_url"] for row in rows) == sorted(
-        f"https://console.example.org/incidents/{incident['id']}"
+        f"https://console.example.org/incidents/{incident.id}"
         for url in urls
         for incident in tick.incidents_opened
     )
@@ -266,12 +266,19 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
     (resolved,) = tick.incidents_resolved
     bodies = [json.loads(row["text"]) for row in (await deliveries(pool))[4:]]
     assert [row["url"] for row in (await deliveries(pool))[4:]] == urls
-    link = f"https://console.example.org/incidents/{resolved['id']}"
+    link = f"https://console.example.org/incidents/{resolved.id}"
     assert (
         bodies
-        == [{"event": "incident.resolved", "incident": {**resolved, "console_url": link}}] * 2
+        == [
+            {
+                "event": "incident.resolved",
+                "incident": {**resolved.model_dump(mode="json"), "console_url": link},
+            }
+        ]
+        * 2
     )
-    assert resolved["status"] == "resolved" and resolved["time_to_resolve_seconds"] > 30
+    assert resolved.status == IncidentState.RESOLVED and resolved.time_to_resolve_seconds
+    assert resolved.time_to_resolve_seconds > 30
 
     assert await deliver_due(pool, http) == (6, 0)
     assert len(first.requests) == len(second.requests) == 3

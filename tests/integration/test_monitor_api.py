@@ -335,7 +335,7 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     }
     before = datetime.now(UTC)
     result = await client.monitor.detect_once()
-    assert [f["order_id"] for f in result.opened] == ["o-stuck"]
+    assert [f.order_id for f in result.opened] == ["o-stuck"]
 
     body = await client.read("/monitor/api/findings")
     assert body["count"] == 1

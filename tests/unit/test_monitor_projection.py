@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from otlp_spans import slo
+from otlp_spans import HAPPY_MOVES, slo
 
 from loupe.monitor import projection
 from loupe.monitor.projection import OrderRow, StoredError, flow_keys, rank
@@ -22,15 +22,7 @@ SLO = slo()
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 _ids = itertools.count(1)
 
-HAPPY = [
-    ("shop-api", "POST /orders", "NEW", "SUBMITTED"),
-    ("mes-api", "process loupe.orders", "SUBMITTED", "PRICE_CALCULATED"),
-    ("crm-api", "approve manufacturing", "PRICE_CALCULATED", "MANUFACTURING_APPROVED"),
-    ("mes-api", "take order", "MANUFACTURING_APPROVED", "MANUFACTURING_STARTED"),
-    ("mes-api", "complete order", "MANUFACTURING_STARTED", "MANUFACTURING_COMPLETED"),
-    ("crm-api", "ship order", "MANUFACTURING_COMPLETED", "SHIPPED"),
-    ("crm-api", "close order", "SHIPPED", "CLOSED"),
-]
+HAPPY = HAPPY_MOVES
 
 
 def span(

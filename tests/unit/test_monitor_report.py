@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from loupe import cli
 from loupe.monitor import detection, report
+from loupe.monitor.models import AlertEvent, Finding, Incident, IncidentList
 from loupe.monitor.report import (
     Column,
     ago,
@@ -47,7 +48,7 @@ def finding(
     evidence: str,
     incident_id: int,
 ) -> dict[str, Any]:
-    """A finding as store.finding_json makes it."""
+    """A finding as the API and `loupe stuck --json` show it."""
     return {
         "order_id": order_id,
         "state": state,
@@ -61,6 +62,7 @@ def finding(
         "last_step": None,
         "detected_at": at(seconds_ago - 31),
         "incident_id": incident_id,
+        "cleared_at": None,
     }
 
 
@@ -119,7 +121,7 @@ def incident(
     resolved_after: float | None = None,
     acknowledged_by: str | None = None,
 ) -> dict[str, Any]:
-    """An incident as store.incident_json makes it."""
+    """An incident as the API shows it."""
     return {
         "id": id_,
         "state": state,
@@ -205,13 +207,23 @@ def rendered(width: int, print_: Any, *args: Any, **kwargs: Any) -> list[str]:
     return console.file.getvalue().splitlines()  # type: ignore[attr-defined]
 
 
+def linked_findings(console_url: str = BASE) -> list[dict[str, Any]]:
+    """FINDINGS as `loupe stuck --json` prints them."""
+    found = [Finding.model_validate(f) for f in FINDINGS]
+    return list(report.findings_json(console_url, found)["findings"])
+
+
+def linked_incidents(console_url: str = BASE) -> dict[str, Any]:
+    """INCIDENTS as `loupe incidents --json` prints them."""
+    return report.incidents_json(console_url, IncidentList.model_validate(INCIDENTS))
+
+
 def findings_lines(width: int) -> list[str]:
-    found = report.link_findings(BASE, FINDINGS)
-    return rendered(width, report.print_findings, found, now=NOW)
+    return rendered(width, report.print_findings, linked_findings(), now=NOW)
 
 
 def incidents_lines(width: int) -> list[str]:
-    return rendered(width, report.print_incidents, report.link_incidents(BASE, INCIDENTS), now=NOW)
+    return rendered(width, report.print_incidents, linked_incidents(), now=NOW)
 
 
 def journey_lines(width: int) -> list[str]:
@@ -360,7 +372,7 @@ def test_findings_columns_by_width() -> None:
 
 def test_columns_are_dropped_in_one_order_as_the_width_shrinks() -> None:
     """A column dropped at one width never comes back at a narrower one."""
-    linked = report.link_findings(BASE, FINDINGS)
+    linked = linked_findings()
     previous: set[str] | None = None
     for width in range(400, 39, -1):
         lines = findings_lines(width)
@@ -384,8 +396,8 @@ def test_columns_are_dropped_in_one_order_as_the_width_shrinks() -> None:
 def test_the_link_column_when_wide_a_hint_line_when_not() -> None:
     wide = findings_lines(330)
     assert len(wide) == 2 + len(FINDINGS)  # no hint: every row has its link
-    for line, f in zip(wide[2:], FINDINGS, strict=True):
-        assert report.finding_url(BASE, f) in line
+    for line, f in zip(wide[2:], linked_findings(), strict=True):
+        assert f["console_url"] in line
     assert findings_lines(120)[-1] == (
         f"open: {BASE}/orders/{FINDINGS[0]['order_id']}  (first row; every row's link: --json)"
     )
@@ -404,7 +416,7 @@ def test_incidents_fit_one_per_line(width: int) -> None:
     assert len(rows) == len(INCIDENTS["incidents"]) + (0 if link_shown else 1)
     for line, i in zip(rows, INCIDENTS["incidents"], strict=False):
         assert line.split()[:3] == [str(i["id"]), i["status"], i["state"]]
-        assert (report.incident_url(BASE, i) in line) == link_shown
+        assert (f"{BASE}/incidents/{i['id']}" in line) == link_shown
     if not link_shown:
         assert rows[-1].startswith(f"open: {BASE}/incidents/6")
 
@@ -483,7 +495,7 @@ def test_piped_output_is_120_wide_or_columns_wide_without_colour() -> None:
 
 
 def test_findings_and_incidents_get_their_console_url() -> None:
-    found = report.link_findings(BASE + "/", FINDINGS)
+    found = linked_findings(BASE + "/")
     assert [f["console_url"] for f in found] == [
         f"{BASE}/orders/5c7248a5-8c54-46c5-a75c-da138afe577b",
         f"{BASE}/orders/9e1f03c2-77aa-4b1e-9a55-0c2d8d1e4f10",
@@ -493,7 +505,7 @@ def test_findings_and_incidents_get_their_console_url() -> None:
     ]
     # Nothing else changes: the API's fields stay as they are.
     assert [{k: v for k, v in f.items() if k != "console_url"} for f in found] == FINDINGS
-    linked = report.link_incidents(BASE, INCIDENTS)
+    linked = linked_incidents()
     assert [i["console_url"] for i in linked["incidents"]] == [
         f"{BASE}/incidents/{n}" for n in (6, 4, 3, 2)
     ]
@@ -505,7 +517,8 @@ def test_findings_and_incidents_get_their_console_url() -> None:
 
 def test_a_webhook_alert_links_to_its_incident() -> None:
     opened = INCIDENTS["incidents"][0]
-    assert detection.webhook_body("incident.opened", opened, BASE) == {
+    alert = detection.webhook_body(AlertEvent.OPENED, Incident.model_validate(opened), BASE)
+    assert alert.model_dump(mode="json") == {
         "event": "incident.opened",
         "incident": {**opened, "console_url": f"{BASE}/incidents/6"},
     }
@@ -516,11 +529,11 @@ def stored(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI reads FINDINGS and INCIDENTS instead of the monitor's database."""
     from loupe.monitor import store
 
-    async def findings(pool: Any, state: str | None = None) -> list[dict[str, Any]]:
-        return [f for f in FINDINGS if state in (None, f["state"])]
+    async def findings(pool: Any, state: str | None = None) -> list[Finding]:
+        return [Finding.model_validate(f) for f in FINDINGS if state in (None, f["state"])]
 
-    async def incidents(pool: Any, which: str, window: timedelta) -> dict[str, Any]:
-        return INCIDENTS
+    async def incidents(pool: Any, which: str, window: timedelta) -> IncidentList:
+        return IncidentList.model_validate(INCIDENTS)
 
     def read(settings: Any, action: Any) -> Any:
         import asyncio

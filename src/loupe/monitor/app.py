@@ -11,7 +11,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Literal
 
 import asyncpg
 import httpx
@@ -26,12 +26,14 @@ from loupe.config import SERVICE_NAMES
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import (
+    FindingKind,
     FindingList,
-    FindingState,
     Incident,
     IncidentDetail,
     IncidentList,
+    IncidentState,
     Journey,
+    Move,
     Uptime,
 )
 from loupe.monitor.settings import API_PREFIX, MonitorSettings
@@ -39,6 +41,12 @@ from loupe.monitor.slo import Slo, SloError
 from loupe.monitor.spans import MalformedSpans, decode
 
 log = logging.getLogger(__name__)
+
+# The `state` query parameter: a FindingKind, its choices spelled out where the parameter is
+# in the OpenAPI document (an enum parameter would only name FindingKind's schema).
+FindingKindQuery = Literal[FindingKind.STUCK, FindingKind.BROKEN]
+# The `status` query parameter of /incidents: an IncidentState, or both.
+INCIDENT_STATUSES = f"^({'|'.join([*IncidentState, store.ALL])})$"
 
 PROTOBUF = "application/x-protobuf"
 MAX_BODY = 64 * 1024 * 1024
@@ -247,30 +255,30 @@ def create_app(
     api = APIRouter(prefix=f"{API_PREFIX}/api")
 
     @api.get("/findings", summary="Orders stuck or broken now", response_model=FindingList)
-    async def findings(who: Who, state: FindingState | None = None) -> dict[str, Any]:
+    async def findings(who: Who, state: FindingKindQuery | None = None) -> FindingList:
         access.require(who, "reader")
         found = await store.findings(monitor.db, state)
-        return {"count": len(found), "findings": found, "as_of": monitor.detected_at}
+        return FindingList(count=len(found), findings=found, as_of=monitor.detected_at)
 
     @api.get(
         "/orders/{order_id}/journey",
         summary="One order's transitions, in order, each against its SLO",
         response_model=Journey,
     )
-    async def journey(who: Who, order_id: str) -> dict[str, Any]:
+    async def journey(who: Who, order_id: str) -> Journey:
         access.require(who, "reader")
         found = await store.journey(monitor.db, order_id)
         if found is None:
             raise HTTPException(404, f"no spans of order {order_id} have reached the monitor")
-        _judge(found["transitions"], monitor.slo)
+        _judge(found.transitions, monitor.slo)
         return found
 
     @api.get("/incidents", summary="Incidents, with MTTD and MTTR", response_model=IncidentList)
     async def incidents(
         who: Who,
-        status: str = Query("all", pattern="^(open|resolved|all)$"),
+        status: str = Query(store.ALL, pattern=INCIDENT_STATUSES),
         window_hours: float = Query(24.0 * 7, gt=0, le=24.0 * 366),
-    ) -> dict[str, Any]:
+    ) -> IncidentList:
         access.require(who, "reader")
         return await store.incidents(monitor.db, status, timedelta(hours=window_hours))
 
@@ -279,7 +287,7 @@ def create_app(
         summary="One incident with the findings it holds",
         response_model=IncidentDetail,
     )
-    async def incident(who: Who, incident_id: int) -> dict[str, Any]:
+    async def incident(who: Who, incident_id: int) -> IncidentDetail:
         access.require(who, "reader")
         found = await store.incident(monitor.db, incident_id)
         if found is None:
@@ -291,7 +299,7 @@ def create_app(
         summary="Take an incident on (devops)",
         response_model=Incident,
     )
-    async def acknowledge(who: Who, incident_id: int) -> dict[str, Any]:
+    async def acknowledge(who: Who, incident_id: int) -> Incident:
         access.require(who, "operator")
         found = await store.acknowledge(monitor.db, incident_id, who.email or who.subject)
         if found is None:
@@ -300,9 +308,7 @@ def create_app(
         return found
 
     @api.get("/uptime", summary="Availability per service over a window", response_model=Uptime)
-    async def uptime(
-        who: Who, window_hours: float = Query(24.0, gt=0, le=24.0 * 366)
-    ) -> dict[str, Any]:
+    async def uptime(who: Who, window_hours: float = Query(24.0, gt=0, le=24.0 * 366)) -> Uptime:
         access.require(who, "reader")
         return await store.uptime(
             monitor.db,

@@ -5,32 +5,39 @@ place make one incident, which resolves itself once orders flow through that pla
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 import httpx
 
 from loupe.config import DEFAULT_CONSOLE_URL
 from loupe.messaging.management import Management, QueueStats
+from loupe.monitor import rows
+from loupe.monitor.models import (
+    Alert,
+    AlertEvent,
+    Finding,
+    FindingKind,
+    Incident,
+    LastStep,
+    LinkedIncident,
+)
 from loupe.monitor.projection import BROKEN_STATUSES
 from loupe.monitor.slo import Slo
-from loupe.monitor.store import finding_json, incident_json, iso, writing
-from loupe.portal.links import absolute, incident_path
+from loupe.monitor.store import writing
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TickResult:
-    opened: list[dict[str, Any]] = field(default_factory=list)
+    opened: list[Finding] = field(default_factory=list)
     cleared: int = 0
-    incidents_opened: list[dict[str, Any]] = field(default_factory=list)
-    incidents_resolved: list[dict[str, Any]] = field(default_factory=list)
+    incidents_opened: list[Incident] = field(default_factory=list)
+    incidents_resolved: list[Incident] = field(default_factory=list)
     # seconds from each new finding's deadline to its detection
     latencies: list[float] = field(default_factory=list)
 
@@ -39,7 +46,7 @@ class TickResult:
 class _Finding:
     subject: str
     order_id: str | None
-    state: str
+    state: FindingKind
     status: str | None
     since: datetime
     deadline: datetime
@@ -48,11 +55,11 @@ class _Finding:
     trace_id: str | None
     evidence: str
     settled: bool
-    last_step: dict[str, str | None] | None = None
+    last_step: LastStep | None = None
 
     @property
     def flow_key(self) -> str:
-        if self.state == "stuck" and self.status:
+        if self.state == FindingKind.STUCK and self.status:
             return f"step:{self.status}"
         return f"{self.service}|{self.place}"
 
@@ -98,18 +105,6 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _last_step(order: asyncpg.Record) -> dict[str, str | None] | None:
-    if order["status"] is None:
-        return None
-    return {
-        "status": order["status"],
-        "at": iso(order["status_at"]),
-        "service": order["service"],
-        "operation": order["operation"],
-        "trace_id": order["trace_id"],
-    }
-
-
 async def _stuck(
     connection: asyncpg.Connection,
     order: asyncpg.Record,
@@ -138,7 +133,7 @@ async def _stuck(
     return _Finding(
         subject=order["order_id"],
         order_id=order["order_id"],
-        state="stuck",
+        state=FindingKind.STUCK,
         status=order["status"],
         since=order["status_at"],
         deadline=order["deadline"],
@@ -147,7 +142,7 @@ async def _stuck(
         trace_id=order["trace_id"],
         evidence=evidence,
         settled=False,
-        last_step=_last_step(order),
+        last_step=rows.last_step(order),
     )
 
 
@@ -188,7 +183,7 @@ async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Fin
     return _Finding(
         subject=order["order_id"],
         order_id=order["order_id"],
-        state="broken",
+        state=FindingKind.BROKEN,
         status=order["status"],
         since=since,
         deadline=order["broken_at"],
@@ -197,7 +192,7 @@ async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Fin
         trace_id=trace_id,
         evidence=evidence,
         settled=final,
-        last_step=_last_step(order),
+        last_step=rows.last_step(order),
     )
 
 
@@ -223,7 +218,7 @@ async def _record(
             now,
             finding.deadline,
         )
-        result.incidents_opened.append(incident_json(incident, 1))
+        result.incidents_opened.append(rows.incident(incident, 1))
     else:
         await connection.execute(
             "UPDATE incidents SET started_at = least(started_at, $2),"
@@ -251,16 +246,15 @@ async def _record(
         finding.settled,
         now,
         incident["id"],
-        json.dumps(finding.last_step) if finding.last_step else None,
+        finding.last_step.model_dump_json() if finding.last_step else None,
     )
-    result.opened.append(finding_json(row))
+    result.opened.append(rows.finding(row))
     result.latencies.append(max((now - finding.deadline).total_seconds(), 0.0))
 
 
-def webhook_body(event: str, incident: dict[str, Any], console_url: str) -> dict[str, Any]:
+def webhook_body(event: AlertEvent, incident: Incident, console_url: str) -> Alert:
     """An alert: the event and the incident, with the incident's page in the console."""
-    linked = {**incident, "console_url": absolute(console_url, incident_path(incident["id"]))}
-    return {"event": event, "incident": linked}
+    return Alert(event=event, incident=LinkedIncident.of(incident, console_url))
 
 
 async def _queues_of_due_orders(pool: asyncpg.Pool, slo: Slo) -> set[str]:
@@ -297,11 +291,13 @@ async def tick(
             "UPDATE findings f SET cleared_at = $1 FROM orders o"
             " WHERE f.cleared_at IS NULL AND NOT f.settled AND f.order_id = o.order_id AND ("
             "   o.status IS DISTINCT FROM f.status"
-            "   OR (f.state = 'stuck' AND (o.deadline IS NULL OR o.deadline > $1"
+            "   OR (f.state = $2 AND (o.deadline IS NULL OR o.deadline > $1"
             "       OR o.broken_at <= $1))"
-            "   OR (f.state = 'broken' AND (o.broken_at IS NULL OR o.broken_at > $1)))"
+            "   OR (f.state = $3 AND (o.broken_at IS NULL OR o.broken_at > $1)))"
             " RETURNING f.id",
             now,
+            FindingKind.STUCK,
+            FindingKind.BROKEN,
         )
         result.cleared = len(cleared)
 
@@ -333,7 +329,7 @@ async def tick(
             finding = _Finding(
                 subject=f"span:{error['trace_id']}/{error['span_id']}",
                 order_id=None,
-                state="broken",
+                state=FindingKind.BROKEN,
                 status=None,
                 since=error["at"],
                 deadline=error["at"],
@@ -354,14 +350,15 @@ async def tick(
             " RETURNING i.*, (SELECT count(*) FROM findings f WHERE f.incident_id = i.id) AS n",
             now,
         )
-        result.incidents_resolved = [incident_json(r, r["n"]) for r in resolved]
+        result.incidents_resolved = [rows.incident(r, r["n"]) for r in resolved]
 
-        events = [("incident.opened", i) for i in result.incidents_opened] + [
-            ("incident.resolved", i) for i in result.incidents_resolved
+        events = [(AlertEvent.OPENED, i) for i in result.incidents_opened] + [
+            (AlertEvent.RESOLVED, i) for i in result.incidents_resolved
         ]
         if events and webhook_urls:
             bodies = [
-                json.dumps(webhook_body(name, incident, console_url)) for name, incident in events
+                webhook_body(name, incident, console_url).model_dump_json()
+                for name, incident in events
             ]
             await connection.executemany(
                 "INSERT INTO webhook_deliveries (url, body) VALUES ($1, $2::jsonb)",
@@ -370,14 +367,14 @@ async def tick(
     for incident in result.incidents_opened:
         log.warning(
             "incident %s opened: %s at %s / %s",
-            incident["id"],
-            incident["state"],
-            incident["service"],
-            incident["where"],
+            incident.id,
+            incident.state,
+            incident.service,
+            incident.where,
         )
     for incident in result.incidents_resolved:
         log.warning(
-            "incident %s resolved after %.1f s", incident["id"], incident["time_to_resolve_seconds"]
+            "incident %s resolved after %.1f s", incident.id, incident.time_to_resolve_seconds
         )
     return result
 

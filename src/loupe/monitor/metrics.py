@@ -7,6 +7,7 @@ from datetime import timedelta
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loupe.monitor.models import FindingKind
 from loupe.monitor.slo import Slo
 from loupe.monitor.store import incident_summary
 
@@ -77,11 +78,13 @@ class FlowMetrics:
         async with pool.acquire() as connection:
             stuck = await connection.fetch(
                 "SELECT status, count(*) AS n FROM findings WHERE cleared_at IS NULL"
-                " AND state = 'stuck' GROUP BY status"
+                " AND state = $1 GROUP BY status",
+                FindingKind.STUCK,
             )
             broken = await connection.fetch(
                 "SELECT service, count(*) AS n FROM findings WHERE cleared_at IS NULL"
-                " AND state = 'broken' GROUP BY service"
+                " AND state = $1 GROUP BY service",
+                FindingKind.BROKEN,
             )
             summary = await incident_summary(connection, timedelta(days=7))
             probes = await connection.fetch(
@@ -94,8 +97,11 @@ class FlowMetrics:
         self.broken.clear()
         for row in broken:
             self.broken.labels(service=row["service"]).set(row["n"])
-        self.incidents_open.set(summary["open"])
-        for gauge, key in ((self.mttr, "mttr_seconds"), (self.mttd, "mttd_seconds")):
-            gauge.set(float("nan") if summary[key] is None else summary[key])
+        self.incidents_open.set(summary.open)
+        for gauge, seconds in (
+            (self.mttr, summary.mttr_seconds),
+            (self.mttd, summary.mttd_seconds),
+        ):
+            gauge.set(float("nan") if seconds is None else seconds)
         for row in probes:
             self.service_up.labels(service=row["service"]).set(1 if row["ok"] else 0)

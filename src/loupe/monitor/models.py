@@ -1,15 +1,41 @@
-"""What the monitor's API answers, as models: FastAPI publishes them in the OpenAPI document,
-and loupe's console reads the API through the same classes."""
+"""What the monitor answers, as models: the API returns them (FastAPI publishes them in the
+OpenAPI document), loupe's console reads the API through them, the CLI's `--json` and the
+webhooks send them with their page in the console (the Linked* models and Alert).
+
+rows.py makes them from the database's rows. JSON field names are the contract and stay as
+they are: a finding's and an incident's `state` is a FindingKind; an incident's `status` (open
+or resolved) is an IncidentState, a different thing from an order's `status` (an OrderStatus).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FindingState = Literal["stuck", "broken"]
-IncidentStatus = Literal["open", "resolved"]
+from loupe.portal.links import absolute, incident_path, order_path
+
+
+class FindingKind(StrEnum):
+    """What is wrong with an order: it waits past its SLO, or its path failed."""
+
+    STUCK = "stuck"
+    BROKEN = "broken"
+
+
+class IncidentState(StrEnum):
+    """Whether an incident still stands."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class AlertEvent(StrEnum):
+    """What a webhook alert reports."""
+
+    OPENED = "incident.opened"
+    RESOLVED = "incident.resolved"
 
 
 class LastStep(BaseModel):
@@ -24,7 +50,7 @@ class Finding(BaseModel):
     """An order (or an unattributed dead letter) stuck or broken at a place."""
 
     order_id: str | None
-    state: FindingState
+    state: FindingKind
     status: str | None = Field(description="the order's status when it was found")
     since: datetime
     deadline: datetime
@@ -101,10 +127,10 @@ class Journey(BaseModel):
 
 class Incident(BaseModel):
     id: int
-    state: FindingState
+    state: FindingKind = Field(description="the kind of the findings it holds")
     service: str
     where: str
-    status: IncidentStatus
+    status: IncidentState
     started_at: datetime
     detected_at: datetime
     resolved_at: datetime | None
@@ -138,3 +164,51 @@ class ServiceUptime(BaseModel):
 class Uptime(BaseModel):
     window_seconds: float
     services: dict[str, ServiceUptime]
+
+
+# -- with their page in loupe's console: `loupe stuck|incidents --json` and webhook alerts ------
+
+
+class LinkedFinding(Finding):
+    """A finding with its page in loupe's console: its order's, or (a dead letter that names
+    no order) its incident's."""
+
+    console_url: str
+
+    @classmethod
+    def of(cls, finding: Finding, console_url: str) -> LinkedFinding:
+        if finding.order_id:
+            url = absolute(console_url, order_path(finding.order_id))
+        else:
+            url = absolute(console_url, incident_path(finding.incident_id))
+        return cls(**dict(finding), console_url=url)
+
+
+class LinkedFindingList(BaseModel):
+    """`loupe stuck --json`."""
+
+    count: int
+    findings: list[LinkedFinding]
+
+
+class LinkedIncident(Incident):
+    """An incident with its page in loupe's console."""
+
+    console_url: str
+
+    @classmethod
+    def of(cls, incident: Incident, console_url: str) -> LinkedIncident:
+        return cls(**dict(incident), console_url=absolute(console_url, incident_path(incident.id)))
+
+
+class LinkedIncidentList(IncidentList):
+    """`loupe incidents --json`."""
+
+    incidents: list[LinkedIncident]  # type: ignore[assignment]
+
+
+class Alert(BaseModel):
+    """A webhook's body: the event and the incident, with the incident's page in the console."""
+
+    event: AlertEvent
+    incident: LinkedIncident

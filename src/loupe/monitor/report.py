@@ -28,8 +28,18 @@ from rich.table import Table
 from rich.text import Text
 
 from loupe.database import dsn_for
+from loupe.monitor.models import (
+    Finding,
+    FindingKind,
+    IncidentList,
+    Journey,
+    LinkedFinding,
+    LinkedFindingList,
+    LinkedIncident,
+    LinkedIncidentList,
+)
 from loupe.monitor.settings import MonitorSettings
-from loupe.portal.links import absolute, incident_path, order_path
+from loupe.portal.links import absolute, order_path
 
 Row = dict[str, Any]
 
@@ -92,35 +102,29 @@ async def orders_starting_with(pool: asyncpg.Pool, prefix: str, limit: int = 5) 
     return [r["order_id"] for r in rows]
 
 
-# -- console links in the JSON ---------------------------------------------------------------
+# -- the JSON (`--json`), which the tables are printed from too --------------------------------
+
+# The CLI's journey is the stored one: the API's judgement of each move against the SLO (which
+# the CLI does not load) is left out.
+_UNJUDGED = {"transitions": {"__all__": {"waited_seconds", "slo_seconds", "slo_met"}}}
 
 
-def finding_url(console_url: str, finding: Row) -> str | None:
-    """The console's page of the finding's order; of its incident when it names no order."""
-    if finding.get("order_id"):
-        return absolute(console_url, order_path(finding["order_id"]))
-    if finding.get("incident_id") is not None:
-        return absolute(console_url, incident_path(finding["incident_id"]))
-    return None
+def findings_json(console_url: str, found: Sequence[Finding]) -> Row:
+    """`loupe stuck --json`: the API's findings, each with `console_url`, its page in the
+    console (LinkedFinding)."""
+    linked = [LinkedFinding.of(f, console_url) for f in found]
+    return LinkedFindingList(count=len(linked), findings=linked).model_dump(mode="json")
 
 
-def incident_url(console_url: str, incident: Row) -> str:
-    return absolute(console_url, incident_path(incident["id"]))
+def incidents_json(console_url: str, report: IncidentList) -> Row:
+    """`loupe incidents --json`: the API's report, each incident with `console_url`."""
+    linked = [LinkedIncident.of(i, console_url) for i in report.incidents]
+    return LinkedIncidentList(**{**dict(report), "incidents": linked}).model_dump(mode="json")
 
 
-def link_findings(console_url: str, found: Sequence[Row]) -> list[Row]:
-    """Each finding with `console_url` added, the page to open it in the console."""
-    return [{**f, "console_url": finding_url(console_url, f)} for f in found]
-
-
-def link_incidents(console_url: str, report: Row) -> Row:
-    """The incidents report with `console_url` added to each incident."""
-    return {
-        **report,
-        "incidents": [
-            {**i, "console_url": incident_url(console_url, i)} for i in report["incidents"]
-        ],
-    }
+def journey_json(journey: Journey) -> Row:
+    """`loupe journey --json`: the order's moves, errors and open finding."""
+    return journey.model_dump(mode="json", by_alias=True, exclude=_UNJUDGED)
 
 
 # -- text of the cells -----------------------------------------------------------------------
@@ -320,7 +324,7 @@ def stdout_console(environ: Mapping[str, str] = os.environ, file: IO[str] | None
 
 
 def _state_style(row: Row) -> str:
-    return "red" if row["state"] == "broken" else "yellow"
+    return "red" if row["state"] == FindingKind.BROKEN else "yellow"
 
 
 def _or_dash(key: str) -> Callable[[Row], str]:

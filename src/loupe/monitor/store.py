@@ -1,4 +1,6 @@
-"""The monitor's PostgreSQL state: spans in (ingest), journeys, findings and incidents out.
+"""The monitor's PostgreSQL state, as SQL: spans in (ingest), journeys, findings, incidents
+and uptime out, as the models of models.py (shaped by rows.py). The order projection's rules
+are in projection.py; detection's and retention's SQL in detection.py.
 
 Everything the monitor knows lives here, so a restart loses nothing and memory stays flat:
 the process itself keeps no per-order state.
@@ -17,8 +19,19 @@ from typing import Any
 import asyncpg
 
 from loupe.database import open_database
-from loupe.monitor import projection
-from loupe.monitor.projection import OrderRow, StoredError, rank
+from loupe.monitor import projection, rows
+from loupe.monitor.models import (
+    Finding,
+    FindingKind,
+    Incident,
+    IncidentDetail,
+    IncidentList,
+    IncidentState,
+    Journey,
+    ServiceUptime,
+    Uptime,
+)
+from loupe.monitor.projection import OrderRow, StoredError
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import SpanFacts
 
@@ -26,6 +39,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Serialises writers (ingest requests, detection ticks) across replicas too: the per-order
 # projection is read, merged and written back.
 WRITE_LOCK = 0x6D6F6E69746F72  # "monitor"
+ALL = "all"
+"""`incidents(which=ALL)`: open and resolved."""
 
 
 async def open_store(base_dsn: str, database: str) -> asyncpg.Pool:
@@ -227,18 +242,13 @@ async def _project(
 # -- reading ----------------------------------------------------------------------------------
 
 
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
-    """The order's moves in time order: the first span of each status is the move; services
-    that followed it later are listed under `seen_by`."""
+async def journey(pool: asyncpg.Pool, order_id: str) -> Journey | None:
+    """The order's moves in time order (rows.journey), its errors and its open finding."""
     async with pool.acquire() as connection:
         order = await connection.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
         if order is None:
             return None
-        rows = await connection.fetch(
+        transitions = await connection.fetch(
             "SELECT * FROM transitions WHERE order_id = $1 ORDER BY began, service", order_id
         )
         errors = await connection.fetch(
@@ -247,126 +257,50 @@ async def journey(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
         finding = await connection.fetchrow(
             "SELECT * FROM findings WHERE subject = $1 AND cleared_at IS NULL", order_id
         )
-    moves: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        move = moves.get(row["status_to"])
-        if move is None:
-            moves[row["status_to"]] = {
-                "status": row["status_to"],
-                "from": row["status_from"],
-                "at": iso(row["at"]),
-                "service": row["service"],
-                "operation": row["operation"],
-                "trace_id": row["trace_id"],
-                "span_id": row["span_id"],
-                "linked": json.loads(row["links"]) if isinstance(row["links"], str) else [],
-                "seen_by": [],
-            }
-        else:
-            move["seen_by"].append(
-                {"service": row["service"], "at": iso(row["at"]), "trace_id": row["trace_id"]}
-            )
-    transitions = sorted(moves.values(), key=lambda m: (m["at"], rank(m["status"])))
-    return {
-        "order_id": order_id,
-        "status": order["status"],
-        "source": order["source"],
-        "transitions": transitions,
-        "errors": [
-            {
-                "at": iso(e["at"]),
-                "service": e["service"],
-                "where": e["place"],
-                "message": e["message"],
-                "dead_lettered": e["dead_lettered"],
-                "trace_id": e["trace_id"],
-                "span_id": e["span_id"],
-            }
-            for e in errors
-        ],
-        "finding": finding_json(finding) if finding else None,
-    }
+    return rows.journey(order, transitions, errors, finding)
 
 
-def finding_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "order_id": row["order_id"],
-        "state": row["state"],
-        "status": row["status"],
-        "since": iso(row["since"]),
-        "deadline": iso(row["deadline"]),
-        "service": row["service"],
-        "where": row["place"],
-        "trace_id": row["trace_id"],
-        "evidence": row["evidence"],
-        "last_step": json.loads(row["last_step"]) if row["last_step"] else None,
-        "detected_at": iso(row["detected_at"]),
-        "incident_id": row["incident_id"],
-        "cleared_at": iso(row["cleared_at"]),
-    }
-
-
-async def findings(pool: asyncpg.Pool, state: str | None = None) -> list[dict[str, Any]]:
-    """Open findings, oldest first; `state` "stuck" or "broken" narrows them."""
+async def findings(pool: asyncpg.Pool, state: FindingKind | None = None) -> list[Finding]:
+    """Open findings, oldest first; `state` narrows them to one kind."""
     query = "SELECT * FROM findings WHERE cleared_at IS NULL"
     args: list[Any] = []
     if state:
         query += " AND state = $1"
         args.append(state)
     async with pool.acquire() as connection:
-        rows = await connection.fetch(query + " ORDER BY since, id", *args)
-    return [finding_json(r) for r in rows]
-
-
-def incident_json(row: asyncpg.Record, orders: int) -> dict[str, Any]:
-    resolved = row["resolved_at"]
-    return {
-        "id": row["id"],
-        "state": row["state"],
-        "service": row["service"],
-        "where": row["place"],
-        "status": "resolved" if resolved else "open",
-        "started_at": iso(row["started_at"]),
-        "detected_at": iso(row["opened_at"]),
-        "resolved_at": iso(resolved),
-        "orders": orders,
-        "time_to_detect_seconds": (row["opened_at"] - row["started_at"]).total_seconds(),
-        "detection_delay_seconds": max(
-            (row["opened_at"] - row["deadline_at"]).total_seconds(), 0.0
-        ),
-        "time_to_resolve_seconds": (resolved - row["started_at"]).total_seconds()
-        if resolved
-        else None,
-        "acknowledged_by": row["acknowledged_by"],
-        "acknowledged_at": iso(row["acknowledged_at"]),
-    }
+        found = await connection.fetch(query + " ORDER BY since, id", *args)
+    return [rows.finding(r) for r in found]
 
 
 async def incidents(
-    pool: asyncpg.Pool, which: str = "all", window: timedelta = timedelta(days=7)
-) -> dict[str, Any]:
-    """Incidents opened within `window` (and every open one); MTTD and MTTR over them."""
+    pool: asyncpg.Pool, which: str = ALL, window: timedelta = timedelta(days=7)
+) -> IncidentList:
+    """Incidents opened within `window` (and every open one); MTTD and MTTR over them.
+    `which`: an IncidentState, or ALL."""
     condition = {
-        "open": "resolved_at IS NULL",
-        "resolved": "resolved_at IS NOT NULL AND opened_at >= now() - $1::interval",
-        "all": "(resolved_at IS NULL OR opened_at >= now() - $1::interval)",
+        IncidentState.OPEN: "resolved_at IS NULL",
+        IncidentState.RESOLVED: "resolved_at IS NOT NULL AND opened_at >= now() - $1::interval",
+        ALL: "(resolved_at IS NULL OR opened_at >= now() - $1::interval)",
     }[which]
     async with pool.acquire() as connection:
-        args: list[Any] = [] if which == "open" else [window]
-        rows = await connection.fetch(
+        args: list[Any] = [] if which == IncidentState.OPEN else [window]
+        found = await connection.fetch(
             "SELECT i.*, (SELECT count(*) FROM findings f WHERE f.incident_id = i.id) AS n"
             f" FROM incidents i WHERE {condition} ORDER BY opened_at DESC, id DESC",
             *args,
         )
         summary = await incident_summary(connection, window)
-    return {
-        "window_seconds": window.total_seconds(),
-        **summary,
-        "incidents": [incident_json(r, r["n"]) for r in rows],
-    }
+    return IncidentList(
+        window_seconds=window.total_seconds(),
+        open=summary.open,
+        resolved=summary.resolved,
+        mttd_seconds=summary.mttd_seconds,
+        mttr_seconds=summary.mttr_seconds,
+        incidents=[rows.incident(r, r["n"]) for r in found],
+    )
 
 
-async def incident(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any] | None:
+async def incident(pool: asyncpg.Pool, incident_id: int) -> IncidentDetail | None:
     """One incident with every finding it holds, open or cleared, oldest first."""
     async with pool.acquire() as connection:
         row = await connection.fetchrow("SELECT * FROM incidents WHERE id = $1", incident_id)
@@ -375,10 +309,20 @@ async def incident(pool: asyncpg.Pool, incident_id: int) -> dict[str, Any] | Non
         held = await connection.fetch(
             "SELECT * FROM findings WHERE incident_id = $1 ORDER BY since, id", incident_id
         )
-    return {**incident_json(row, len(held)), "findings": [finding_json(f) for f in held]}
+    return IncidentDetail(
+        **dict(rows.incident(row, len(held))), findings=[rows.finding(f) for f in held]
+    )
 
 
-async def incident_summary(connection: asyncpg.Connection, window: timedelta) -> dict[str, Any]:
+@dataclass(frozen=True)
+class IncidentSummary:
+    open: int
+    resolved: int
+    mttd_seconds: float | None
+    mttr_seconds: float | None
+
+
+async def incident_summary(connection: asyncpg.Connection, window: timedelta) -> IncidentSummary:
     """Over the incidents opened within `window` and every open one: how many are open and
     resolved, and their MTTD and MTTR in seconds (None without any)."""
     row = await connection.fetchrow(
@@ -390,15 +334,15 @@ async def incident_summary(connection: asyncpg.Connection, window: timedelta) ->
         " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
         window,
     )
-    return {
-        "open": row["open"],
-        "resolved": row["resolved"],
-        "mttd_seconds": float(row["mttd"]) if row["mttd"] is not None else None,
-        "mttr_seconds": float(row["mttr"]) if row["mttr"] is not None else None,
-    }
+    return IncidentSummary(
+        open=row["open"],
+        resolved=row["resolved"],
+        mttd_seconds=float(row["mttd"]) if row["mttd"] is not None else None,
+        mttr_seconds=float(row["mttr"]) if row["mttr"] is not None else None,
+    )
 
 
-async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> dict[str, Any] | None:
+async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> Incident | None:
     """Marks the incident seen by `who`; its final orders' findings (FAILED, REJECTED,
     unattributed dead letters) are cleared: someone has taken them on."""
     async with writing(pool) as connection:
@@ -422,16 +366,16 @@ async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> dict[st
         n = await connection.fetchval(
             "SELECT count(*) FROM findings WHERE incident_id = $1", incident_id
         )
-    return incident_json(row, n)
+    return rows.incident(row, n)
 
 
 async def uptime(
     pool: asyncpg.Pool, services: Sequence[str], window: timedelta, probe_seconds: float
-) -> dict[str, Any]:
+) -> Uptime:
     """Per service, the share of health probes in `window` that found it up and serving: the
     probe passed and no request it served in the probe's interval failed (5xx)."""
     async with pool.acquire() as connection:
-        rows = await connection.fetch(
+        found = await connection.fetch(
             "SELECT h.service, count(*) AS samples,"
             " count(*) FILTER (WHERE h.ok AND NOT EXISTS (SELECT 1 FROM errors e"
             "   WHERE e.service = h.service AND e.kind = 'SERVER'"
@@ -442,14 +386,14 @@ async def uptime(
             window,
             timedelta(seconds=probe_seconds),
         )
-    by_service = {r["service"]: r for r in rows}
-    result: dict[str, Any] = {}
+    by_service = {r["service"]: r for r in found}
+    result: dict[str, ServiceUptime] = {}
     for service in services:
         row = by_service.get(service)
         samples = row["samples"] if row else 0
-        result[service] = {
-            "availability": (row["good"] / samples) if row and samples else None,
-            "samples": samples,
-            "probe_failures": row["probe_failures"] if row else 0,
-        }
-    return {"window_seconds": window.total_seconds(), "services": result}
+        result[service] = ServiceUptime(
+            availability=(row["good"] / samples) if row and samples else None,
+            samples=samples,
+            probe_failures=row["probe_failures"] if row else 0,
+        )
+    return Uptime(window_seconds=window.total_seconds(), services=result)

@@ -12,7 +12,7 @@ import httpx
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from loupe.monitor.models import Journey
+from loupe.monitor.models import FindingKind, Journey
 from loupe.portal import charts, links, places, waterfall
 from loupe.portal.console import ConsoleDep, Reader
 from loupe.portal.deadletters import list_dead_letters
@@ -40,8 +40,8 @@ async def _now_panel(console: ConsoleDep, viewer: Reader) -> dict[str, object]:
         "monitor_problem": None,
         "broker_problem": broker,
         "places": grouped,
-        "stuck": sum(p.orders for p in grouped if p.state == "stuck"),
-        "broken": sum(p.orders for p in grouped if p.state == "broken"),
+        "stuck": sum(p.orders for p in grouped if p.state == FindingKind.STUCK),
+        "broken": sum(p.orders for p in grouped if p.state == FindingKind.BROKEN),
         "as_of": found.as_of,
     }
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loupe.monitor.models import Finding, FindingState
+from loupe.monitor.models import Finding, FindingKind
 
 
 @dataclass
 class Place:
-    state: FindingState
+    state: FindingKind
     service: str
     where: str
     findings: list[Finding] = field(default_factory=list)
