@@ -28,7 +28,7 @@ def serve(
         raise typer.BadParameter(
             f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
         )
-    from loupe.runtime import run_service
+    from loupe.service.http import run_service
 
     run_service(service, port)
 

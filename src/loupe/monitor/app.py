@@ -341,7 +341,7 @@ def _judge(moves: list[dict[str, Any]], slo: Slo) -> None:
 
 def run_monitor() -> None:
     """Run loupe-monitor until SIGINT/SIGTERM."""
-    from loupe.runtime import serve
+    from loupe.service.http import serve
     from loupe.telemetry import configure_telemetry
 
     try:

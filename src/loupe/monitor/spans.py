@@ -13,7 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from loupe.orders import OrderStatus
+from loupe.orders import IllegalTransition, OrderStatus
+from loupe.service.orders_table import OrderNotFound
 from loupe.telemetry.attributes import (
     DEAD_LETTER_REASON,
     DEAD_LETTERED_EVENT,
@@ -25,8 +26,8 @@ from loupe.telemetry.attributes import (
 )
 
 SUBSCRIPTION = "messaging.destination.subscription.name"
-# error.type of refused steps (see loupe.orders.lifecycle and loupe.runtime).
-REFUSALS = frozenset({"IllegalTransition", "OrderNotFound"})
+# error.type of refused steps: a span records the refusal's class name.
+REFUSALS = frozenset({IllegalTransition.__name__, OrderNotFound.__name__})
 FAILED = OrderStatus.FAILED.value
 
 

@@ -74,7 +74,7 @@ def create_app(
 
 def run_portal() -> None:
     """Run loupe-portal until SIGINT/SIGTERM."""
-    from loupe.runtime import serve
+    from loupe.service.http import serve
     from loupe.telemetry import configure_telemetry
 
     settings = PortalSettings.from_env()
