@@ -1,5 +1,6 @@
 """Spans for the order-flow monitor, made with the real OpenTelemetry SDK and encoded as OTLP
-protobuf (as the services export them), and the order flow's SLO the monitor tests judge by.
+protobuf (as the services export them), and the SLO the monitor tests judge by: the demo
+SLO file's.
 
 Importable from every test directory (`pythonpath = ["tests"]` in pyproject.toml)."""
 
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from loupe.monitor.settings import DEMO_SLO_FILE
 from loupe.monitor.slo import Slo
 from loupe.telemetry.attributes import DEAD_LETTER_REASON, DEAD_LETTERED_EVENT
 
@@ -119,21 +121,13 @@ def ago(seconds: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
-STEPS: dict[str, dict[str, str]] = {
-    "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
-    "PRICE_CALCULATED": {
-        "within": "30s",
-        "service": "crm-api",
-        "queue": "crm.order-status",
-        "then": "seller approval",
-    },
-    "MANUFACTURING_APPROVED": {"within": "30s", "service": "mes-api", "then": "take"},
-    "MANUFACTURING_STARTED": {"within": "30s", "service": "mes-api", "then": "complete"},
-    "MANUFACTURING_COMPLETED": {"within": "30s", "service": "crm-api", "then": "ship"},
-    "SHIPPED": {"within": "30s", "service": "crm-api", "then": "close"},
-}
+DEMO_SLO = Slo.load(DEMO_SLO_FILE)
+"""deploy/monitor/slo-demo.toml: the steps (30 s each) the monitor tests judge orders by."""
 
 
 def slo(*steps: str) -> Slo:
-    """The order flow's SLO (30 s a step, 3 s grace for an error): the given steps, or all."""
-    return Slo.parse({"error_grace": "3s", "steps": {s: STEPS[s] for s in steps or STEPS}})
+    """The demo SLO file's steps (the given ones, or all), with errors broken after 3 s."""
+    return Slo(
+        steps={s: step for s, step in DEMO_SLO.steps.items() if not steps or s in steps},
+        error_grace=timedelta(seconds=3),
+    )

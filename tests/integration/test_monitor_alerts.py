@@ -17,27 +17,18 @@ import asyncpg
 import httpx
 import pytest
 from integration_support import POSTGRES_DSN
-from otlp_spans import Spans, ago, otlp
+from otlp_spans import Spans, ago, otlp, slo
 
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.alerts import MAX_ATTEMPTS, backoff, deliver_due
 from loupe.monitor.models import IncidentState
-from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
 
 pytestmark = pytest.mark.integration
 
 CONSOLE = "https://loupe.example.com"
 
-SLO = Slo.parse(
-    {
-        "error_grace": "3s",
-        "steps": {
-            "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
-            "PRICE_CALCULATED": {"within": "30s", "service": "crm-api", "then": "approval"},
-        },
-    }
-)
+SLO = slo("SUBMITTED", "PRICE_CALCULATED")
 
 
 def test_backoff_doubles_from_one_second_up_to_ten_minutes() -> None:

@@ -12,26 +12,17 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 from integration_support import POSTGRES_DSN
-from otlp_spans import Spans, ago, otlp
+from otlp_spans import Spans, ago, otlp, slo
 from typer.testing import CliRunner
 
 from loupe import cli
 from loupe.database import drop_database, dsn_for
 from loupe.monitor import detection, store
-from loupe.monitor.slo import Slo
 from loupe.monitor.spans import decode
 
 pytestmark = pytest.mark.integration
 
-SLO = Slo.parse(
-    {
-        "error_grace": "3s",
-        "steps": {
-            "SUBMITTED": {"within": "30s", "service": "mes-api", "queue": "mes.order-submitted"},
-            "PRICE_CALCULATED": {"within": "30s", "service": "crm-api", "then": "approval"},
-        },
-    }
-)
+SLO = slo("SUBMITTED", "PRICE_CALCULATED")
 CONSOLE = "https://loupe.example.com"
 # Two stuck orders whose ids share their first 8 characters, and one rejected.
 STUCK = "5c7248a5-8c54-46c5-a75c-da138afe577b"

@@ -18,6 +18,7 @@ from otlp_spans import Spans, ago
 from loupe.messaging.management import Management
 from loupe.monitor import detection, store
 from loupe.monitor.models import FindingKind, IncidentState
+from loupe.orders import OrderStatus
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,9 @@ async def test_after_a_status_reaches_crm_it_waits_for_the_seller(pool: asyncpg.
     )
     await detection.tick(pool, SLO, MANAGEMENT)
     (finding,) = await store.findings(pool)
-    assert (finding.service, finding.where) == ("crm-api", "seller approval")
+    step = SLO.steps[OrderStatus.PRICE_CALCULATED]
+    assert (finding.service, finding.where) == ("crm-api", step.then)
+    assert finding.where.startswith("seller approval")
 
 
 async def test_dead_letter_is_broken_at_once_and_an_error_after_its_grace(

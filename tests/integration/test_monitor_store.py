@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import timedelta
 
 import asyncpg
 import pytest
 from integration_support import POSTGRES_DSN
 from monitor_support import HAPPY, MANAGEMENT, SLO, send
 from opentelemetry.trace import SpanKind
-from otlp_spans import STEPS, Spans, ago, slo
+from otlp_spans import Spans, ago, slo
 
 from loupe.monitor import detection, store
-from loupe.monitor.slo import Slo
+from loupe.orders import OrderStatus
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +81,8 @@ async def test_a_changed_slo_file_moves_the_deadlines_of_waiting_orders(
         [made.make("shop-api", "POST /orders", ago(40), order_id="o-wait", move=HAPPY[0][2:])],
     )
     assert await store.apply_slo(pool, SLO) == 0
-    patient = Slo.parse({"steps": {"SUBMITTED": {**STEPS["SUBMITTED"], "within": "1h"}}})
+    submitted = SLO.steps[OrderStatus.SUBMITTED]
+    patient = replace(SLO, steps={submitted.status: replace(submitted, within=timedelta(hours=1))})
     assert await store.apply_slo(pool, patient) == 1
     assert (await detection.tick(pool, patient, MANAGEMENT)).opened == []
     # Back to 30 s: 40 s waiting is stuck.
