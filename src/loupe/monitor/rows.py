@@ -14,7 +14,6 @@ from loupe.monitor.models import (
     Journey,
     JourneyError,
     LastStep,
-    LinkedSpan,
     Move,
     SeenBy,
 )
@@ -23,34 +22,25 @@ from loupe.monitor.projection import rank
 Row = Mapping[str, Any]
 
 
+# Columns are named as the models' fields, but for these (and the columns no model shows).
+# A place in a service is `where` in the answers; `place` in SQL, where WHERE is a keyword.
+
+
 def last_step(order: Row) -> LastStep | None:
     """The order's last move (from its `orders` row), or None before any."""
     if order["status"] is None:
         return None
-    return LastStep(
-        status=order["status"],
-        at=order["status_at"],
-        service=order["service"],
-        operation=order["operation"],
-        trace_id=order["trace_id"],
-    )
+    return LastStep.model_validate({**order, "at": order["status_at"]})
 
 
 def finding(row: Row) -> Finding:
-    return Finding(
-        order_id=row["order_id"],
-        state=row["state"],
-        status=row["status"],
-        since=row["since"],
-        deadline=row["deadline"],
-        service=row["service"],
-        where=row["place"],
-        trace_id=row["trace_id"],
-        evidence=row["evidence"],
-        last_step=LastStep.model_validate_json(row["last_step"]) if row["last_step"] else None,
-        detected_at=row["detected_at"],
-        incident_id=row["incident_id"],
-        cleared_at=row["cleared_at"],
+    stored = row["last_step"]  # JSON text
+    return Finding.model_validate(
+        {
+            **row,
+            "where": row["place"],
+            "last_step": LastStep.model_validate_json(stored) if stored else None,
+        }
     )
 
 
@@ -88,37 +78,22 @@ def journey(
         move = moves.get(row["status_to"])
         if move is None:
             links = json.loads(row["links"]) if isinstance(row["links"], str) else []
-            moves[row["status_to"]] = Move(
-                status=row["status_to"],
-                from_=row["status_from"],
-                at=row["at"],
-                service=row["service"],
-                operation=row["operation"],
-                trace_id=row["trace_id"],
-                span_id=row["span_id"],
-                linked=[LinkedSpan(**link) for link in links],
-                seen_by=[],
+            moves[row["status_to"]] = Move.model_validate(
+                {
+                    **row,
+                    "status": row["status_to"],
+                    "from": row["status_from"],
+                    "linked": links,
+                    "seen_by": [],
+                }
             )
         else:
-            move.seen_by.append(
-                SeenBy(service=row["service"], at=row["at"], trace_id=row["trace_id"])
-            )
+            move.seen_by.append(SeenBy.model_validate(dict(row)))
     return Journey(
         order_id=order["order_id"],
         status=order["status"],
         source=order["source"],
         transitions=sorted(moves.values(), key=lambda m: (m.at, rank(m.status))),
-        errors=[
-            JourneyError(
-                at=e["at"],
-                service=e["service"],
-                where=e["place"],
-                message=e["message"],
-                dead_lettered=e["dead_lettered"],
-                trace_id=e["trace_id"],
-                span_id=e["span_id"],
-            )
-            for e in errors
-        ],
+        errors=[JourneyError.model_validate({**e, "where": e["place"]}) for e in errors],
         finding=finding(open_finding) if open_finding else None,
     )
