@@ -4,6 +4,7 @@ PostgreSQL in tests/integration/test_orders_table.py, and the services end to en
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,16 +54,9 @@ class FakeOrders:
             **event_fields,
         )
 
-    async def resume(
-        self,
-        order_id: str,
-        to: OrderStatus,
-        operation: str,
-        *,
-        updates: dict[str, Any],
-        event_fields: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        fields = {"to": to, "operation": operation, **updates, **(event_fields or {})}
+    async def resume(self, order_id: str, to: OrderStatus, operation: str, **asked: Any) -> Any:
+        updates = asked["updates"]
+        fields = {"to": to, "operation": operation, **updates, **(asked.get("event_fields") or {})}
         self.calls.append(("resume", fields))
         row = await self.row(order_id)
         check_transition(order_id, OrderStatus(row["status"]), to)
@@ -118,12 +112,12 @@ def status_event(
     )
 
 
-def offline_client(app: FastAPI, orders: FakeOrders) -> httpx.AsyncClient:
-    """A client of a service's real app whose order table is `orders`; nothing is opened (the
-    lifespan, which would connect, never runs under ASGITransport)."""
+def offline_client(
+    create_app: Callable[[Settings], FastAPI], data_dir: Path, orders: FakeOrders
+) -> httpx.AsyncClient:
+    """A client of a service's real app (objects kept in `data_dir`) whose order table is
+    `orders`; nothing is opened: the lifespan, which would connect, never runs under
+    ASGITransport."""
+    app = create_app(Settings(data_dir=data_dir))
     app.state.orders = orders
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service")
-
-
-def offline_settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir)

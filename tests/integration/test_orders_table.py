@@ -13,6 +13,7 @@ from integration_support import MIGRATIONS, POSTGRES_DSN
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
+from service_fakes import status_event
 
 from loupe.database import open_database
 from loupe.messaging import Delivery
@@ -68,18 +69,6 @@ def _delivery(message_id: str | None = None) -> Delivery:
         routing_key="order.any",
         attempt=1,
         span_context=_step(),
-    )
-
-
-def _event(
-    order_id: str, status: OrderStatus, previous: OrderStatus | None, **fields
-) -> OrderEvent:
-    return OrderEvent.now(
-        order_id=order_id,
-        status=status,
-        previous_status=previous,
-        source=OrderSource.SHOP,
-        **fields,
     )
 
 
@@ -204,7 +193,7 @@ async def test_mirror_inserts_a_missing_order_only_when_asked(
     table: OrderTable, recorder: Recorder
 ) -> None:
     unknown = str(uuid.uuid4())
-    ignored = _event(unknown, S.PRICE_CALCULATED, S.SUBMITTED, price=99.0, currency="EUR")
+    ignored = status_event(unknown, S.PRICE_CALCULATED, S.SUBMITTED, price=99.0, currency="EUR")
     assert not await table.mirror(ignored, _delivery(), insert_missing=False)
     assert await _status(recorder, unknown) is None
 
@@ -220,18 +209,18 @@ async def test_mirror_moves_forward_and_ignores_stale_and_repeated_events(
     table: OrderTable, recorder: Recorder
 ) -> None:
     order_id = await _insert(recorder, S.PRICE_CALCULATED)
-    approved = _event(order_id, S.MANUFACTURING_APPROVED, S.PRICE_CALCULATED)
+    approved = status_event(order_id, S.MANUFACTURING_APPROVED, S.PRICE_CALCULATED)
     again = _delivery()
     assert await table.mirror(approved, again, insert_missing=False, updates={"operator": "x"})
     assert (await table.row(order_id))["operator"] == "x"
     assert not await table.mirror(approved, again, insert_missing=False), "same delivery twice"
-    stale = _event(order_id, S.PRICE_CALCULATED, S.SUBMITTED)
+    stale = status_event(order_id, S.PRICE_CALCULATED, S.SUBMITTED)
     assert not await table.mirror(stale, _delivery(), insert_missing=False)
     assert await _status(recorder, order_id) == "MANUFACTURING_APPROVED"
 
-    failed = _event(order_id, S.FAILED, S.MANUFACTURING_APPROVED, reason="mould cracked")
+    failed = status_event(order_id, S.FAILED, S.MANUFACTURING_APPROVED, reason="mould cracked")
     assert await table.mirror(failed, _delivery(), insert_missing=False)
-    shipped = _event(order_id, S.SHIPPED, S.MANUFACTURING_COMPLETED)
+    shipped = status_event(order_id, S.SHIPPED, S.MANUFACTURING_COMPLETED)
     assert not await table.mirror(shipped, _delivery(), insert_missing=False), "FAILED is final"
     row = await table.row(order_id)
     assert (row["status"], row["failure_reason"]) == ("FAILED", "mould cracked")
@@ -242,7 +231,7 @@ async def test_fail_order_fails_an_order_once_and_says_why(
     table: OrderTable, recorder: Recorder
 ) -> None:
     order_id = await _insert(recorder, S.SUBMITTED)
-    await table.fail_order(order_id, "x" * 1500, _event(order_id, S.SUBMITTED, None))
+    await table.fail_order(order_id, "x" * 1500, status_event(order_id, S.SUBMITTED, None))
     row = await table.row(order_id)
     assert (row["status"], row["failure_reason"]) == ("FAILED", "x" * 1000)
     (event,) = recorder.published
@@ -269,6 +258,6 @@ async def test_the_failure_of_a_failed_event_is_not_announced(
     table: OrderTable, recorder: Recorder
 ) -> None:
     order_id = await _insert(recorder, S.PRICE_CALCULATED)
-    await table.fail_order(order_id, "could not follow", _event(order_id, S.FAILED, None))
+    await table.fail_order(order_id, "could not follow", status_event(order_id, S.FAILED, None))
     assert await _status(recorder, order_id) == "PRICE_CALCULATED"
     assert recorder.published == []

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_fakes import NOW, FakeOrders, offline_client, offline_settings
+from service_fakes import NOW, FakeOrders, offline_client
 
 from loupe.crm.app import create_app
 from loupe.orders import OrderStatus
@@ -18,13 +18,8 @@ S = OrderStatus
 
 
 @pytest.fixture
-def orders() -> FakeOrders:
-    return FakeOrders()
-
-
-@pytest.fixture
 async def client(tmp_path: Path, orders: FakeOrders) -> AsyncIterator[httpx.AsyncClient]:
-    async with offline_client(create_app(offline_settings(tmp_path)), orders) as client:
+    async with offline_client(create_app, tmp_path, orders) as client:
         yield client
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fakes import FakeOrders, offline_client, offline_settings
+from service_fakes import FakeOrders, offline_client
 
 from loupe.mes.app import create_app
 from loupe.orders import OrderSource, OrderStatus
@@ -17,13 +17,8 @@ STL = b"solid ring\nendsolid ring\n"
 
 
 @pytest.fixture
-def orders() -> FakeOrders:
-    return FakeOrders()
-
-
-@pytest.fixture
 async def client(tmp_path: Path, orders: FakeOrders) -> AsyncIterator[httpx.AsyncClient]:
-    async with offline_client(create_app(offline_settings(tmp_path)), orders) as client:
+    async with offline_client(create_app, tmp_path, orders) as client:
         yield client
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fakes import NOW, FakeOrders, offline_client, offline_settings
+from service_fakes import NOW, FakeOrders, offline_client
 
 from loupe.orders import OrderSource, OrderStatus
 from loupe.shop.app import create_app
@@ -24,13 +24,8 @@ STL = b"solid ring\nendsolid ring\n"
 
 
 @pytest.fixture
-def orders() -> FakeOrders:
-    return FakeOrders()
-
-
-@pytest.fixture
 async def client(tmp_path: Path, orders: FakeOrders) -> AsyncIterator[httpx.AsyncClient]:
-    async with offline_client(create_app(offline_settings(tmp_path)), orders) as client:
+    async with offline_client(create_app, tmp_path, orders) as client:
         yield client
 
 

@@ -16,13 +16,11 @@ from loupe.service import http
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 
+DESCRIPTION = "The CRM's API: sellers decide on and ship orders."
+
 
 def create_app(settings: Settings) -> FastAPI:
     kernel = ServiceKernel("crm", settings, Path(__file__).parent / "migrations")
     orders = OrderTable(kernel)
     handlers.subscribe(kernel, orders)
-    app = http.create_app(
-        kernel, orders, "crm-api", "The CRM's API: sellers decide on and ship orders."
-    )
-    app.include_router(routes.router)
-    return app
+    return http.create_app(kernel, orders, DESCRIPTION, [routes.router])

@@ -3,15 +3,28 @@ resumed later than the order's last one: it gets a span of its own linked to tha
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from loupe.crm.contract import CrmOrder, Rejection, SellerAction, Shipment
 from loupe.orders import OrderStatus
 from loupe.service.http import Orders, order_view
+from loupe.service.orders_table import OrderTable
 
 router = APIRouter(prefix="/orders")
+
+
+async def _decide(
+    orders: OrderTable,
+    order_id: str,
+    to: OrderStatus,
+    operation: str,
+    updates: dict[str, Any],
+    **event: Any,
+) -> CrmOrder:
+    row = await orders.resume(order_id, to, operation, updates=updates, event_fields=event)
+    return order_view(CrmOrder, row)
 
 
 @router.get("", response_model=list[CrmOrder], tags=["orders"])
@@ -37,42 +50,27 @@ async def read_order(order_id: str, orders: Orders) -> CrmOrder:
 @router.post("/{order_id}/approve", response_model=CrmOrder, tags=["decisions"])
 async def approve(order_id: str, action: SellerAction, orders: Orders) -> CrmOrder:
     """Approve manufacturing of a priced order; MES puts it in the operators' queue."""
-    row = await orders.resume(
-        order_id,
-        OrderStatus.MANUFACTURING_APPROVED,
-        "approve manufacturing",
-        updates={"seller": action.seller},
-    )
-    return order_view(CrmOrder, row)
+    to = OrderStatus.MANUFACTURING_APPROVED
+    return await _decide(orders, order_id, to, "approve manufacturing", {"seller": action.seller})
 
 
 @router.post("/{order_id}/reject", response_model=CrmOrder, tags=["decisions"])
 async def reject(order_id: str, action: Rejection, orders: Orders) -> CrmOrder:
-    row = await orders.resume(
-        order_id,
-        OrderStatus.REJECTED,
-        "reject order",
-        updates={"seller": action.seller, "rejection_reason": action.reason},
-        event_fields={"reason": action.reason},
+    updates = {"seller": action.seller, "rejection_reason": action.reason}
+    return await _decide(
+        orders, order_id, OrderStatus.REJECTED, "reject order", updates, reason=action.reason
     )
-    return order_view(CrmOrder, row)
 
 
 @router.post("/{order_id}/ship", response_model=CrmOrder, tags=["decisions"])
 async def ship(order_id: str, shipment: Shipment, orders: Orders) -> CrmOrder:
     """Ship a manufactured order."""
-    row = await orders.resume(
-        order_id,
-        OrderStatus.SHIPPED,
-        "ship order",
-        updates={"seller": shipment.seller, "tracking_number": shipment.tracking_number},
-    )
-    return order_view(CrmOrder, row)
+    updates = {"seller": shipment.seller, "tracking_number": shipment.tracking_number}
+    return await _decide(orders, order_id, OrderStatus.SHIPPED, "ship order", updates)
 
 
 @router.post("/{order_id}/close", response_model=CrmOrder, tags=["decisions"])
 async def close(order_id: str, action: SellerAction, orders: Orders) -> CrmOrder:
-    row = await orders.resume(
-        order_id, OrderStatus.CLOSED, "close order", updates={"seller": action.seller}
+    return await _decide(
+        orders, order_id, OrderStatus.CLOSED, "close order", {"seller": action.seller}
     )
-    return order_view(CrmOrder, row)

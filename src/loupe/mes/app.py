@@ -15,6 +15,8 @@ from loupe.service import http
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 
+DESCRIPTION = "The manufacturing system's API: pricing, B2B intake and the operators' work queue."
+
 
 def create_app(settings: Settings) -> FastAPI:
     kernel = ServiceKernel("mes", settings, Path(__file__).parent / "migrations")
@@ -22,13 +24,5 @@ def create_app(settings: Settings) -> FastAPI:
     client = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     kernel.on_stop(client.aclose)
     handlers.subscribe(kernel, orders, handlers.Intake(orders, client, settings.pricing_seconds))
-    app = http.create_app(
-        kernel,
-        orders,
-        "mes-api",
-        "The manufacturing system's API: pricing, B2B intake and the operators' work queue.",
-        store=ObjectStore(settings.object_store),
-    )
-    app.include_router(routes.router)
-    app.include_router(routes.models)
-    return app
+    store = ObjectStore(settings.object_store)
+    return http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)

@@ -5,22 +5,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Form
 
 from loupe.mes.contract import MesOrder, OperatorAction
 from loupe.orders import OrderSource, OrderStatus
 from loupe.service.http import Orders, ServiceSettings, Store, order_view
-from loupe.service.model_files import model_reader, read_model_upload
+from loupe.service.model_files import ModelUpload, model_reader, read_model_upload
+from loupe.service.orders_table import OrderTable
 
 router = APIRouter()
 models = model_reader("A B2B partner's stored 3D model by its SHA-256.")
+
+
+async def _operate(
+    orders: OrderTable, order_id: str, to: OrderStatus, operation: str, action: OperatorAction
+) -> MesOrder:
+    row = await orders.resume(order_id, to, operation, updates={"operator": action.operator})
+    return order_view(MesOrder, row)
 
 
 @router.post("/b2b/orders", status_code=201, response_model=MesOrder, tags=["b2b"])
 async def submit_b2b_order(
     partner_id: Annotated[str, Form(min_length=1, max_length=100)],
     partner_reference: Annotated[str, Form(min_length=1, max_length=100)],
-    model: Annotated[UploadFile, File(description="The piece's 3D model (STL)")],
+    model: ModelUpload,
     orders: Orders,
     store: Store,
     settings: ServiceSettings,
@@ -59,21 +67,10 @@ async def work_queue(orders: Orders) -> list[MesOrder]:
 @router.post("/operator/orders/{order_id}/take", response_model=MesOrder, tags=["operators"])
 async def take(order_id: str, action: OperatorAction, orders: Orders) -> MesOrder:
     """An operator starts making an approved order."""
-    row = await orders.resume(
-        order_id,
-        OrderStatus.MANUFACTURING_STARTED,
-        "take order",
-        updates={"operator": action.operator},
-    )
-    return order_view(MesOrder, row)
+    return await _operate(orders, order_id, OrderStatus.MANUFACTURING_STARTED, "take order", action)
 
 
 @router.post("/operator/orders/{order_id}/complete", response_model=MesOrder, tags=["operators"])
 async def complete(order_id: str, action: OperatorAction, orders: Orders) -> MesOrder:
-    row = await orders.resume(
-        order_id,
-        OrderStatus.MANUFACTURING_COMPLETED,
-        "complete order",
-        updates={"operator": action.operator},
-    )
-    return order_view(MesOrder, row)
+    to = OrderStatus.MANUFACTURING_COMPLETED
+    return await _operate(orders, order_id, to, "complete order", action)

@@ -4,13 +4,13 @@ dependencies routes declare), the order views it answers with, and serving it wi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -26,13 +26,13 @@ View = TypeVar("View", bound=BaseModel)
 def create_app(
     kernel: ServiceKernel,
     orders: OrderTable,
-    title: str,
     description: str,
+    routers: Sequence[APIRouter],
     store: ObjectStore | None = None,
 ) -> FastAPI:
-    """The app of one service: its kernel starts and stops with it; routes reach the order
-    table, the object store (shop and MES keep 3D models) and the settings through the
-    dependencies below."""
+    """The app of one service, titled with its service.name: its kernel starts and stops with
+    it; routes reach the order table, the object store (shop and MES keep 3D models) and the
+    settings through the dependencies below."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -42,7 +42,9 @@ def create_app(
         finally:
             await kernel.stop()
 
-    app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title=kernel.service_name, description=description, version="0.1.0", lifespan=lifespan
+    )
     app.state.orders = orders
     app.state.store = store
     app.state.settings = kernel.settings
@@ -65,6 +67,8 @@ def create_app(
     async def missing(_: Request, exc: OrderNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 404)
 
+    for router in routers:
+        app.include_router(router)
     return app
 
 

@@ -3,15 +3,18 @@ a stored one by its SHA-256 on the way out (MES downloads models to price them).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi.responses import Response
 
 from loupe.objectstore import ObjectNotFound
 from loupe.service.http import Store, field_error
 
 MAX_MODEL_BYTES = 50 * 1024 * 1024
+
+# The form field a customer or partner uploads a piece's model in.
+ModelUpload = Annotated[UploadFile, File(description="The piece's 3D model (STL)")]
 
 
 async def read_model_upload(model: UploadFile) -> bytes:

@@ -19,18 +19,12 @@ from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 from loupe.shop import handlers, routes
 
+DESCRIPTION = "The online shop's API: customers place orders with a 3D model."
+
 
 def create_app(settings: Settings) -> FastAPI:
     kernel = ServiceKernel("shop", settings, Path(__file__).parent / "migrations")
     orders = OrderTable(kernel)
     handlers.subscribe(kernel, orders)
-    app = http.create_app(
-        kernel,
-        orders,
-        "shop-api",
-        "The online shop's API: customers place orders with a 3D model.",
-        store=ObjectStore(settings.object_store),
-    )
-    app.include_router(routes.router)
-    app.include_router(routes.models)
-    return app
+    store = ObjectStore(settings.object_store)
+    return http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Form
 
 from loupe.orders import OrderSource
 from loupe.service.http import Orders, ServiceSettings, Store, field_error, order_view
-from loupe.service.model_files import model_reader, read_model_upload
+from loupe.service.model_files import ModelUpload, model_reader, read_model_upload
 from loupe.shop.contract import OrderView
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -28,7 +28,7 @@ async def place_order(
     customer_email: Annotated[str, Form(max_length=320)],
     customer_phone: Annotated[str, Form(max_length=40)],
     shipping_address: Annotated[str, Form(min_length=1, max_length=500)],
-    model: Annotated[UploadFile, File(description="The piece's 3D model (STL)")],
+    model: ModelUpload,
     orders: Orders,
     store: Store,
     settings: ServiceSettings,
