@@ -32,6 +32,7 @@ from loupe.monitor.models import (
     Finding,
     FindingKind,
     IncidentList,
+    IncidentState,
     Journey,
     LinkedFinding,
     LinkedFindingList,
@@ -434,7 +435,7 @@ def incident_columns(now: datetime) -> list[Column]:
         Column(
             "status",
             _or_dash("status"),
-            style=lambda i: "red" if i["status"] == "open" else "green",
+            style=lambda i: "red" if i["status"] == IncidentState.OPEN else "green",
         ),
         Column("state", _or_dash("state"), style=_state_style),
         Column("started", lambda i: ago(i["started_at"], now)),
