@@ -321,22 +321,21 @@ def create_app(
     return app
 
 
-def _judge(moves: list[dict[str, Any]], slo: Slo) -> None:
+def _judge(moves: list[Move], slo: Slo) -> None:
     """Adds to each move how long the order waited since the move before it, what the SLO of
     the status it left allows, and whether that was met."""
     previous: datetime | None = None
     for move in moves:
-        at = datetime.fromisoformat(move["at"])
-        step = slo.step(move["from"])
-        waited = (at - previous).total_seconds() if previous else None
-        move["waited_seconds"] = waited
-        move["slo_seconds"] = step.within.total_seconds() if step else None
-        move["slo_met"] = (
-            waited <= move["slo_seconds"]
-            if waited is not None and move["slo_seconds"] is not None
+        step = slo.step(move.from_)
+        waited = (move.at - previous).total_seconds() if previous else None
+        move.waited_seconds = waited
+        move.slo_seconds = step.within.total_seconds() if step else None
+        move.slo_met = (
+            waited <= move.slo_seconds
+            if waited is not None and move.slo_seconds is not None
             else None
         )
-        previous = at
+        previous = move.at
 
 
 def run_monitor() -> None:
