@@ -11,9 +11,7 @@ X-Forwarded-User are never read: anyone who reaches the portal directly could se
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -22,7 +20,7 @@ import jwt
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from loupe.config import env
+from loupe.environment import EnvSettings, Variable, names_or_default, url
 
 # Asymmetric algorithms only: an HMAC "signature" made with a public key must never pass.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
@@ -170,36 +168,46 @@ Role = Literal["operator", "reader", "none"]
 
 DEFAULT_ISSUER = "http://127.0.0.1:5556/dex"
 DEFAULT_CLIENT_ID = "loupe-gateway"
-DEFAULT_READ_GROUPS = ("devops", "developers")
-DEFAULT_ACT_GROUPS = ("devops",)
 
-
-def _groups(raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    groups = tuple(g.strip() for g in raw.split(",") if g.strip())
-    return groups or default
+ISSUER_URL = Variable(
+    "LOUPE_OIDC_ISSUER_URL",
+    DEFAULT_ISSUER,
+    "the OpenID Connect issuer whose ID tokens are accepted; `loupe up` sets it to the gateway's",
+    url,
+    shown="Dex, `http://127.0.0.1:5556/dex`",
+)
+CLIENT_ID = Variable(
+    "LOUPE_OIDC_CLIENT_ID",
+    DEFAULT_CLIENT_ID,
+    "the client id the ID tokens must be issued for (`aud`); `loupe up` sets it to the gateway's",
+)
+GROUPS_CLAIM = Variable(
+    "LOUPE_OIDC_GROUPS_CLAIM", "groups", "the ID token's claim that lists the user's groups"
+)
+READ_GROUPS = Variable(
+    "LOUPE_ALLOWED_GROUPS",
+    ("devops", "developers"),
+    "comma-separated; groups that may read (`loupe up`: the gateway's, unless set)",
+    names_or_default,
+)
+ACT_GROUPS = Variable(
+    "LOUPE_OPERATOR_GROUPS",
+    ("devops",),
+    "comma-separated; groups that may act (requeue, acknowledge)",
+    names_or_default,
+)
 
 
 @dataclass(frozen=True)
-class AccessSettings:
-    """LOUPE_OIDC_ISSUER_URL, LOUPE_OIDC_CLIENT_ID and LOUPE_OIDC_GROUPS_CLAIM (whose ID tokens
-    are accepted, where the groups are); LOUPE_ALLOWED_GROUPS (may read) and
-    LOUPE_OPERATOR_GROUPS (may act)."""
+class AccessSettings(EnvSettings):
+    """Whose ID tokens are accepted, where their groups are, who may read and who may act; the
+    portal's and the monitor's API's."""
 
-    issuer: str = DEFAULT_ISSUER
-    client_id: str = DEFAULT_CLIENT_ID
-    groups_claim: str = "groups"
-    read_groups: tuple[str, ...] = DEFAULT_READ_GROUPS
-    act_groups: tuple[str, ...] = DEFAULT_ACT_GROUPS
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> AccessSettings:
-        return cls(
-            issuer=env("LOUPE_OIDC_ISSUER_URL", cls.issuer, environ).rstrip("/"),
-            client_id=env("LOUPE_OIDC_CLIENT_ID", cls.client_id, environ),
-            groups_claim=env("LOUPE_OIDC_GROUPS_CLAIM", cls.groups_claim, environ),
-            read_groups=_groups(environ.get("LOUPE_ALLOWED_GROUPS", ""), cls.read_groups),
-            act_groups=_groups(environ.get("LOUPE_OPERATOR_GROUPS", ""), cls.act_groups),
-        )
+    issuer: str = ISSUER_URL.field()
+    client_id: str = CLIENT_ID.field()
+    groups_claim: str = GROUPS_CLAIM.field()
+    read_groups: tuple[str, ...] = READ_GROUPS.field()
+    act_groups: tuple[str, ...] = ACT_GROUPS.field()
 
 
 class Forbidden(Exception):

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from loupe.config import SERVICES
+from loupe.config import ACTOR_RATE, SERVICES
 
 app = typer.Typer(
     help="loupe: trace orders across the shop, CRM and MES services and RabbitMQ.",
@@ -35,7 +35,9 @@ def serve(
 
 @app.command()
 def actors(
-    rate: float = typer.Option(0.5, envvar="LOUPE_ACTOR_RATE", help="New orders per second."),
+    rate: float = typer.Option(
+        ACTOR_RATE.default, envvar=ACTOR_RATE.name, help="New orders per second."
+    ),
     orders: int = typer.Option(
         0, help="Stop after this many orders reach CLOSED (0: run until stopped)."
     ),

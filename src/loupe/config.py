@@ -1,15 +1,17 @@
 """Settings shared by every loupe process, read from the environment.
 
-Each setting has a documented default that works on a developer machine set up by
-`make run`; production overrides them through the environment (see docs/runbook.md).
+Each variable has a documented default that works on a developer machine set up by
+`make run`; production overrides them through the environment (docs/runbook.md's tables are
+printed from these declarations by `loupe settings`; see loupe.environment).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from loupe.environment import EnvSettings, Variable, each, file_path, number, url, whole
+from loupe.messaging.management import Management
 
 SERVICES = ("shop", "crm", "mes")
 """The three order services, in the order `loupe up` starts them."""
@@ -26,80 +28,114 @@ DEFAULT_CONSOLE_URL = "http://127.0.0.1:4180"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def env(name: str, default: str, environ: Mapping[str, str] = os.environ) -> str:
-    """The variable's value, or `default` when it is unset or blank."""
-    value = environ.get(name, "").strip()
-    return value or default
-
-
-def env_float(
-    name: str,
-    default: float,
-    environ: Mapping[str, str] = os.environ,
-    *,
-    above_zero: bool = False,
-) -> float:
-    raw = env(name, str(default), environ)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if above_zero and value <= 0:
-        raise ValueError(f"{name} must be above 0, got {raw!r}")
-    return value
-
-
-def _env_int(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
-    raw = env(name, str(default), environ)
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+AMQP_URL = Variable(
+    "LOUPE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/loupe", "RabbitMQ; the path is the vhost"
+)
+POSTGRES_DSN = Variable(
+    "LOUPE_POSTGRES_DSN",
+    # PostgreSQL over the Unix socket with peer authentication: no password to keep.
+    "postgresql:///postgres?host=/var/run/postgresql",
+    "PostgreSQL server; the database part is replaced per service. Default: Unix socket, peer"
+    " authentication, no password",
+)
+DATABASE_PREFIX = Variable(
+    "LOUPE_DATABASE_PREFIX",
+    "loupe",
+    "databases are `<prefix>_shop`, `<prefix>_crm`, `<prefix>_mes`; created on first start",
+)
+DATA_DIR = Variable(
+    "LOUPE_DATA_DIR",
+    Path(".data"),
+    "models (`objects/`); under `loupe up` also Jaeger's Badger files (`jaeger/`) and logs"
+    " (`logs/`); the portal's actions log (`logs/actions.jsonl`)",
+    file_path,
+)
+HOST = Variable("LOUPE_HOST", "127.0.0.1", "address the services listen on")
+SERVICE_URLS = {
+    "shop": Variable(
+        "LOUPE_SHOP_URL",
+        f"http://127.0.0.1:{DEFAULT_PORTS['shop']}",
+        "shop-api's URL: its listen port, the base of `model_url` in shop orders, where the"
+        " actors call it",
+    ),
+    "crm": Variable(
+        "LOUPE_CRM_URL",
+        f"http://127.0.0.1:{DEFAULT_PORTS['crm']}",
+        "crm-api's URL (listen port; actors)",
+    ),
+    "mes": Variable(
+        "LOUPE_MES_URL",
+        f"http://127.0.0.1:{DEFAULT_PORTS['mes']}",
+        "mes-api's URL (listen port; base of `model_url` in B2B orders; actors)",
+    ),
+}
+PRICING_SECONDS = Variable(
+    "LOUPE_PRICING_SECONDS",
+    2.0,
+    "how long pricing pretends to work (production: up to 30 minutes)",
+    number,
+)
+MAX_DELIVERY_ATTEMPTS = Variable(
+    "LOUPE_MAX_DELIVERY_ATTEMPTS",
+    5,
+    "attempts per message, first delivery included; at least 1",
+    whole,
+)
+RETRY_DELAY_MS = Variable(
+    "LOUPE_RETRY_DELAY_MS", 2000, "wait before each retry (fixed, no backoff)", whole
+)
+PREFETCH = Variable(
+    "LOUPE_PREFETCH", 8, "unacked messages per consumer; for MES, orders priced at once", whole
+)
+CONSOLE_URL = Variable(
+    "LOUPE_CONSOLE_URL",
+    DEFAULT_CONSOLE_URL,
+    "the console's public base URL, as browsers reach it; the portal accepts actions only from"
+    " its origin; the links in `loupe stuck`, `loupe incidents`, `loupe journey` and webhook"
+    " alerts start with it",
+    url,
+    note="`loupe up`: the gateway's URL",
+)
+RABBITMQ_MANAGEMENT_URL = Variable(
+    "LOUPE_RABBITMQ_MANAGEMENT_URL",
+    "http://127.0.0.1:15672",
+    "RabbitMQ's management API (the portal's dead letters, the monitor's queue checks);"
+    " credentials and vhost from `LOUPE_AMQP_URL`",
+    url,
+)
+ACTOR_RATE = Variable(
+    "LOUPE_ACTOR_RATE",
+    0.5,
+    "new orders per second, `loupe actors` only (`--rate` wins)",
+    number,
+)
 
 
 @dataclass(frozen=True)
-class Settings:
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/loupe"
-    # PostgreSQL over the Unix socket with peer authentication: no password to keep.
-    postgres_dsn: str = "postgresql:///postgres?host=/var/run/postgresql"
-    database_prefix: str = "loupe"
-    data_dir: Path = Path(".data")
-    host: str = "127.0.0.1"
-    service_urls: dict[str, str] = field(
-        default_factory=lambda: {s: f"http://127.0.0.1:{p}" for s, p in DEFAULT_PORTS.items()}
-    )
-    pricing_seconds: float = 2.0
-    max_delivery_attempts: int = 5
-    retry_delay_ms: int = 2000
-    prefetch: int = 8
-    # LOUPE_CONSOLE_URL: where people open loupe's console (the gateway's URL as browsers
-    # reach it); links in the CLI's output and in webhook alerts start with it.
-    console_url: str = DEFAULT_CONSOLE_URL
+class Settings(EnvSettings):
+    """What every service process reads, and the broker, database and console settings the
+    portal and the monitor share with them (they hold a `Settings` as a part)."""
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        urls = {
-            s: env(f"LOUPE_{s.upper()}_URL", f"http://127.0.0.1:{p}", environ)
-            for s, p in DEFAULT_PORTS.items()
-        }
-        settings = cls(
-            amqp_url=env("LOUPE_AMQP_URL", cls.amqp_url, environ),
-            postgres_dsn=env("LOUPE_POSTGRES_DSN", cls.postgres_dsn, environ),
-            database_prefix=env("LOUPE_DATABASE_PREFIX", cls.database_prefix, environ),
-            data_dir=Path(env("LOUPE_DATA_DIR", str(cls.data_dir), environ)),
-            host=env("LOUPE_HOST", cls.host, environ),
-            service_urls=urls,
-            pricing_seconds=env_float("LOUPE_PRICING_SECONDS", cls.pricing_seconds, environ),
-            max_delivery_attempts=_env_int(
-                "LOUPE_MAX_DELIVERY_ATTEMPTS", cls.max_delivery_attempts, environ
-            ),
-            retry_delay_ms=_env_int("LOUPE_RETRY_DELAY_MS", cls.retry_delay_ms, environ),
-            prefetch=_env_int("LOUPE_PREFETCH", cls.prefetch, environ),
-            console_url=env("LOUPE_CONSOLE_URL", cls.console_url, environ).rstrip("/"),
-        )
-        if settings.max_delivery_attempts < 1:
+    amqp_url: str = AMQP_URL.field()
+    postgres_dsn: str = POSTGRES_DSN.field()
+    database_prefix: str = DATABASE_PREFIX.field()
+    data_dir: Path = DATA_DIR.field()
+    host: str = HOST.field()
+    service_urls: dict[str, str] = each(SERVICE_URLS)
+    pricing_seconds: float = PRICING_SECONDS.field()
+    max_delivery_attempts: int = MAX_DELIVERY_ATTEMPTS.field()
+    retry_delay_ms: int = RETRY_DELAY_MS.field()
+    prefetch: int = PREFETCH.field()
+    console_url: str = CONSOLE_URL.field()
+    management_url: str = RABBITMQ_MANAGEMENT_URL.field()
+
+    def __post_init__(self) -> None:
+        if self.max_delivery_attempts < 1:
             raise ValueError("LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1")
-        return settings
+
+    def management(self, timeout: float = 5.0) -> Management:
+        """RabbitMQ's management API, with the broker's own credentials and vhost."""
+        return Management(self.management_url, self.amqp_url, timeout)
 
     def database_name(self, service: str) -> str:
         return f"{self.database_prefix}_{service}"

@@ -12,6 +12,7 @@ import aio_pika
 import pytest
 from integration_support import AMQP_URL, Broker
 
+from loupe.config import Settings
 from loupe.messaging.consumer import ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
 from loupe.messaging.topology import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
@@ -19,7 +20,7 @@ from loupe.portal.settings import PortalSettings
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = PortalSettings(amqp_url=AMQP_URL)
+SETTINGS = PortalSettings(base=Settings(amqp_url=AMQP_URL))
 FANNED_OUT = ("mes.order-submitted", "crm.order-status", "shop.order-status")
 
 

@@ -22,6 +22,7 @@ from console_fakes import (
 from test_access import CLIENT, ISSUER, FakeProvider, token
 
 from loupe.access import AccessSettings
+from loupe.config import Settings
 from loupe.orders.lifecycle import HAPPY_PATH
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
@@ -64,13 +65,15 @@ def backends() -> FakeBackends:
 @pytest.fixture
 async def console(backends: FakeBackends, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = PortalSettings(
-        console_url=CONSOLE,
         monitor_url=MONITOR,
         jaeger_query_url=JAEGER,
         access=AccessSettings(issuer=ISSUER, client_id=CLIENT),
-        data_dir=tmp_path,
-        # Nothing listens here: the dead-letters page says so instead of failing.
-        management_url="http://127.0.0.1:9",
+        base=Settings(
+            console_url=CONSOLE,
+            data_dir=tmp_path,
+            # Nothing listens here: the dead-letters page says so instead of failing.
+            management_url="http://127.0.0.1:9",
+        ),
     )
     app = create_app(
         settings, FakeProvider().verifier(), transport=httpx.MockTransport(backends.handler)

@@ -9,8 +9,6 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
-
 
 @dataclass(frozen=True)
 class QueueStats:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from loupe.access import AccessSettings
-from loupe.config import REPO_ROOT, Settings, env, env_float
-from loupe.messaging.management import DEFAULT_MANAGEMENT_URL, Management
+from loupe.config import REPO_ROOT, Settings
+from loupe.environment import EnvSettings, Variable, file_path, names, part, positive, url
+from loupe.messaging.management import Management
 
 DEFAULT_MONITOR_URL = "http://127.0.0.1:8091"
 DEMO_SLO_FILE = REPO_ROOT / "deploy" / "monitor" / "slo-demo.toml"
@@ -19,46 +18,63 @@ PRODUCTION_SLO_FILE = REPO_ROOT / "deploy" / "monitor" / "slo-production.toml"
 API_PREFIX = "/monitor"
 
 
+MONITOR_URL = Variable(
+    "LOUPE_MONITOR_URL",
+    DEFAULT_MONITOR_URL,
+    "where it listens (OTLP at `/v1/traces`, the API under `/monitor/api`); Jaeger's monitor"
+    " pipeline and the gateway's `/monitor/` upstream point here",
+    url,
+)
+SLO_FILE = Variable(
+    "LOUPE_MONITOR_SLO_FILE",
+    DEMO_SLO_FILE,
+    "SLOs per status; `deploy/monitor/slo-production.toml` has the workshop's",
+    file_path,
+    shown="`deploy/monitor/slo-demo.toml`",
+)
+TICK_SECONDS = Variable("LOUPE_MONITOR_TICK_SECONDS", 0.5, "how often detection runs", positive)
+PROBE_SECONDS = Variable(
+    "LOUPE_MONITOR_PROBE_SECONDS",
+    5.0,
+    "how often each service's `/healthz` is probed (uptime)",
+    positive,
+)
+RETENTION_HOURS = Variable(
+    "LOUPE_MONITOR_RETENTION_HOURS",
+    24.0 * 7,
+    "how long settled orders, probes and resolved incidents are kept",
+    positive,
+)
+WEBHOOK_URLS = Variable(
+    "LOUPE_MONITOR_WEBHOOK_URLS",
+    (),
+    "comma-separated; incident opened/resolved alerts are POSTed there",
+    names,
+)
+MONITOR_OTLP_ENDPOINT = Variable(
+    "LOUPE_MONITOR_OTLP_ENDPOINT",
+    DEFAULT_MONITOR_URL,
+    "read by Jaeger's `monitor-pipeline.yaml`: where it sends the monitor's spans; `loupe up`"
+    " sets it to the monitor's URL",
+    url,
+    shown="`LOUPE_MONITOR_URL`",
+)
+
+
 @dataclass(frozen=True)
-class MonitorSettings:
-    """LOUPE_MONITOR_URL (where it listens: OTLP at /v1/traces, the API under /monitor/api),
-    LOUPE_MONITOR_SLO_FILE, LOUPE_MONITOR_TICK_SECONDS (how often detection runs),
-    LOUPE_MONITOR_PROBE_SECONDS (how often the services' /healthz is probed),
-    LOUPE_MONITOR_RETENTION_HOURS (how long settled orders and samples are kept),
-    LOUPE_MONITOR_WEBHOOK_URLS (comma-separated; incident alerts are POSTed there),
-    LOUPE_RABBITMQ_MANAGEMENT_URL; plus the shared LOUPE_* settings (database, broker,
-    service URLs) and the access settings (who may read and act)."""
+class MonitorSettings(EnvSettings):
+    """Where the monitor listens, its SLOs, how often it looks, how long it keeps what it saw
+    and where it sends alerts; with the shared settings (database, broker and its management
+    API, service URLs, console URL) and the access settings (who may read and act)."""
 
-    url: str = DEFAULT_MONITOR_URL
-    slo_file: Path = DEMO_SLO_FILE
-    tick_seconds: float = 0.5
-    probe_seconds: float = 5.0
-    retention_hours: float = 24.0 * 7
-    webhook_urls: tuple[str, ...] = ()
-    management_url: str = DEFAULT_MANAGEMENT_URL
-    base: Settings = field(default_factory=Settings)
-    access: AccessSettings = field(default_factory=AccessSettings)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> MonitorSettings:
-        def positive(name: str, default: float) -> float:
-            return env_float(name, default, environ, above_zero=True)
-
-        management_url = env("LOUPE_RABBITMQ_MANAGEMENT_URL", cls.management_url, environ)
-        webhooks = tuple(
-            u.strip() for u in environ.get("LOUPE_MONITOR_WEBHOOK_URLS", "").split(",") if u.strip()
-        )
-        return cls(
-            url=env("LOUPE_MONITOR_URL", cls.url, environ).rstrip("/"),
-            slo_file=Path(env("LOUPE_MONITOR_SLO_FILE", str(DEMO_SLO_FILE), environ)),
-            tick_seconds=positive("LOUPE_MONITOR_TICK_SECONDS", cls.tick_seconds),
-            probe_seconds=positive("LOUPE_MONITOR_PROBE_SECONDS", cls.probe_seconds),
-            retention_hours=positive("LOUPE_MONITOR_RETENTION_HOURS", cls.retention_hours),
-            webhook_urls=webhooks,
-            management_url=management_url.rstrip("/"),
-            base=Settings.from_env(environ),
-            access=AccessSettings.from_env(environ),
-        )
+    url: str = MONITOR_URL.field()
+    slo_file: Path = SLO_FILE.field()
+    tick_seconds: float = TICK_SECONDS.field()
+    probe_seconds: float = PROBE_SECONDS.field()
+    retention_hours: float = RETENTION_HOURS.field()
+    webhook_urls: tuple[str, ...] = WEBHOOK_URLS.field()
+    base: Settings = part(Settings)
+    access: AccessSettings = part(AccessSettings)
 
     @property
     def host(self) -> str:
@@ -73,5 +89,9 @@ class MonitorSettings:
         return self.base.database_name("monitor")
 
     @property
+    def management_url(self) -> str:
+        return self.base.management_url
+
+    @property
     def management(self) -> Management:
-        return Management(self.management_url, self.base.amqp_url)
+        return self.base.management()

@@ -46,7 +46,7 @@ class Console:
 
     @property
     def management(self) -> Management:
-        return Management(self.settings.management_url, self.settings.amqp_url, timeout=2.0)
+        return self.settings.management(timeout=2.0)
 
     async def broker_problem(self) -> str | None:
         """Why RabbitMQ cannot be reached, or None; asked at most every few seconds, however

@@ -18,7 +18,6 @@ from loupe.messaging.consumer import (
     REASON_HEADER,
     SERVICE_HEADER,
 )
-from loupe.messaging.management import Management
 from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES
 from loupe.portal.settings import PortalSettings
 
@@ -75,7 +74,7 @@ def describe(
 async def list_dead_letters(settings: PortalSettings, limit: int = 100) -> list[dict[str, Any]]:
     """Up to `limit` dead letters, read through the management API and put straight back,
     so nothing is consumed."""
-    management = Management(settings.management_url, settings.amqp_url, timeout=10.0)
+    management = settings.management(timeout=10.0)
     letters = []
     for item in await management.peek(DEAD_LETTER_QUEUE, limit):
         properties = item.get("properties") or {}

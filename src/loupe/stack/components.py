@@ -9,10 +9,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from loupe.config import DEFAULT_PORTS, REPO_ROOT, SERVICES, Settings
+from loupe.config import REPO_ROOT, SERVICE_URLS, SERVICES, Settings
+from loupe.environment import EnvSettings, Variable, file_path, port_number
+from loupe.monitor.settings import MONITOR_OTLP_ENDPOINT
 from loupe.stack.gateway import GatewayFiles, GatewaySettings
 from loupe.stack.process import DEFAULT_LOGS_DIR, Process, StackError, free_port, port_open
 
@@ -30,6 +32,32 @@ JAEGER_MONITOR_OVERLAY = JAEGER_CONFIG_DIR / "monitor-pipeline.yaml"
 # the config files' `jaeger_query.ui` as LOUPE_JAEGER_UI_ASSETS and LOUPE_JAEGER_UI_CONFIG.
 JAEGER_UI_ASSETS = REPO_ROOT / ".cache" / "jaeger-ui"
 JAEGER_UI_CONFIG = JAEGER_CONFIG_DIR / "ui-config.json"
+
+# Read by Jaeger's config files, not by loupe: `loupe up` sets them for the Jaeger it starts.
+JAEGER_BADGER_DIR = Variable(
+    "LOUPE_JAEGER_BADGER_DIR",
+    Path(".data/jaeger"),
+    "Badger's `keys/` and `values/`; `loupe up` sets it to `<LOUPE_DATA_DIR>/jaeger`",
+    file_path,
+)
+JAEGER_UI_ASSETS_DIR = Variable(
+    "LOUPE_JAEGER_UI_ASSETS",
+    Path(".cache/jaeger-ui"),
+    "Jaeger UI's build (`index.html`, `static/`), which `make setup` copies there"
+    " ([jaeger-ui.md](jaeger-ui.md)). `loupe up` sets it to that folder's absolute path"
+    " whatever the environment says, and does not start Jaeger without it; the variable is for"
+    " running Jaeger on these files yourself. Empty: the UI built into the binary (the official"
+    " images')",
+    file_path,
+)
+JAEGER_UI_CONFIG_FILE = Variable(
+    "LOUPE_JAEGER_UI_CONFIG",
+    Path("deploy/jaeger/ui-config.json"),
+    "Jaeger UI's settings (menu, order links); `loupe up` sets it to that file's absolute"
+    " path. Jaeger reloads the file when it changes",
+    file_path,
+)
+JAEGER_FILES = (JAEGER_BADGER_DIR, JAEGER_UI_ASSETS_DIR, JAEGER_UI_CONFIG_FILE)
 DEX_BINARY = REPO_ROOT / ".cache" / "bin" / "dex"
 GATEWAY_BINARY = REPO_ROOT / ".cache" / "bin" / "oauth2-proxy"
 
@@ -38,29 +66,28 @@ OTLP_PROTOCOL = "http/protobuf"
 JAEGER_BASE_PATH = "/jaeger"
 
 
+def _jaeger_port(name: str, default: int, doc: str) -> Variable[int]:
+    return Variable(f"LOUPE_JAEGER_{name}_PORT", default, doc, port_number)
+
+
 @dataclass(frozen=True)
-class JaegerPorts:
+class JaegerPorts(EnvSettings):
     """Jaeger's ports, each passed to its config file through a LOUPE_JAEGER_* variable."""
 
-    otlp_grpc: int = 4317
-    otlp_http: int = 4318
-    query: int = 16686
-    query_grpc: int = 16685
-    health: int = 13133
-    metrics: int = 8888
+    invalid: ClassVar[type[Exception]] = StackError
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> JaegerPorts:
-        values = {}
-        for f in fields(cls):
-            name = f"LOUPE_JAEGER_{f.name.upper()}_PORT"
-            raw = environ.get(name, "").strip()
-            if raw:
-                try:
-                    values[f.name] = int(raw)
-                except ValueError:
-                    raise StackError(f"{name} must be a port number, got {raw!r}") from None
-        return cls(**values)
+    otlp_grpc: int = _jaeger_port("OTLP_GRPC", 4317, "OTLP/gRPC receiver").field()
+    otlp_http: int = _jaeger_port(
+        "OTLP_HTTP", 4318, "OTLP/HTTP receiver; `loupe up` points the services here"
+    ).field()
+    query: int = _jaeger_port(
+        "QUERY",
+        16686,
+        "query HTTP API (`/jaeger/api/...`: base path `/jaeger`) and Jaeger UI (`/jaeger/`)",
+    ).field()
+    query_grpc: int = _jaeger_port("QUERY_GRPC", 16685, "query gRPC API").field()
+    health: int = _jaeger_port("HEALTH", 13133, "health check, `/status`").field()
+    metrics: int = _jaeger_port("METRICS", 8888, "Jaeger's own Prometheus metrics").field()
 
     @classmethod
     def pick_free(cls) -> JaegerPorts:
@@ -73,9 +100,7 @@ class JaegerPorts:
     def env(self) -> dict[str, str]:
         # Always every variable with a value: the collector expands a set-but-empty variable to
         # "" rather than to the default, which would make it listen on a random port.
-        return {
-            f"LOUPE_JAEGER_{f.name.upper()}_PORT": str(getattr(self, f.name)) for f in fields(self)
-        }
+        return {v.name: str(port) for v, port in zip(self.variables(), self.all(), strict=True)}
 
     def all(self) -> tuple[int, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -125,13 +150,13 @@ def jaeger_process(
         **os.environ,
         **ports.env(),
         # Always set and absolute, whatever directory Jaeger starts in (see JaegerPorts.env).
-        "LOUPE_JAEGER_UI_ASSETS": str(ui_assets.resolve()),
-        "LOUPE_JAEGER_UI_CONFIG": str(ui_config.resolve()),
+        JAEGER_UI_ASSETS_DIR.name: str(ui_assets.resolve()),
+        JAEGER_UI_CONFIG_FILE.name: str(ui_config.resolve()),
     }
     if storage == "badger":
         data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        env["LOUPE_JAEGER_BADGER_DIR"] = str(data_dir)
+        env[JAEGER_BADGER_DIR.name] = str(data_dir)
     if monitor_endpoint is not None:
         endpoint = monitor_endpoint.strip().rstrip("/")
         if not endpoint:
@@ -139,7 +164,7 @@ def jaeger_process(
         argv += ["--config", str(JAEGER_MONITOR_OVERLAY)]
         # Always set when the overlay is on: a set-but-empty variable would expand to "" rather
         # than to the overlay's default (see JaegerPorts.env).
-        env["LOUPE_MONITOR_OTLP_ENDPOINT"] = endpoint
+        env[MONITOR_OTLP_ENDPOINT.name] = endpoint
     return Process(
         name="jaeger",
         argv=argv,
@@ -285,8 +310,7 @@ def _child_env(env: Mapping[str, str] | None, otlp_endpoint: str) -> dict[str, s
 
 
 def service_url(service: str, env: Mapping[str, str]) -> str:
-    url = env.get(f"LOUPE_{service.upper()}_URL", "").strip()
-    return (url or f"http://127.0.0.1:{DEFAULT_PORTS[service]}").rstrip("/")
+    return SERVICE_URLS[service].read(env).rstrip("/")
 
 
 def service_process(

@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Literal
+from typing import ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 import bcrypt
 
 from loupe.config import REPO_ROOT
+from loupe.environment import EnvSettings, Variable, file_path, names, port_number, url
 from loupe.stack.process import StackError
 
 DEX_TEMPLATE = REPO_ROOT / "deploy" / "dex" / "config.yaml"
@@ -125,7 +126,7 @@ class Secrets:
         directory = directory.resolve()
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         blank = cls(directory, "", "environment", "")
-        from_env = environ.get("LOUPE_DEMO_PASSWORD", "")
+        from_env = environ.get(DEMO_PASSWORD.name, "")
         source: PasswordSource
         if from_env.strip():
             password, source = from_env, "environment"
@@ -152,36 +153,106 @@ def _split_address(address: str, name: str) -> tuple[str, int]:
     return host, int(port)
 
 
+ADDRESS = Variable(
+    "LOUPE_GATEWAY_ADDRESS",
+    DEFAULT_GATEWAY_ADDRESS,
+    "where the gateway listens (host:port); the OAuth redirect URI follows it",
+)
+TLS_CERT = Variable(
+    "LOUPE_GATEWAY_TLS_CERT",
+    None,
+    "PEM certificate (chain); with `LOUPE_GATEWAY_TLS_KEY` (both or neither): HTTPS only on"
+    " the same address, and the session cookie gets `Secure`",
+    file_path,
+)
+TLS_KEY = Variable(
+    "LOUPE_GATEWAY_TLS_KEY", None, "the private key of `LOUPE_GATEWAY_TLS_CERT`, PEM", file_path
+)
+ALLOWED_GROUPS = Variable(
+    "LOUPE_ALLOWED_GROUPS",
+    DEFAULT_ALLOWED_GROUPS,
+    "comma-separated; the OIDC `groups` claim must name one of them",
+    names,
+)
+DEX_PORT = Variable(
+    "LOUPE_DEX_PORT",
+    DEFAULT_DEX_PORT,
+    "Dex's HTTP port on 127.0.0.1 (issuer `http://127.0.0.1:<port>/dex`)",
+    port_number,
+)
+DEMO_PASSWORD = Variable(
+    "LOUPE_DEMO_PASSWORD",
+    "",
+    "the demo users' password; unset: generated once into `.secrets/demo-password` and"
+    " printed by `make run`",
+)
+SECRETS_DIR = Variable(
+    "LOUPE_SECRETS_DIR",
+    DEFAULT_SECRETS_DIR,
+    "local secrets, each file mode 0600, the folder 0700, git-ignored",
+    file_path,
+)
+PUBLIC_URL = Variable(
+    "LOUPE_GATEWAY_PUBLIC_URL",
+    "",
+    "the gateway's URL as browsers reach it, when not its listening address; the redirect URI"
+    " follows it, and `https://` makes the cookie `Secure`",
+    url,
+)
+OIDC_ISSUER_URL = Variable(
+    "LOUPE_OIDC_ISSUER_URL",
+    "",
+    "another OpenID Connect provider instead of Dex (then Dex is not started); needs"
+    " `LOUPE_OIDC_CLIENT_ID` and `LOUPE_OIDC_CLIENT_SECRET_FILE`. See"
+    " [security.md](security.md#another-identity-provider)",
+    url,
+)
+OIDC_CLIENT_ID = Variable(
+    "LOUPE_OIDC_CLIENT_ID", "", "with `LOUPE_OIDC_ISSUER_URL`: the gateway's client id there"
+)
+OIDC_CLIENT_SECRET_FILE = Variable(
+    "LOUPE_OIDC_CLIENT_SECRET_FILE",
+    None,
+    "with `LOUPE_OIDC_ISSUER_URL`: the file holding the gateway's client secret",
+    file_path,
+)
+OIDC_GROUPS_CLAIM = Variable(
+    "LOUPE_OIDC_GROUPS_CLAIM",
+    DEFAULT_GROUPS_CLAIM,
+    "with `LOUPE_OIDC_ISSUER_URL`: the claim that lists the user's groups",
+)
+OIDC_SCOPE = Variable(
+    "LOUPE_OIDC_SCOPE", DEFAULT_OIDC_SCOPE, "with `LOUPE_OIDC_ISSUER_URL`: the scope asked for"
+)
+OIDC_PROVIDER_NAME = Variable(
+    "LOUPE_OIDC_PROVIDER_NAME",
+    "",
+    "with `LOUPE_OIDC_ISSUER_URL`: the provider's name on the sign-in button",
+)
+OIDC_PREFIX = "LOUPE_OIDC_"
+
+
 @dataclass(frozen=True)
-class GatewaySettings:
-    """Where the gateway and Dex listen, who gets in, and where TLS material lives.
+class GatewaySettings(EnvSettings):
+    """Where the gateway and Dex listen, who gets in, where TLS material lives, and another
+    OpenID Connect provider in place of Dex (its `LOUPE_OIDC_*` variables count only when
+    `LOUPE_OIDC_ISSUER_URL` is set)."""
 
-    Read from LOUPE_GATEWAY_ADDRESS (host:port, default 127.0.0.1:4180),
-    LOUPE_GATEWAY_TLS_CERT and LOUPE_GATEWAY_TLS_KEY (PEM files; both or neither),
-    LOUPE_DEX_PORT (default 5556), LOUPE_ALLOWED_GROUPS (comma-separated, default
-    devops,developers) and LOUPE_SECRETS_DIR (default .secrets).
+    invalid: ClassVar[type[Exception]] = StackError
 
-    Another OpenID Connect provider replaces Dex when LOUPE_OIDC_ISSUER_URL is set; then
-    LOUPE_OIDC_CLIENT_ID and LOUPE_OIDC_CLIENT_SECRET_FILE are required, and
-    LOUPE_OIDC_GROUPS_CLAIM (default groups), LOUPE_OIDC_SCOPE (default "openid email
-    profile") and LOUPE_OIDC_PROVIDER_NAME are optional. LOUPE_GATEWAY_PUBLIC_URL is the
-    gateway's URL as browsers reach it (the redirect URI follows it) when that is not the
-    listening address, e.g. behind a DNS name.
-    """
-
-    address: str = DEFAULT_GATEWAY_ADDRESS
-    dex_port: int = DEFAULT_DEX_PORT
-    allowed_groups: tuple[str, ...] = DEFAULT_ALLOWED_GROUPS
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    secrets_dir: Path = DEFAULT_SECRETS_DIR
-    public_url: str = ""
-    oidc_issuer_url: str = ""
-    oidc_client_id: str = ""
-    oidc_client_secret_file: Path | None = None
-    oidc_groups_claim: str = DEFAULT_GROUPS_CLAIM
-    oidc_scope: str = DEFAULT_OIDC_SCOPE
-    oidc_provider_name: str = ""
+    address: str = ADDRESS.field()
+    dex_port: int = DEX_PORT.field()
+    allowed_groups: tuple[str, ...] = ALLOWED_GROUPS.field()
+    tls_cert: Path | None = TLS_CERT.field()
+    tls_key: Path | None = TLS_KEY.field()
+    secrets_dir: Path = SECRETS_DIR.field()
+    public_url: str = PUBLIC_URL.field()
+    oidc_issuer_url: str = OIDC_ISSUER_URL.field()
+    oidc_client_id: str = OIDC_CLIENT_ID.field()
+    oidc_client_secret_file: Path | None = OIDC_CLIENT_SECRET_FILE.field()
+    oidc_groups_claim: str = OIDC_GROUPS_CLAIM.field()
+    oidc_scope: str = OIDC_SCOPE.field()
+    oidc_provider_name: str = OIDC_PROVIDER_NAME.field()
 
     def __post_init__(self) -> None:
         _split_address(self.address, "LOUPE_GATEWAY_ADDRESS")
@@ -210,42 +281,11 @@ class GatewaySettings:
             raise StackError("LOUPE_ALLOWED_GROUPS names no group, so nobody could sign in")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewaySettings:
-        def get(name: str) -> str:
-            return environ.get(name, "").strip()
-
-        values: dict[str, object] = {}
-        if get("LOUPE_GATEWAY_ADDRESS"):
-            values["address"] = get("LOUPE_GATEWAY_ADDRESS")
-        if get("LOUPE_DEX_PORT"):
-            raw = get("LOUPE_DEX_PORT")
-            if not raw.isdigit():
-                raise StackError(f"LOUPE_DEX_PORT must be a port number, got {raw!r}")
-            values["dex_port"] = int(raw)
-        if get("LOUPE_ALLOWED_GROUPS"):
-            groups = [g.strip() for g in get("LOUPE_ALLOWED_GROUPS").split(",")]
-            values["allowed_groups"] = tuple(g for g in groups if g)
-        if get("LOUPE_GATEWAY_TLS_CERT"):
-            values["tls_cert"] = Path(get("LOUPE_GATEWAY_TLS_CERT"))
-        if get("LOUPE_GATEWAY_TLS_KEY"):
-            values["tls_key"] = Path(get("LOUPE_GATEWAY_TLS_KEY"))
-        if get("LOUPE_SECRETS_DIR"):
-            values["secrets_dir"] = Path(get("LOUPE_SECRETS_DIR"))
-        if get("LOUPE_GATEWAY_PUBLIC_URL"):
-            values["public_url"] = get("LOUPE_GATEWAY_PUBLIC_URL").rstrip("/")
-        if get("LOUPE_OIDC_ISSUER_URL"):
-            values["oidc_issuer_url"] = get("LOUPE_OIDC_ISSUER_URL").rstrip("/")
-            values["oidc_client_id"] = get("LOUPE_OIDC_CLIENT_ID")
-            if get("LOUPE_OIDC_CLIENT_SECRET_FILE"):
-                values["oidc_client_secret_file"] = Path(get("LOUPE_OIDC_CLIENT_SECRET_FILE"))
-            for name, key in (
-                ("LOUPE_OIDC_GROUPS_CLAIM", "oidc_groups_claim"),
-                ("LOUPE_OIDC_SCOPE", "oidc_scope"),
-                ("LOUPE_OIDC_PROVIDER_NAME", "oidc_provider_name"),
-            ):
-                if get(name):
-                    values[key] = get(name)
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Self:
+        if not OIDC_ISSUER_URL.raw(environ):
+            # With Dex, LOUPE_OIDC_* set for the portal (e.g. its client id) are not ours.
+            environ = {k: v for k, v in environ.items() if not k.startswith(OIDC_PREFIX)}
+        return super().from_env(environ)
 
     @property
     def tls(self) -> bool:

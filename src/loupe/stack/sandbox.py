@@ -12,11 +12,11 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 
-from loupe.config import SERVICES, Settings
+from loupe.config import RABBITMQ_MANAGEMENT_URL, SERVICES, Settings
 from loupe.database import drop_database, dsn_for
 from loupe.stack.process import free_port
 
-MANAGEMENT_API = "http://127.0.0.1:15672/api"
+MANAGEMENT_API = f"{RABBITMQ_MANAGEMENT_URL.default}/api"
 MANAGEMENT_AUTH = ("guest", "guest")
 
 

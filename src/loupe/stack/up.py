@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from loupe.config import SERVICES, Settings
+from loupe import access
+from loupe.config import CONSOLE_URL, RABBITMQ_MANAGEMENT_URL, SERVICES, Settings
 from loupe.monitor.settings import MonitorSettings
-from loupe.portal.settings import PortalSettings
+from loupe.portal.settings import JAEGER_QUERY_URL, PortalSettings
 from loupe.stack.components import (
     JaegerPorts,
     Storage,
@@ -40,8 +41,6 @@ from loupe.stack.gateway import (
 )
 from loupe.stack.process import StackError, indent
 from loupe.stack.supervisor import Stack
-
-RABBITMQ_MANAGEMENT_URL = "http://127.0.0.1:15672"
 
 
 class StopRequested(Exception):
@@ -90,7 +89,7 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     # The portal and the monitor's API both check the ID tokens the gateway passes.
     access_env = access_environment(gateway)
     # The console reads Jaeger's traces for its order pages.
-    access_env.setdefault("LOUPE_JAEGER_QUERY_URL", ports.query_url)
+    access_env.setdefault(JAEGER_QUERY_URL.name, ports.query_url)
     portal_url = PortalSettings.from_env(access_env).url
     monitor_url = MonitorSettings.from_env(access_env).url
     files = render(
@@ -125,7 +124,17 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         took = time.monotonic() - began
         console.print(f"[green]✓[/] {process.name} is up in {took:.1f} s (pid {process.pid})")
 
-    console.print(_urls(ports, storage, logs_dir, gateway, files, monitor_url))
+    console.print(
+        _urls(
+            ports,
+            storage,
+            logs_dir,
+            gateway,
+            files,
+            monitor_url,
+            management_url=settings.management_url,
+        )
+    )
     console.print(_sign_in(gateway, keys), highlight=False)
     console.print("[bold]==>[/] running; press Ctrl-C to stop everything")
 
@@ -151,11 +160,11 @@ def access_environment(
     and client, let in the same groups as the gateway (unless set otherwise), and link to the
     console where the gateway serves it."""
     env = dict(environ)
-    env["LOUPE_OIDC_ISSUER_URL"] = gateway.issuer
-    env["LOUPE_OIDC_CLIENT_ID"] = gateway.oidc_client_id or CLIENT_ID
-    env.setdefault("LOUPE_ALLOWED_GROUPS", ",".join(gateway.allowed_groups))
-    if not env.get("LOUPE_CONSOLE_URL", "").strip():
-        env["LOUPE_CONSOLE_URL"] = gateway.url
+    env[access.ISSUER_URL.name] = gateway.issuer
+    env[access.CLIENT_ID.name] = gateway.oidc_client_id or CLIENT_ID
+    env.setdefault(access.READ_GROUPS.name, ",".join(gateway.allowed_groups))
+    if not CONSOLE_URL.raw(env):
+        env[CONSOLE_URL.name] = gateway.url
     return env
 
 
@@ -178,6 +187,8 @@ def _urls(
     gateway: GatewaySettings,
     files: GatewayFiles,
     monitor_url: str,
+    *,
+    management_url: str = RABBITMQ_MANAGEMENT_URL.default,
 ) -> Table:
     table = Table(title="loupe is running", title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -200,7 +211,7 @@ def _urls(
     table.add_row("Jaeger OTLP/HTTP", ports.otlp_http_url)
     table.add_row("Jaeger storage", storage)
     table.add_row("Monitor metrics, direct", f"{monitor_url}/metrics")
-    table.add_row("RabbitMQ management", RABBITMQ_MANAGEMENT_URL)
+    table.add_row("RabbitMQ management", management_url)
     table.add_row("Logs", str(logs_dir))
     return table
 

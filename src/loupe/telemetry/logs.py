@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 
 from opentelemetry import trace
 
+from loupe.environment import Variable, upper
+
+LOG_LEVEL = Variable("LOUPE_LOG_LEVEL", "INFO", "log level of every loupe process", upper)
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -41,7 +43,7 @@ def configure_logging(service: str) -> None:
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("LOUPE_LOG_LEVEL", "INFO").upper())
+    root.setLevel(LOG_LEVEL.read())
     # Their access and connection chatter would drown the order story.
     for noisy in ("uvicorn.access", "aiormq", "aio_pika", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

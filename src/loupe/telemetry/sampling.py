@@ -8,7 +8,6 @@ LOUPE_TRACE_TRANSACTION_CONTROL=true.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from opentelemetry.context import Context
@@ -16,6 +15,17 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
+
+from loupe.environment import Variable, flag
+
+TRACE_TRANSACTION_CONTROL = Variable(
+    "LOUPE_TRACE_TRANSACTION_CONTROL",
+    False,
+    "`true` also records `BEGIN;`/`COMMIT;`/`ROLLBACK;` spans"
+    " (see [OpenTelemetry](#opentelemetry))",
+    flag,
+    shown="`false`",
+)
 
 TRANSACTION_CONTROL = frozenset({"BEGIN;", "COMMIT;", "ROLLBACK;", "BEGIN", "COMMIT", "ROLLBACK"})
 
@@ -48,6 +58,6 @@ def configured_sampler() -> Sampler:
     from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
     inner = _get_from_env_or_default()
-    if os.environ.get("LOUPE_TRACE_TRANSACTION_CONTROL", "").strip().lower() in ("1", "true"):
+    if TRACE_TRANSACTION_CONTROL.read():
         return inner
     return SkipTransactionControl(inner)
