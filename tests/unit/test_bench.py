@@ -85,13 +85,15 @@ def test_cpu_by_group_counts_each_group_this_process_and_the_machine() -> None:
     groups = {"this": [os.getpid()], "gone": [4_194_305]}  # above Linux's largest pid
     before = cpu_by_group(groups)
     started = os.times()
-    while os.times().user - started.user < 0.05:
+    while os.times().user - started.user < 0.2:
         sum(range(10_000))
     used = cpu_used(before, cpu_by_group(groups))
     assert set(used) == {"this", "gone", "client", "machine"}
     assert used["gone"] == 0
-    assert used["this"] >= 0.04 and used["client"] >= 0.04
-    assert used["machine"] >= used["client"] - 0.02
+    assert used["this"] >= 0.19 and used["client"] >= 0.19
+    # /proc/stat counts whole clock ticks per core (10 ms each), and a busy machine's cores
+    # tick apart: the machine's total may trail this process's by a few ticks, never more.
+    assert used["machine"] >= used["client"] - 0.05
 
 
 def test_a_new_report_gets_the_header_and_the_section() -> None:
