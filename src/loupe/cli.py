@@ -208,3 +208,21 @@ def openapi(
 
     for path in export_openapi(Path(out)):
         typer.echo(str(path))
+
+
+@app.command()
+def settings(
+    component: str = typer.Argument(
+        "", help="loupe, jaeger, gateway, portal, access or monitor (default: all)."
+    ),
+) -> None:
+    """Print the LOUPE_* variables as docs/runbook.md's Markdown tables: name, default, meaning."""
+    from loupe.environment import runbook_tables
+
+    tables = runbook_tables()
+    if component and component not in tables:
+        choices = ", ".join(tables)
+        raise typer.BadParameter(f"unknown component {component!r}; choose one of {choices}")
+    for name, table in tables.items():
+        if component in ("", name):
+            typer.echo(table)

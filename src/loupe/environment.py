@@ -47,11 +47,15 @@ def file_path(raw: str, _name: str) -> Path:
     return Path(raw)
 
 
-def number(raw: str, name: str) -> float:
+def _converted(convert: Callable[[str], T], raw: str, name: str, what: str) -> T:
     try:
-        return float(raw)
+        return convert(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def number(raw: str, name: str) -> float:
+    return _converted(float, raw, name, "a number")
 
 
 def positive(raw: str, name: str) -> float:
@@ -62,10 +66,7 @@ def positive(raw: str, name: str) -> float:
 
 
 def whole(raw: str, name: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    return _converted(int, raw, name, "a whole number")
 
 
 def port_number(raw: str, name: str) -> int:
