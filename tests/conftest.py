@@ -1,4 +1,10 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures shared by every test folder.
+
+Tests are laid out like src/loupe/; their tier is a marker, not a folder: a file marked
+`integration` needs the real RabbitMQ and PostgreSQL (fixtures in
+tests/support/integration_fixtures.py), one marked `e2e` starts processes (fixtures in
+tests/e2e/conftest.py), and a file with neither is a unit test.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.support.service_fakes import FakeOrders
+
+pytest_plugins = ["tests.support.integration_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +50,9 @@ def spans(global_span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanEx
     global_span_exporter.clear()
     yield global_span_exporter
     global_span_exporter.clear()
+
+
+@pytest.fixture
+def orders() -> FakeOrders:
+    """An order table in memory for a service's routes (see tests/support/service_fakes.py)."""
+    return FakeOrders()

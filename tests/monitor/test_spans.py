@@ -1,0 +1,295 @@
+"""The monitor's OTLP decoding, on bytes made by the real SDK and its OTLP encoder: what is
+kept, what is skipped, and what each kept span says about its order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from loupe.monitor.spans import MalformedSpans, SpanFacts, decode
+from tests.support.otlp_spans import Spans, otlp
+
+AT = datetime(2026, 3, 1, 10, 15, 2, 118000, tzinfo=UTC)
+QUEUE = {"messaging.destination.subscription.name": "crm.order-status"}
+
+
+class Made(Spans):
+    """Spans as the decoding tests want them: of crm-api unless said, ended AT after 0.25 s."""
+
+    def span(
+        self, name: str, *, service: str = "crm-api", end: datetime = AT, **details: Any
+    ) -> ReadableSpan:
+        return self.make(service, name, end, lasted=0.25, **details)
+
+
+def one(span: ReadableSpan) -> SpanFacts:
+    kept, total = decode(otlp([span]))
+    assert total == 1
+    (facts,) = kept
+    return facts
+
+
+ERROR = Status(StatusCode.ERROR)
+
+
+def test_keeps_spans_of_an_order_or_failed_skips_the_rest_counts_all() -> None:
+    made = Made()
+    spans = [
+        made.span("POST /orders", service="shop-api", attributes={"order.id": "o-1"}),
+        made.span("SELECT orders", service="shop-api"),
+        made.span("GET /healthz", service="mes-api", kind=SpanKind.SERVER),
+        made.span("publish", service="mes-api", status=Status(StatusCode.ERROR, "broker gone")),
+        made.span("fine", service="mes-api", status=Status(StatusCode.OK)),
+        made.span("empty id", service="mes-api", attributes={"order.id": ""}),
+    ]
+    kept, total = decode(otlp(spans))
+    assert total == 6
+    assert [(f.service, f.name, f.order_id, f.error) for f in kept] == [
+        ("shop-api", "POST /orders", "o-1", False),
+        ("mes-api", "publish", None, True),
+    ]
+
+
+def test_an_empty_request_holds_nothing() -> None:
+    assert decode(b"") == ([], 0)
+
+
+def test_ids_are_hex_and_times_utc() -> None:
+    made = Made()
+    parent = made.span("POST /orders", service="shop-api", kind=SpanKind.SERVER)
+    child = made.span(
+        "create order",
+        service="shop-api",
+        parent=parent,
+        attributes={"order.id": "o-1"},
+        end=AT,
+    )
+    facts = one(child)
+    assert facts.trace_id == format(child.context.trace_id, "032x")
+    assert facts.span_id == format(child.context.span_id, "016x")
+    assert facts.trace_id == format(parent.context.trace_id, "032x")
+    assert facts.parent_span_id == format(parent.context.span_id, "016x")
+    assert len(facts.trace_id) == 32 and len(facts.span_id) == 16
+    assert int(facts.trace_id, 16) and int(facts.span_id, 16)
+    assert facts.ended_at == AT
+    assert facts.started_at == datetime(2026, 3, 1, 10, 15, 1, 868000, tzinfo=UTC)
+    assert facts.ended_at.tzinfo is UTC
+
+
+def test_a_root_span_has_no_parent() -> None:
+    assert one(Made().span("root", attributes={"order.id": "o"})).parent_span_id is None
+
+
+def test_service_comes_from_the_resource() -> None:
+    made = Made()
+    spans = [
+        made.span("a", service="shop-api", attributes={"order.id": "o"}),
+        made.span("b", service="mes-api", attributes={"order.id": "o"}),
+        made.span("c", service="shop-api", attributes={"order.id": "o", "service.name": "x"}),
+    ]
+    kept, _ = decode(otlp(spans))
+    # The encoder groups spans by resource; each keeps its own service.
+    assert {f.name: f.service for f in kept} == {"a": "shop-api", "b": "mes-api", "c": "shop-api"}
+
+
+def test_a_resource_without_a_service_name_is_unknown_service() -> None:
+    made = Made()
+    made.provider("nameless", Resource({"host.name": "box"}))
+    facts = one(made.span("a", service="nameless", attributes={"order.id": "o"}))
+    assert facts.service == "unknown_service"
+
+
+def test_order_attributes_and_a_transition() -> None:
+    facts = one(
+        Made().span(
+            "process loupe.orders",
+            service="mes-api",
+            attributes={
+                "order.id": "o-7",
+                "order.status.from": "SUBMITTED",
+                "order.status.to": "FAILED",
+                "order.source": "b2b",
+                "order.failure.reason": "model cannot be priced",
+                "order.price": 120.5,
+            },
+        )
+    )
+    assert (facts.order_id, facts.status_from, facts.status_to) == ("o-7", "SUBMITTED", "FAILED")
+    assert (facts.source, facts.failure_reason) == ("b2b", "model cannot be priced")
+    assert facts.transition
+    assert not facts.error and facts.error_message is None and facts.error_type is None
+    assert not facts.dead_lettered and not facts.refusal
+
+
+def test_a_failed_span_with_a_status_to_is_not_a_transition() -> None:
+    facts = one(
+        Made().span(
+            "ship order",
+            attributes={"order.id": "o", "order.status.to": "SHIPPED"},
+            status=Status(StatusCode.ERROR, "carrier down"),
+        )
+    )
+    assert facts.error and not facts.transition
+    assert facts.error_message == "carrier down"
+
+
+def test_an_order_span_without_status_to_is_not_a_transition() -> None:
+    assert not one(Made().span("price order", attributes={"order.id": "o"})).transition
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        (SpanKind.SERVER, "SERVER"),
+        (SpanKind.CLIENT, "CLIENT"),
+        (SpanKind.CONSUMER, "CONSUMER"),
+        (SpanKind.PRODUCER, "PRODUCER"),
+        (SpanKind.INTERNAL, "INTERNAL"),
+    ],
+)
+def test_kinds(kind: SpanKind, name: str) -> None:
+    assert one(Made().span("s", kind=kind, attributes={"order.id": "o"})).kind == name
+
+
+def test_a_consumer_runs_at_its_queue_other_spans_at_their_operation() -> None:
+    made = Made()
+    consumer = one(
+        made.span(
+            "process loupe.orders",
+            kind=SpanKind.CONSUMER,
+            attributes={"order.id": "o", **QUEUE},
+        )
+    )
+    assert consumer.place == "queue crm.order-status"
+    # The subscription attribute on another kind of span does not make it a queue.
+    producer = one(
+        made.span("publish", kind=SpanKind.PRODUCER, attributes={"order.id": "o", **QUEUE})
+    )
+    assert producer.place == "publish"
+    # A consumer span without the attribute is placed at its operation.
+    bare = one(made.span("process", kind=SpanKind.CONSUMER, attributes={"order.id": "o"}))
+    assert bare.place == "process"
+
+
+def test_a_dead_lettered_event_marks_the_span_and_gives_the_reason() -> None:
+    facts = one(
+        Made().span(
+            "process loupe.orders",
+            kind=SpanKind.CONSUMER,
+            attributes={"order.id": "o", **QUEUE},
+            events=[
+                ("retry", {"loupe.messaging.reason": "not this one"}),
+                ("dead-lettered", {"loupe.messaging.reason": "poison message: not JSON"}),
+            ],
+            status=Status(StatusCode.ERROR, "OrderEventError: bad"),
+        )
+    )
+    assert facts.dead_lettered and facts.error
+    assert facts.error_message == "poison message: not JSON"
+    assert facts.place == "queue crm.order-status"
+
+
+def test_a_dead_lettered_event_without_a_reason_keeps_the_status_message() -> None:
+    facts = one(
+        Made().span(
+            "process",
+            attributes={"order.id": "o"},
+            events=[("dead-lettered", {})],
+            status=Status(StatusCode.ERROR, "too many attempts"),
+        )
+    )
+    assert facts.dead_lettered and facts.error_message == "too many attempts"
+
+
+def test_a_dead_letter_that_names_no_order_is_kept_when_it_failed() -> None:
+    facts = one(
+        Made().span(
+            "process",
+            kind=SpanKind.CONSUMER,
+            attributes=QUEUE,
+            events=[("dead-lettered", {"loupe.messaging.reason": "poison"})],
+            status=ERROR,
+        )
+    )
+    assert facts.order_id is None and facts.dead_lettered and facts.error_message == "poison"
+
+
+def test_error_message_from_the_status_first() -> None:
+    facts = one(
+        Made().span(
+            "s",
+            attributes={"order.id": "o", "error.type": "TimeoutError"},
+            exception=RuntimeError("from the exception"),
+            status=Status(StatusCode.ERROR, "from the status"),
+        )
+    )
+    assert facts.error_message == "from the status"
+    assert facts.error_type == "TimeoutError"
+
+
+def test_error_message_falls_back_to_the_exception_then_error_type() -> None:
+    made = Made()
+    with_exception = one(
+        made.span(
+            "s",
+            attributes={"order.id": "o", "error.type": "ConnectionError"},
+            exception=ConnectionError("database is down"),
+            status=ERROR,
+        )
+    )
+    assert with_exception.error_message == "database is down"
+    typed = one(
+        made.span("s", attributes={"order.id": "o", "error.type": "TimeoutError"}, status=ERROR)
+    )
+    assert typed.error_message == "TimeoutError"
+    bare = one(made.span("s", attributes={"order.id": "o"}, status=ERROR))
+    assert bare.error_message == "error" and bare.error_type is None
+
+
+def test_an_exception_on_a_span_that_did_not_fail_is_no_error() -> None:
+    facts = one(Made().span("s", attributes={"order.id": "o"}, exception=ValueError("handled")))
+    assert not facts.error and facts.error_message is None
+
+
+@pytest.mark.parametrize(
+    ("error_type", "refusal"),
+    [("IllegalTransition", True), ("OrderNotFound", True), ("ConnectionError", False)],
+)
+def test_refused_steps(error_type: str, refusal: bool) -> None:
+    facts = one(
+        Made().span(
+            "approve manufacturing",
+            attributes={"order.id": "o", "error.type": error_type},
+            status=Status(StatusCode.ERROR, "no"),
+        )
+    )
+    assert facts.refusal is refusal
+
+
+def test_links_are_kept_as_hex_pairs() -> None:
+    made = Made()
+    first = made.span("submit", service="shop-api", attributes={"order.id": "o"})
+    second = made.span("price", service="mes-api", attributes={"order.id": "o"})
+    linked = made.span(
+        "approve manufacturing",
+        attributes={"order.id": "o"},
+        links=[Link(first.context), Link(second.context, {"why": "resumed"})],
+    )
+    assert one(linked).links == (
+        (format(first.context.trace_id, "032x"), format(first.context.span_id, "016x")),
+        (format(second.context.trace_id, "032x"), format(second.context.span_id, "016x")),
+    )
+    assert one(first).links == ()
+
+
+@pytest.mark.parametrize(
+    "body", [b"garbage", b"\xff\xff\xff", b"\x0a\x05abc", b'{"resourceSpans": []}']
+)
+def test_malformed_bytes_raise(body: bytes) -> None:
+    with pytest.raises(MalformedSpans, match="not an OTLP ExportTraceServiceRequest"):
+        decode(body)

@@ -1,0 +1,25 @@
+"""What the monitor's integration tests share: the SLO they judge by, RabbitMQ's management
+API, and spans sent into the store as OTLP protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+from opentelemetry.sdk.trace import ReadableSpan
+
+from loupe.messaging.management import Management
+from loupe.monitor import store
+from loupe.monitor.spans import decode
+from tests.support.integration import AMQP_URL
+from tests.support.otlp_spans import HAPPY_MOVES, otlp, slo
+
+SLO = slo()
+MANAGEMENT = Management("http://127.0.0.1:15672", AMQP_URL)
+HAPPY = list(HAPPY_MOVES)
+
+
+async def send(pool: asyncpg.Pool, spans: Sequence[ReadableSpan]) -> store.IngestResult:
+    """`spans` through OTLP encoding and the monitor's decoder into the store."""
+    kept, total = decode(otlp(spans))
+    return await store.ingest(pool, kept, SLO, total)
