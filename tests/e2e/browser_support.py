@@ -2,7 +2,7 @@
 
 Playwright never downloads a browser here; `scripts/setup-infra.sh` installs the `chromium`
 package, and the browser tests are skipped (`needs_chromium`) when /usr/bin/chromium is
-missing. The `browser` fixture is in conftest.py.
+missing. The `browser` fixture is in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, Response
 
 if TYPE_CHECKING:
-    from .conftest import Gateway
+    from .gateway_support import Gateway
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

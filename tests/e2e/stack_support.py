@@ -42,7 +42,7 @@ from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
 
-from .conftest import Gateway
+from .gateway_support import Gateway
 
 T = TypeVar("T")
 

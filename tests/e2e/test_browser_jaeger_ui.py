@@ -53,7 +53,8 @@ from loupe.telemetry.attributes import (
 )
 
 from .browser_support import needs_chromium, sign_in_with_browser
-from .conftest import Gateway, wait_for
+from .gateway_support import Gateway
+from .pipeline_support import wait_for
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from .browser_support import needs_chromium, sign_in_with_browser
-from .conftest import GATEWAY_SERVICES, Gateway
+from .gateway_support import GATEWAY_SERVICES, Gateway
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
 

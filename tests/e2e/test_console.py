@@ -26,7 +26,7 @@ from loupe.config import REPO_ROOT
 from loupe.orders.lifecycle import HAPPY_PATH
 
 from .browser_support import needs_chromium, sign_in_with_browser
-from .conftest import wait_for
+from .pipeline_support import wait_for
 from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack
 
 pytestmark = [pytest.mark.e2e, needs_chromium]

@@ -20,7 +20,7 @@ from loupe.stack import Stack, free_port
 from loupe.stack.components import dex_process, gateway_process
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 
-from .conftest import API, BROWSER, GATEWAY_SERVICES, Gateway, _FormFinder, sign_in
+from .gateway_support import API, BROWSER, GATEWAY_SERVICES, Gateway, _FormFinder, sign_in
 
 pytestmark = pytest.mark.e2e
 

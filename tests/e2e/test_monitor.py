@@ -20,7 +20,8 @@ import pytest
 
 from loupe.messaging.management import Management
 
-from .conftest import API, sign_in, wait_for
+from .gateway_support import API, sign_in
+from .pipeline_support import wait_for
 from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ from loupe.actors import Workshop
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
 
-from .conftest import Pipeline, wait_for, wait_for_async
+from .pipeline_support import Pipeline, wait_for, wait_for_async
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from loupe.stack.components import dex_process, gateway_process, portal_process
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.sandbox import Sandbox
 
-from .test_gateway import API, Gateway, sign_in
+from .gateway_support import API, Gateway, sign_in
 
 pytestmark = pytest.mark.e2e
 
