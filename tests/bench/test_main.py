@@ -1,0 +1,16 @@
+"""`python -m loupe.bench`'s command line (loupe.bench.__main__)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loupe.bench.__main__ import parse
+
+
+def test_the_command_line_runs_both_or_one() -> None:
+    both = parse([])
+    assert both.only is None and both.orders == 40 and both.jaeger_rounds == 3
+    only = parse(["--only", "monitor", "--ingest-clients", "2", "--jaeger-rounds", "1"])
+    assert (only.only, only.ingest_clients, only.jaeger_rounds) == ("monitor", "2", 1)
+    with pytest.raises(SystemExit):
+        parse(["--only", "everything"])
