@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
+from loupe.portal import upstream
 from loupe.telemetry.attributes import (
     DEAD_LETTER_REASON,
     DEAD_LETTERED_EVENT,
@@ -150,12 +151,14 @@ class JaegerApi:
         self._client = client
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        try:
-            response = await self._client.get(f"{self.query_url}{path}", params=params)
-        except httpx.HTTPError as exc:
-            raise JaegerUnavailable(
-                f"Jaeger's query API at {self.query_url} cannot be reached ({type(exc).__name__})"
-            ) from exc
+        response = await upstream.request(
+            self._client,
+            "GET",
+            f"{self.query_url}{path}",
+            JaegerUnavailable,
+            f"Jaeger's query API at {self.query_url}",
+            params=params,
+        )
         if response.status_code == 404:
             return None
         if response.status_code != 200:

@@ -17,6 +17,7 @@ from loupe.monitor.models import (
     Journey,
     Uptime,
 )
+from loupe.portal import upstream
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -47,17 +48,15 @@ class MonitorApi:
         model: type[Model],
         params: dict[str, str | float] | None = None,
     ) -> Model | None:
-        try:
-            response = await self._client.request(
-                method,
-                f"{self.api_url}{path}",
-                params=params,
-                headers={"Authorization": authorization, "Accept": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise MonitorUnavailable(
-                f"the monitor at {self.api_url} cannot be reached ({type(exc).__name__})"
-            ) from exc
+        response = await upstream.request(
+            self._client,
+            method,
+            f"{self.api_url}{path}",
+            MonitorUnavailable,
+            f"the monitor at {self.api_url}",
+            params=params,
+            headers={"Authorization": authorization, "Accept": "application/json"},
+        )
         if response.status_code == 404:
             return None
         if response.status_code in (401, 403):
