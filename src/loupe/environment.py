@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -193,6 +194,22 @@ class EnvSettings:
                 yield f.metadata[_VARIABLE]
             elif _EACH in f.metadata:
                 yield from f.metadata[_EACH].values()
+
+
+class ListensAtUrl:
+    """Mixed into the settings of a process that listens at its `url`: where it binds."""
+
+    url: str
+    default_port: ClassVar[int]
+    """The port when the URL names none."""
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or self.default_port
 
 
 # -- documentation ------------------------------------------------------------------------

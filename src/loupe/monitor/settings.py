@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import ClassVar
 
 from loupe.access import AccessSettings
 from loupe.config import REPO_ROOT, Settings
-from loupe.environment import EnvSettings, Variable, file_path, names, part, positive, url
+from loupe.environment import (
+    EnvSettings,
+    ListensAtUrl,
+    Variable,
+    file_path,
+    names,
+    part,
+    positive,
+    url,
+)
 from loupe.messaging.management import Management
 
 DEFAULT_MONITOR_URL = "http://127.0.0.1:8091"
@@ -62,7 +71,7 @@ MONITOR_OTLP_ENDPOINT = Variable(
 
 
 @dataclass(frozen=True)
-class MonitorSettings(EnvSettings):
+class MonitorSettings(ListensAtUrl, EnvSettings):
     """Where the monitor listens, its SLOs, how often it looks, how long it keeps what it saw
     and where it sends alerts; with the shared settings (database, broker and its management
     API, service URLs, console URL) and the access settings (who may read and act)."""
@@ -75,14 +84,7 @@ class MonitorSettings(EnvSettings):
     webhook_urls: tuple[str, ...] = WEBHOOK_URLS.field()
     base: Settings = part(Settings)
     access: AccessSettings = part(AccessSettings)
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or 8091
+    default_port: ClassVar[int] = 8091
 
     @property
     def database(self) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import ClassVar
 
 from loupe.access import AccessSettings
 from loupe.config import Settings
-from loupe.environment import EnvSettings, Variable, part, url
+from loupe.environment import EnvSettings, ListensAtUrl, Variable, part, url
 from loupe.messaging.management import Management
 from loupe.monitor.settings import DEFAULT_MONITOR_URL
 
@@ -41,7 +41,7 @@ ANTIFORGERY_KEY = Variable(
 
 
 @dataclass(frozen=True)
-class PortalSettings(EnvSettings):
+class PortalSettings(ListensAtUrl, EnvSettings):
     """Where the portal listens and what its console reads; with the shared settings (the
     console's URL, the broker and its management API, the data folder for the actions' log)
     and the access settings (whose ID tokens it accepts, who may read and act)."""
@@ -52,14 +52,7 @@ class PortalSettings(EnvSettings):
     antiforgery_key: str = ANTIFORGERY_KEY.field()
     base: Settings = part(Settings)
     access: AccessSettings = part(AccessSettings)
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or 8090
+    default_port: ClassVar[int] = 8090
 
     @property
     def console_url(self) -> str:

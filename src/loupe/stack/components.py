@@ -258,16 +258,8 @@ def portal_process(
 
     child_env = _child_env(env, otlp_endpoint)
     settings = PortalSettings.from_env(child_env)
-    local = settings.host in ("127.0.0.1", "localhost")
-    return Process(
-        name="portal",
-        argv=[sys.executable, "-m", "loupe", "portal"],
-        env=child_env,
-        ready_urls=(f"{settings.url}/healthz",),
-        listens_on=(settings.port,) if local else (),
-        ready_timeout=ready_timeout,
-        logs_dir=logs_dir,
-    )
+    bind = settings.host, settings.port
+    return _loupe_server(("portal",), child_env, settings.url, bind, logs_dir, ready_timeout)
 
 
 def monitor_process(
@@ -288,14 +280,30 @@ def monitor_process(
 
     child_env = _child_env(env, otlp_endpoint)
     settings = MonitorSettings.from_env(child_env)
-    local = settings.host in ("127.0.0.1", "localhost")
+    # Generous (60 s), like the services: the first start creates and migrates its database.
+    bind = settings.host, settings.port
+    return _loupe_server(("monitor",), child_env, settings.url, bind, logs_dir, ready_timeout)
+
+
+def _loupe_server(
+    command: tuple[str, ...],
+    child_env: dict[str, str],
+    url: str,
+    bind: tuple[str | None, int | None],
+    logs_dir: Path,
+    ready_timeout: float,
+) -> Process:
+    """`python -m loupe <command>`, named after its last word, serving HTTP at `url`: ready once
+    `<url>/healthz` answers. `bind` is the host and port it listens on; on this machine,
+    `start()` refuses a port already taken."""
+    host, port = bind
+    local = host in ("127.0.0.1", "localhost")
     return Process(
-        name="monitor",
-        argv=[sys.executable, "-m", "loupe", "monitor"],
+        name=command[-1],
+        argv=[sys.executable, "-m", "loupe", *command],
         env=child_env,
-        # Generous, like the services: the first start creates and migrates its database.
-        ready_urls=(f"{settings.url}/healthz",),
-        listens_on=(settings.port,) if local else (),
+        ready_urls=(f"{url}/healthz",),
+        listens_on=(port,) if local and port else (),
         ready_timeout=ready_timeout,
         logs_dir=logs_dir,
     )
@@ -326,17 +334,9 @@ def service_process(
         raise StackError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     child_env = _child_env(env, otlp_endpoint)
     url = urlsplit(service_url(service, child_env))
-    local = url.hostname in ("127.0.0.1", "localhost")
-    return Process(
-        name=service,
-        argv=[sys.executable, "-m", "loupe", "serve", service],
-        env=child_env,
-        # Generous: the first start creates and migrates the service's database.
-        ready_urls=(f"{url.geturl()}/healthz",),
-        listens_on=(url.port,) if local and url.port else (),
-        ready_timeout=ready_timeout,
-        logs_dir=logs_dir,
-    )
+    # Generous (60 s): the first start creates and migrates the service's database.
+    bind = url.hostname, url.port
+    return _loupe_server(("serve", service), child_env, url.geturl(), bind, logs_dir, ready_timeout)
 
 
 def actors_process(
