@@ -17,10 +17,10 @@ import httpx
 from fastapi import Depends, Request
 
 from loupe.access import Access, Identity, Role
-from loupe.messaging.management import Management
 from loupe.portal.antiforgery import Antiforgery
 from loupe.portal.jaeger_api import JaegerApi
 from loupe.portal.monitor_api import MonitorApi
+from loupe.portal.render import iso
 from loupe.portal.settings import PortalSettings
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,13 @@ class Console:
         key = self.settings.antiforgery_key.encode() or secrets.token_bytes(32)
         self.antiforgery = Antiforgery(key, (self.settings.console_url,))
 
-    @property
-    def management(self) -> Management:
-        return self.settings.management(timeout=2.0)
-
     async def broker_problem(self) -> str | None:
         """Why RabbitMQ cannot be reached, or None; asked at most every few seconds, however
         many pages poll."""
         asked_at, problem = self._broker
         if time.monotonic() - asked_at < BROKER_CHECK_SECONDS:
             return problem
-        problem = await self.management.problem()
+        problem = await self.settings.management(timeout=2.0).problem()
         self._broker = (time.monotonic(), problem)
         return problem
 
@@ -62,7 +58,7 @@ class Console:
         """One JSON line per action in the actions log: who did what to what, and how it
         ended (the gateway's audit log has the request itself)."""
         entry = {
-            "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "time": iso(datetime.now(UTC)),
             "user": who.email or who.subject,
             "role": self.access.role(who),
             "action": action,
