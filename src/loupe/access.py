@@ -226,8 +226,9 @@ def role_of(identity: Identity, settings: AccessSettings) -> Role:
 
 
 class Access:
-    """The role check of one app: `who` is its FastAPI dependency, `require` the check, and
-    `install` adds the 401/403 answers (JSON, with the reason) to the app."""
+    """The role check of one app: `reader` and `operator` are its FastAPI dependencies (a
+    signed-in person allowed to read, or to act), `require` the check, and `install` adds the
+    401/403 answers (JSON, with the reason) to the app."""
 
     def __init__(self, settings: AccessSettings, verifier: TokenVerifier | None = None) -> None:
         self.settings = settings
@@ -235,11 +236,24 @@ class Access:
             Jwks(settings.issuer), settings.client_id, settings.groups_claim
         )
 
-        async def identity(request: Request) -> Identity:
-            # Only the ID token counts; X-Forwarded-User, -Email and -Groups are ignored.
-            return await self.verifier.verify_header(request.headers.get("authorization"))
+        async def reader(request: Request) -> Identity:
+            who = await self.identity(request)
+            self.require(who, "reader")
+            return who
 
-        self.who = Annotated[Identity, Depends(identity)]
+        async def operator(request: Request) -> Identity:
+            who = await self.identity(request)
+            self.require(who, "operator")
+            return who
+
+        # The dependencies routes declare: a person allowed to read, or to act; else 403.
+        self.reader = Annotated[Identity, Depends(reader)]
+        self.operator = Annotated[Identity, Depends(operator)]
+
+    async def identity(self, request: Request) -> Identity:
+        """Who sent the request, from its ID token, or Unauthenticated."""
+        # Only the ID token counts; X-Forwarded-User, -Email and -Groups are ignored.
+        return await self.verifier.verify_header(request.headers.get("authorization"))
 
     def role(self, who: Identity) -> Role:
         return role_of(who, self.settings)

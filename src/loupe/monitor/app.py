@@ -1,7 +1,7 @@
 """The monitor's HTTP side: OTLP/HTTP intake at /v1/traces, the JSON API under /monitor/api
 (behind the gateway, role-checked), Prometheus metrics at /metrics, /healthz."""
 
-# No `from __future__ import annotations` here: FastAPI must see the `Who` dependency's
+# No `from __future__ import annotations` here: FastAPI must see the `Reader` dependency's
 # annotation as an object, and it is made at run time by Access.
 
 import asyncio
@@ -11,7 +11,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 import asyncpg
 import httpx
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 FindingKindQuery = Literal[FindingKind.STUCK, FindingKind.BROKEN]
 # The `status` query parameter of /incidents: an IncidentState, or both.
 INCIDENT_STATUSES = f"^({'|'.join([*IncidentState, store.ALL])})$"
+
+T = TypeVar("T")
 
 PROTOBUF = "application/x-protobuf"
 MAX_BODY = 64 * 1024 * 1024
@@ -207,7 +209,8 @@ def create_app(
     )
     app.state.monitor = monitor
     access.install(app, "loupe-monitor")
-    Who = access.who
+    Reader = access.reader
+    Operator = access.operator
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -255,8 +258,7 @@ def create_app(
     api = APIRouter(prefix=f"{API_PREFIX}/api")
 
     @api.get("/findings", summary="Orders stuck or broken now", response_model=FindingList)
-    async def findings(who: Who, state: FindingKindQuery | None = None) -> FindingList:
-        access.require(who, "reader")
+    async def findings(_: Reader, state: FindingKindQuery | None = None) -> FindingList:
         found = await store.findings(monitor.db, state)
         return FindingList(count=len(found), findings=found, as_of=monitor.detected_at)
 
@@ -265,21 +267,20 @@ def create_app(
         summary="One order's transitions, in order, each against its SLO",
         response_model=Journey,
     )
-    async def journey(who: Who, order_id: str) -> Journey:
-        access.require(who, "reader")
-        found = await store.journey(monitor.db, order_id)
-        if found is None:
-            raise HTTPException(404, f"no spans of order {order_id} have reached the monitor")
+    async def journey(_: Reader, order_id: str) -> Journey:
+        found = _found(
+            await store.journey(monitor.db, order_id),
+            f"no spans of order {order_id} have reached the monitor",
+        )
         _judge(found.transitions, monitor.slo)
         return found
 
     @api.get("/incidents", summary="Incidents, with MTTD and MTTR", response_model=IncidentList)
     async def incidents(
-        who: Who,
+        _: Reader,
         status: str = Query(store.ALL, pattern=INCIDENT_STATUSES),
         window_hours: float = Query(24.0 * 7, gt=0, le=24.0 * 366),
     ) -> IncidentList:
-        access.require(who, "reader")
         return await store.incidents(monitor.db, status, timedelta(hours=window_hours))
 
     @api.get(
@@ -287,29 +288,24 @@ def create_app(
         summary="One incident with the findings it holds",
         response_model=IncidentDetail,
     )
-    async def incident(who: Who, incident_id: int) -> IncidentDetail:
-        access.require(who, "reader")
-        found = await store.incident(monitor.db, incident_id)
-        if found is None:
-            raise HTTPException(404, f"no incident {incident_id}")
-        return found
+    async def incident(_: Reader, incident_id: int) -> IncidentDetail:
+        return _found(await store.incident(monitor.db, incident_id), f"no incident {incident_id}")
 
     @api.post(
         "/incidents/{incident_id}/acknowledge",
         summary="Take an incident on (devops)",
         response_model=Incident,
     )
-    async def acknowledge(who: Who, incident_id: int) -> Incident:
-        access.require(who, "operator")
-        found = await store.acknowledge(monitor.db, incident_id, who.email or who.subject)
-        if found is None:
-            raise HTTPException(404, f"no incident {incident_id}")
+    async def acknowledge(who: Operator, incident_id: int) -> Incident:
+        found = _found(
+            await store.acknowledge(monitor.db, incident_id, who.email or who.subject),
+            f"no incident {incident_id}",
+        )
         log.warning("incident %s acknowledged by %s", incident_id, who.email or who.subject)
         return found
 
     @api.get("/uptime", summary="Availability per service over a window", response_model=Uptime)
-    async def uptime(who: Who, window_hours: float = Query(24.0, gt=0, le=24.0 * 366)) -> Uptime:
-        access.require(who, "reader")
+    async def uptime(_: Reader, window_hours: float = Query(24.0, gt=0, le=24.0 * 366)) -> Uptime:
         return await store.uptime(
             monitor.db,
             list(SERVICE_NAMES.values()),
@@ -319,6 +315,13 @@ def create_app(
 
     app.include_router(api)
     return app
+
+
+def _found(value: T | None, missing: str) -> T:
+    """The value, or a 404 whose text says what is missing."""
+    if value is None:
+        raise HTTPException(404, missing)
+    return value
 
 
 def _judge(moves: list[Move], slo: Slo) -> None:

@@ -81,8 +81,7 @@ ConsoleDep = Annotated[Console, Depends(_console)]
 
 
 async def _identity(request: Request, console: ConsoleDep) -> Identity:
-    # Only the ID token counts; X-Forwarded-User, -Email and -Groups are ignored.
-    return await console.access.verifier.verify_header(request.headers.get("authorization"))
+    return await console.access.identity(request)
 
 
 Who = Annotated[Identity, Depends(_identity)]
