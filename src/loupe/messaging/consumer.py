@@ -162,30 +162,23 @@ class Consumer:
             event = OrderEvent.from_json(message.body)
             span.set_attribute(ORDER_ID, event.order_id)
             await self._handler(event, delivery)
-        except (OrderEventError, PoisonMessage) as exc:
-            order_id = event.order_id if event else getattr(exc, "order_id", None)
-            reason = f"poison message: {exc}"
-            self._mark_failed(span, exc, reason)
-            await self._settle(
-                message,
-                self._dead_letter(message, headers, exchange, delivery, reason, order_id, event),
-            )
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            poison = isinstance(exc, (OrderEventError, PoisonMessage))
+            reason = f"poison message: {exc}" if poison else f"{type(exc).__name__}: {exc}"
             self._mark_failed(span, exc, reason)
-            if delivery.attempt >= self._max_attempts:
+            forwarded = self._forward_headers(headers, exchange, delivery.routing_key)
+            if not poison and delivery.attempt < self._max_attempts:
+                await self._settle(message, self._retry(message, delivery, forwarded, reason))
+                return
+            if not poison:
                 reason = f"gave up after {delivery.attempt} attempts: {reason}"
-                order_id = event.order_id if event else None
-                await self._settle(
-                    message,
-                    self._dead_letter(
-                        message, headers, exchange, delivery, reason, order_id, event
-                    ),
-                )
-            else:
-                await self._settle(
-                    message, self._retry(message, headers, exchange, delivery, reason)
-                )
+            order_id = event.order_id if event else None
+            if poison and order_id is None:
+                # A poison event that failed to parse may still have named its order.
+                order_id = getattr(exc, "order_id", None)
+            await self._settle(
+                message, self._dead_letter(message, delivery, forwarded, reason, order_id, event)
+            )
         else:
             await message.ack()
 
@@ -215,12 +208,10 @@ class Consumer:
     async def _retry(
         self,
         message: AbstractIncomingMessage,
-        headers: dict[str, Any],
-        exchange: str,
         delivery: Delivery,
+        forwarded: dict[str, Any],
         reason: str,
     ) -> None:
-        forwarded = self._forward_headers(headers, exchange, delivery.routing_key)
         forwarded[ATTEMPT_HEADER] = delivery.attempt + 1
         forwarded[REASON_HEADER] = reason[:1000]
         trace.get_current_span().add_event(
@@ -251,14 +242,12 @@ class Consumer:
     async def _dead_letter(
         self,
         message: AbstractIncomingMessage,
-        headers: dict[str, Any],
-        exchange: str,
         delivery: Delivery,
+        forwarded: dict[str, Any],
         reason: str,
         order_id: str | None,
         event: OrderEvent | None,
     ) -> None:
-        forwarded = self._forward_headers(headers, exchange, delivery.routing_key)
         forwarded.update(
             {
                 ATTEMPT_HEADER: delivery.attempt,
