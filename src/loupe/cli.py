@@ -184,7 +184,7 @@ def up(
 ) -> None:
     """Start Jaeger, Dex, the gateway, the portal, the monitor, the services and the actors;
     Ctrl-C stops them."""
-    from loupe.stack import STORAGES
+    from loupe.stack.components import STORAGES
     from loupe.stack.up import run_up
 
     if storage not in STORAGES:

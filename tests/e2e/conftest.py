@@ -12,7 +12,6 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from loupe.config import SERVICES
-from loupe.stack import Stack, free_port
 from loupe.stack.components import (
     JaegerPorts,
     dex_process,
@@ -21,7 +20,9 @@ from loupe.stack.components import (
     service_process,
 )
 from loupe.stack.gateway import GatewaySettings, Secrets, render
+from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
+from loupe.stack.supervisor import Stack
 
 from .browser_support import CHROMIUM, CHROMIUM_ARGS
 from .gateway_support import GATEWAY_SERVICES, Gateway, export_span

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from loupe.config import Settings
-from loupe.stack import Stack
 from loupe.stack.components import JaegerPorts
+from loupe.stack.supervisor import Stack
 
 
 @dataclass

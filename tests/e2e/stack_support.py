@@ -27,7 +27,6 @@ from loupe.bench.slo import slo_toml
 from loupe.config import SERVICES, Settings
 from loupe.database import dsn_for
 from loupe.messaging.topology import ORDERS_EXCHANGE
-from loupe.stack import Stack
 from loupe.stack.components import (
     JaegerPorts,
     actors_process,
@@ -41,6 +40,7 @@ from loupe.stack.components import (
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
+from loupe.stack.supervisor import Stack
 
 from .gateway_support import Gateway
 

@@ -44,7 +44,7 @@ from playwright.sync_api import (
 
 from loupe.config import REPO_ROOT
 from loupe.portal import links
-from loupe.stack import JaegerPorts
+from loupe.stack.components import JaegerPorts
 from loupe.telemetry.attributes import (
     DEAD_LETTER_REASON,
     DEAD_LETTERED_EVENT,

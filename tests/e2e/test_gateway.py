@@ -16,9 +16,10 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import pytest
 
-from loupe.stack import Stack, free_port
 from loupe.stack.components import dex_process, gateway_process
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
+from loupe.stack.process import free_port
+from loupe.stack.supervisor import Stack
 
 from .gateway_support import API, BROWSER, GATEWAY_SERVICES, Gateway, _FormFinder, sign_in
 

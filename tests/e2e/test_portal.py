@@ -15,10 +15,11 @@ import pytest
 
 from loupe.messaging.consumer import ATTEMPT_HEADER, ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
 from loupe.messaging.topology import DEAD_LETTER_EXCHANGE, declare_topology
-from loupe.stack import Stack, free_port
 from loupe.stack.components import dex_process, gateway_process, portal_process
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
+from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
+from loupe.stack.supervisor import Stack
 
 from .gateway_support import API, Gateway, sign_in
 

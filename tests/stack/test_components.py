@@ -12,21 +12,18 @@ import pytest
 import yaml
 
 from loupe.config import REPO_ROOT, Settings
-from loupe.stack import (
-    JaegerPorts,
-    StackError,
-    actors_process,
-    free_port,
-    jaeger_process,
-    preflight,
-    service_process,
-)
 from loupe.stack.components import (
     JAEGER_BASE_PATH,
     JAEGER_UI_ASSETS,
     JAEGER_UI_CONFIG,
+    JaegerPorts,
+    actors_process,
+    jaeger_process,
     monitor_process,
+    preflight,
+    service_process,
 )
+from loupe.stack.process import StackError, free_port
 
 
 def test_jaeger_process_without_binary_says_how_to_build(tmp_path: Path) -> None:

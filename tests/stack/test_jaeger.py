@@ -13,7 +13,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from loupe.stack import JaegerPorts, Stack, Storage, jaeger_process
+from loupe.stack.components import JaegerPorts, Storage, jaeger_process
+from loupe.stack.supervisor import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from loupe.stack import JaegerPorts, Stack, free_port
-from loupe.stack.components import jaeger_process
+from loupe.stack.components import JaegerPorts, jaeger_process
+from loupe.stack.process import free_port
+from loupe.stack.supervisor import Stack
 
 # Needs no RabbitMQ or PostgreSQL but starts Jaeger (the binary scripts/build-tools.sh builds),
 # as test_jaeger.py does: selected as an integration test and, like that file, as e2e.

@@ -11,8 +11,14 @@ import httpx
 import pytest
 
 from loupe.portal import links
-from loupe.stack import JaegerPorts, Stack, jaeger_process
-from loupe.stack.components import JAEGER_BASE_PATH, JAEGER_UI_ASSETS, JAEGER_UI_CONFIG
+from loupe.stack.components import (
+    JAEGER_BASE_PATH,
+    JAEGER_UI_ASSETS,
+    JAEGER_UI_CONFIG,
+    JaegerPorts,
+    jaeger_process,
+)
+from loupe.stack.supervisor import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -13,14 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loupe.stack import (
-    Process,
-    ProcessError,
-    Stack,
-    StackError,
-    free_port,
-)
-from loupe.stack.process import port_open
+from loupe.stack.process import Process, ProcessError, StackError, free_port, port_open
+from loupe.stack.supervisor import Stack
 
 # Installs a SIGTERM handler that records the process's name, then listens on a port so the
 # supervisor only considers it ready once the handler is in place.

@@ -7,10 +7,8 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from loupe.stack import (
-    JaegerPorts,
-    up,
-)
+from loupe.stack import up
+from loupe.stack.components import JaegerPorts
 from loupe.stack.gateway import GatewaySettings
 
 

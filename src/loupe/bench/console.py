@@ -53,7 +53,6 @@ from loupe.monitor import store
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import SpanFacts
 from loupe.orders.lifecycle import HAPPY_PATH
-from loupe.stack import Stack
 from loupe.stack.components import (
     JaegerPorts,
     jaeger_process,
@@ -62,6 +61,7 @@ from loupe.stack.components import (
 )
 from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
+from loupe.stack.supervisor import Stack
 from loupe.telemetry.attributes import ORDER_ID, ORDER_STATUS_FROM, ORDER_STATUS_TO
 
 SECTION = "console"

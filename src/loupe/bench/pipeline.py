@@ -30,9 +30,9 @@ from loupe.actors import Workshop
 from loupe.bench.measure import cpu_seconds, machine, percentile, spread
 from loupe.bench.report import write_section
 from loupe.config import SERVICES
-from loupe.stack import Stack
 from loupe.stack.components import JaegerPorts, jaeger_process, service_process
 from loupe.stack.sandbox import Sandbox
+from loupe.stack.supervisor import Stack
 
 SECTION = "pipeline"
 

@@ -22,9 +22,10 @@ from loupe.bench.slo import slo_toml as demo_slo_toml
 from loupe.database import dsn_for
 from loupe.monitor.settings import MonitorSettings
 from loupe.monitor.spans import decode
-from loupe.stack import Process, Stack
 from loupe.stack.components import JaegerPorts, monitor_process
+from loupe.stack.process import Process
 from loupe.stack.sandbox import Sandbox
+from loupe.stack.supervisor import Stack
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 LONG_SLO = "1d"

@@ -30,8 +30,9 @@ from loupe.bench.monitor.harness import (
     thousands,
     wait_until,
 )
-from loupe.stack import Process, Stack
 from loupe.stack.components import JaegerPorts, jaeger_process
+from loupe.stack.process import Process
+from loupe.stack.supervisor import Stack
 
 JAEGER_MODES = ("alone", "with monitor")
 POLL_SECONDS = 0.025
