@@ -11,9 +11,9 @@ import bcrypt
 import pytest
 import yaml
 
-from loupe.stack import StackError
 from loupe.stack.components import dex_process, gateway_process
 from loupe.stack.gateway import DEMO_USERS, GatewaySettings, Secrets, render
+from loupe.stack.process import StackError
 
 
 def mode(path: Path) -> int:
