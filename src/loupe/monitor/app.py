@@ -297,11 +297,11 @@ def create_app(
         response_model=Incident,
     )
     async def acknowledge(who: Operator, incident_id: int) -> Incident:
+        by = who.email or who.subject
         found = _found(
-            await store.acknowledge(monitor.db, incident_id, who.email or who.subject),
-            f"no incident {incident_id}",
+            await store.acknowledge(monitor.db, incident_id, by), f"no incident {incident_id}"
         )
-        log.warning("incident %s acknowledged by %s", incident_id, who.email or who.subject)
+        log.warning("incident %s acknowledged by %s", incident_id, by)
         return found
 
     @api.get("/uptime", summary="Availability per service over a window", response_model=Uptime)

@@ -18,19 +18,7 @@ from rich.progress import Progress, TaskID
 
 from loupe.bench.journeys import WARM_UP, Batch, Journeys, spans_per_order, submissions
 from loupe.bench.measure import metric_sum, percentile
-from loupe.bench.monitor.harness import (
-    Part,
-    RunningMonitor,
-    flow,
-    http_client,
-    ms,
-    progress,
-    scrape,
-    send_all,
-    slo_toml,
-    thousands,
-    wait_until,
-)
+from loupe.bench.monitor import harness
 
 DETECTION_AIM = 2.0
 HISTOGRAM = "loupe_monitor_detection_latency_seconds"
@@ -57,7 +45,7 @@ class Detection:
 
 
 async def detection_phase(
-    monitor: RunningMonitor,
+    monitor: harness.RunningMonitor,
     phase: str,
     orders: int,
     spread_seconds: float,
@@ -73,8 +61,8 @@ async def detection_phase(
     journeys = Journeys(seed)
     arrivals = sorted(journeys.uniform(spread_seconds) for _ in range(orders))
     order_ids: list[str] = []
-    async with http_client() as client:
-        before = await scrape(client, monitor.metrics_url)
+    async with harness.http_client() as client:
+        before = await harness.scrape(client, monitor.metrics_url)
         submitting = True
         loaded = 0
 
@@ -87,17 +75,17 @@ async def detection_phase(
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 if not submitting:
                     return
-                await send_all(client, monitor.intake, [batch], 1)
+                await harness.send_all(client, monitor.intake, [batch], 1)
                 loaded += batch.spans
 
         async def submit(bar: Progress, task: TaskID) -> None:
             batch, ids = submissions(journeys, 1, time.time_ns())
             order_ids.extend(ids)
-            await send_all(client, monitor.intake, [batch], 1)
+            await harness.send_all(client, monitor.intake, [batch], 1)
             bar.advance(task)
 
         loader = asyncio.create_task(load()) if background else None
-        with progress(console) as bar:
+        with harness.progress(console) as bar:
             task = bar.add_task(f"detection ({phase}): orders submitted", total=orders)
             started = time.perf_counter()
             sends = []
@@ -111,7 +99,7 @@ async def detection_phase(
             await loader
         with console.status(f"detection ({phase}): waiting for the last findings"):
             latencies = await _lateness(monitor, order_ids, slo_seconds)
-        after = await scrape(client, monitor.metrics_url)
+        after = await harness.scrape(client, monitor.metrics_url)
     count, within = _histogram(before, after)
     return Detection(
         phase=phase,
@@ -126,7 +114,7 @@ async def detection_phase(
 
 
 async def _lateness(
-    monitor: RunningMonitor, order_ids: list[str], slo_seconds: float
+    monitor: harness.RunningMonitor, order_ids: list[str], slo_seconds: float
 ) -> list[float]:
     """`detected_at - deadline` of each order found stuck, once all are found or after
     `slo_seconds` and half a minute more."""
@@ -140,7 +128,7 @@ async def _lateness(
             return found >= len(order_ids)
 
         with contextlib.suppress(TimeoutError):
-            await wait_until(all_found, slo_seconds + 30.0, "every finding", 0.25)
+            await harness.wait_until(all_found, slo_seconds + 30.0, "every finding", 0.25)
         rows = await connection.fetch(
             "SELECT extract(epoch FROM detected_at - deadline)::float8 AS late"
             " FROM findings WHERE order_id = ANY($1::text[]) AND state = 'stuck'",
@@ -163,7 +151,7 @@ def _histogram(before: str, after: str) -> tuple[float, float]:
 
 
 def _phases(
-    part: Part, args: argparse.Namespace, capacity: float
+    part: harness.Part, args: argparse.Namespace, capacity: float
 ) -> list[tuple[str, list[Batch], float]]:
     """The quiet phase, then one per `--load-shares`: its name, its background requests and
     their rate, a share of `capacity` (spans per second)."""
@@ -173,16 +161,16 @@ def _phases(
         rate = capacity * share
         duration = args.stuck_spread + args.slo_seconds + 5
         with part.console.status(f"making the spans for {share:.0%} load"):
-            load = flow(20 + n, int(rate * duration / per_batch) + 1, args.orders_per_batch)
+            load = harness.flow(20 + n, int(rate * duration / per_batch) + 1, args.orders_per_batch)
         phases.append((f"{share:.0%} of that rate", load[WARM_UP:], rate))
     return phases
 
 
-def measure(part: Part, args: argparse.Namespace, capacity: float) -> list[Detection]:
+def measure(part: harness.Part, args: argparse.Namespace, capacity: float) -> list[Detection]:
     """Every phase in turn on one monitor whose SUBMITTED is due after `--slo-seconds`."""
     phases = _phases(part, args, capacity)
     detections = []
-    with part.monitor("detect", "detection", slo_toml(f"{args.slo_seconds:g}s")) as monitor:
+    with part.monitor("detect", "detection", harness.slo_toml(f"{args.slo_seconds:g}s")) as monitor:
         for seed, (phase, load, rate) in enumerate(phases, start=10):
             detection = asyncio.run(
                 detection_phase(
@@ -200,13 +188,14 @@ def measure(part: Part, args: argparse.Namespace, capacity: float) -> list[Detec
             detections.append(detection)
             part.time_yardstick()
             found = detection.latencies or [float("nan")]
+            background = detection.background_spans_per_second
             part.console.print(
                 f"detection ({phase}): {len(detection.latencies)}/{detection.orders} "
-                f"found, p50 {ms(percentile(found, 50))} ms, p99 "
-                f"{ms(percentile(found, 99))} ms, max {ms(max(found))} ms"
+                f"found, p50 {harness.ms(percentile(found, 50))} ms, p99 "
+                f"{harness.ms(percentile(found, 99))} ms, max {harness.ms(max(found))} ms"
                 + (
-                    f", while ingesting {thousands(detection.background_spans_per_second)} spans/s"
-                    if detection.background_spans_per_second
+                    f", while ingesting {harness.thousands(background)} spans/s"
+                    if background
                     else ""
                 )
             )
