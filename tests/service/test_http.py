@@ -1,0 +1,155 @@
+"""A service's HTTP side alone: /healthz reports the kernel's health, refused steps answer
+409/404, the kernel lives as long as the app, and order rows become the API's views."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+
+from loupe.config import Settings
+from loupe.orders import OrderStatus
+from loupe.service.http import Orders, ServiceSettings, create_app, field_error, order_view
+from loupe.service.kernel import ServiceKernel
+from tests.support.service_fakes import FakeOrders
+
+
+class View(BaseModel):
+    id: str
+    status: str
+    price: float | None = None
+    created_at: str | None = None
+
+
+router = APIRouter()
+
+
+@router.get("/orders/{order_id}")
+async def show(order_id: str, orders: Orders) -> View:
+    return order_view(View, await orders.row(order_id))
+
+
+@router.post("/orders/{order_id}/close")
+async def close(order_id: str, orders: Orders) -> View:
+    return order_view(View, await orders.resume(order_id, OrderStatus.CLOSED, "close", updates={}))
+
+
+@router.get("/data-dir")
+async def data_dir(settings: ServiceSettings) -> str:
+    if not settings.data_dir.is_absolute():
+        raise field_error("data_dir", "is relative")
+    return str(settings.data_dir)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> ServiceKernel:
+    # A real kernel, never started: building the app must open nothing.
+    return ServiceKernel("mes", Settings(data_dir=tmp_path), tmp_path)
+
+
+@pytest.fixture
+def app(kernel: ServiceKernel, orders: FakeOrders) -> FastAPI:
+    return create_app(kernel, orders, "a test service", [router])  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        yield client
+
+
+async def test_healthz_names_what_a_kernel_that_never_started_lacks(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "problems": {
+            "database": "RuntimeError: the service has not started",
+            "broker": "not connected to RabbitMQ",
+        },
+    }
+
+
+async def test_healthz_is_ok_under_the_services_name_when_nothing_is_wrong(
+    app: FastAPI, client: httpx.AsyncClient, kernel: ServiceKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def healthy() -> dict[str, str]:
+        return {}
+
+    monkeypatch.setattr(kernel, "health", healthy)
+    response = await client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "service": "mes-api"})
+    assert app.openapi()["info"]["title"] == "mes-api"
+
+
+async def test_refused_steps_are_409_and_unknown_orders_404(
+    client: httpx.AsyncClient, orders: FakeOrders
+) -> None:
+    orders.add("o-1", OrderStatus.SUBMITTED)
+    early = await client.post("/orders/o-1/close")
+    assert early.status_code == 409
+    assert early.json()["status"] == "SUBMITTED" and early.json()["requested"] == "CLOSED"
+    assert "cannot become CLOSED" in early.json()["detail"]
+    missing = await client.post("/orders/nope/close")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "order nope does not exist"})
+
+
+async def test_routes_reach_the_services_settings(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    assert (await client.get("/data-dir")).json() == str(tmp_path)
+
+
+async def test_a_field_error_is_a_422_that_names_the_field(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    app.state.settings = Settings(data_dir=Path("relative"))
+    response = await client.get("/data-dir")
+    assert response.status_code == 422
+    assert response.json() == {"detail": {"field": "data_dir", "message": "is relative"}}
+
+
+async def test_the_kernel_starts_with_the_app_and_stops_even_when_serving_fails(
+    app: FastAPI, kernel: ServiceKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    async def start() -> None:
+        calls.append("start")
+
+    async def stop() -> None:
+        calls.append("stop")
+
+    monkeypatch.setattr(kernel, "start", start)
+    monkeypatch.setattr(kernel, "stop", stop)
+    with pytest.raises(RuntimeError, match="crashed"):
+        async with app.router.lifespan_context(app):
+            calls.append("serving")
+            raise RuntimeError("crashed")
+    assert calls == ["start", "serving", "stop"]
+
+
+async def test_an_order_view_shows_its_own_columns_as_json_types(
+    client: httpx.AsyncClient, orders: FakeOrders
+) -> None:
+    created = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    # A column the view does not declare (customer_email) never leaves the service.
+    orders.add(
+        "o-2", OrderStatus.CLOSED, price=Decimal("12.50"), created_at=created, customer_email="a@b"
+    )
+    shown = (await client.get("/orders/o-2")).json()
+    assert shown == {
+        "id": "o-2",
+        "status": "CLOSED",
+        "price": 12.5,
+        "created_at": created.isoformat(),
+    }
