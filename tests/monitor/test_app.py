@@ -192,9 +192,7 @@ async def metrics(client: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 async def test_otlp_protobuf_and_gzip_are_stored(client: Api) -> None:
     made = Spans()
-    submitted = made.make(
-        "shop-api", "POST /orders", ago(3), order_id="o-1", move=("NEW", "SUBMITTED")
-    )
+    submitted = made.happy_move(0, "o-1", ago(3))
     noise = made.make("shop-api", "SELECT orders", ago(3))
     response = await client.post("/v1/traces", content=otlp([submitted, noise]), headers=PROTOBUF)
     assert response.status_code == 200
@@ -203,13 +201,7 @@ async def test_otlp_protobuf_and_gzip_are_stored(client: Api) -> None:
     answer.ParseFromString(response.content)
     assert not answer.HasField("partial_success")
 
-    priced = made.make(
-        "mes-api",
-        "process loupe.orders",
-        ago(1),
-        order_id="o-1",
-        move=("SUBMITTED", "PRICE_CALCULATED"),
-    )
+    priced = made.happy_move(1, "o-1", ago(1))
     response = await client.post(
         "/v1/traces",
         content=gzip.compress(otlp([priced])),
@@ -230,9 +222,7 @@ async def test_otlp_protobuf_and_gzip_are_stored(client: Api) -> None:
 
 
 async def test_otlp_refuses_other_content_types_and_garbage(client: Api) -> None:
-    span = Spans().make(
-        "shop-api", "POST /orders", ago(1), order_id="o-x", move=("NEW", "SUBMITTED")
-    )
+    span = Spans().happy_move(0, "o-x", ago(1))
     body = otlp([span])
     for content_type in ("application/json", "text/plain", ""):
         response = await client.post(
@@ -262,9 +252,7 @@ async def test_spans_the_database_cannot_take_get_503_so_the_sender_retries(
 ) -> None:
     # OTLP senders drop a batch answered 500 and retry one answered 503 (Jaeger's otlphttp
     # exporter does), so a database the monitor cannot reach must answer 503.
-    span = Spans().make(
-        "shop-api", "POST /orders", ago(1), order_id="o-db", move=("NEW", "SUBMITTED")
-    )
+    span = Spans().happy_move(0, "o-db", ago(1))
     await client.monitor.db.close()
     response = await client.post("/v1/traces", content=otlp([span]), headers=PROTOBUF)
     assert response.status_code == 503, response.text
@@ -275,12 +263,8 @@ async def test_spans_the_database_cannot_take_get_503_so_the_sender_retries(
 
 async def test_gzip_members_are_joined_and_cut_or_inflated_bodies_refused(client: Api) -> None:
     made = Spans()
-    first = otlp(
-        [made.make("shop-api", "POST /orders", ago(2), order_id="o-a", move=("NEW", "SUBMITTED"))]
-    )
-    second = otlp(
-        [made.make("shop-api", "POST /orders", ago(2), order_id="o-b", move=("NEW", "SUBMITTED"))]
-    )
+    first = otlp([made.happy_move(0, "o-a", ago(2))])
+    second = otlp([made.happy_move(0, "o-b", ago(2))])
     gzipped = {**PROTOBUF, "Content-Encoding": "gzip"}
     # Two gzip members, one after the other (as `cat a.gz b.gz`): one body, both requests'
     # spans (protobuf messages concatenate).
@@ -307,22 +291,10 @@ async def test_gzip_members_are_joined_and_cut_or_inflated_bodies_refused(client
 
 async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client: Api) -> None:
     made = Spans()
-    stuck_at = ago(40)
-    stuck = made.make(
-        "shop-api", "POST /orders", stuck_at, order_id="o-stuck", move=("NEW", "SUBMITTED")
-    )
+    stuck = made.happy_move(0, "o-stuck", ago(40))
     moving = [
-        made.make(
-            "shop-api", "POST /orders", ago(10), order_id="o-moving", move=("NEW", "SUBMITTED")
-        ),
-        made.make(
-            "mes-api",
-            "process loupe.orders",
-            ago(4),
-            order_id="o-moving",
-            move=("SUBMITTED", "PRICE_CALCULATED"),
-            kind=SpanKind.CONSUMER,
-        ),
+        made.happy_move(0, "o-moving", ago(10)),
+        made.happy_move(1, "o-moving", ago(4), kind=SpanKind.CONSUMER),
     ]
     await send(client, [stuck, moving[0]])
     await send(client, [moving[1]])
@@ -443,18 +415,7 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert (await client.read("/monitor/api/findings", DEVOPS))["count"] == 1
 
     # It moves on: the finding clears, the incident resolves, the gauges follow.
-    await send(
-        client,
-        [
-            made.make(
-                "mes-api",
-                "process loupe.orders",
-                ago(0.5),
-                order_id="o-stuck",
-                move=("SUBMITTED", "PRICE_CALCULATED"),
-            )
-        ],
-    )
+    await send(client, [made.happy_move(1, "o-stuck", ago(0.5))])
     result = await client.monitor.detect_once()
     assert result.cleared == 1 and len(result.incidents_resolved) == 1
     assert (await client.read("/monitor/api/findings"))["count"] == 0

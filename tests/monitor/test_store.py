@@ -4,7 +4,6 @@ whatever order or how often they come; journeys; SLO deadlines; what breaks an o
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -14,51 +13,31 @@ from opentelemetry.trace import SpanKind
 
 from loupe.monitor import detection, store
 from loupe.orders import OrderStatus
-from tests.support.integration import POSTGRES_DSN
 from tests.support.monitor import HAPPY, MANAGEMENT, SLO, send
 from tests.support.otlp_spans import Spans, ago, slo
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def pool(database_name: Callable[[], str]) -> AsyncIterator[asyncpg.Pool]:
-    pool = await store.open_store(POSTGRES_DSN, database_name())
-    yield pool
-    await pool.close()
-
-
-async def test_journey_from_late_repeated_and_shuffled_spans(pool: asyncpg.Pool) -> None:
+async def test_journey_from_late_repeated_and_shuffled_spans(monitor_pool: asyncpg.Pool) -> None:
     made = Spans()
     order = "order-journey"
-    spans = [
-        made.make(service, name, ago(60 - 5 * i), order_id=order, move=(before, after))
-        for i, (service, name, before, after) in enumerate(HAPPY)
-    ]
+    spans = made.happy_path(order, lambda step: ago(60 - 5 * step))
     # CRM's copy following MES's pricing, a little later: a sighting, not a second move.
-    spans.append(
-        made.make(
-            "crm-api",
-            "process loupe.orders",
-            ago(54),
-            order_id=order,
-            move=("SUBMITTED", "PRICE_CALCULATED"),
-            kind=SpanKind.CONSUMER,
-        )
-    )
+    spans.append(made.happy_move(1, order, ago(54), by="crm-api", kind=SpanKind.CONSUMER))
     # A plain span of the order (no move) and one of no order at all: no transition.
     spans.append(made.make("mes-api", "price order", ago(56), order_id=order))
     spans.append(made.make("mes-api", "SELECT", ago(56)))
     shuffled = spans[:]
     random.Random(7).shuffle(shuffled)
-    first = await send(pool, shuffled[:5])
-    second = await send(pool, shuffled[3:])  # two spans arrive twice
-    again = await send(pool, spans)  # everything again
+    first = await send(monitor_pool, shuffled[:5])
+    second = await send(monitor_pool, shuffled[3:])  # two spans arrive twice
+    again = await send(monitor_pool, spans)  # everything again
 
     assert first.received == 5
     assert second.duplicates == 2
     assert again.new_transitions == 0 and again.duplicates == len(HAPPY) + 1
-    journey = await store.journey(pool, order)
+    journey = await store.journey(monitor_pool, order)
     assert journey is not None
     assert journey.status == "CLOSED"
     assert [m.status for m in journey.transitions] == [after for *_, after in HAPPY]
@@ -67,72 +46,68 @@ async def test_journey_from_late_repeated_and_shuffled_spans(pool: asyncpg.Pool)
     assert priced.seen_by and priced.seen_by[0].service == "crm-api"
     assert all(m.trace_id and m.span_id for m in journey.transitions)
 
-    result = await detection.tick(pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
     assert result.opened == []
-    assert await store.findings(pool) == []
+    assert await store.findings(monitor_pool) == []
 
 
 async def test_a_changed_slo_file_moves_the_deadlines_of_waiting_orders(
-    pool: asyncpg.Pool,
+    monitor_pool: asyncpg.Pool,
 ) -> None:
     made = Spans()
-    await send(
-        pool,
-        [made.make("shop-api", "POST /orders", ago(40), order_id="o-wait", move=HAPPY[0][2:])],
-    )
-    assert await store.apply_slo(pool, SLO) == 0
+    await send(monitor_pool, [made.happy_move(0, "o-wait", ago(40))])
+    assert await store.apply_slo(monitor_pool, SLO) == 0
     submitted = SLO.steps[OrderStatus.SUBMITTED]
     patient = replace(SLO, steps={submitted.status: replace(submitted, within=timedelta(hours=1))})
-    assert await store.apply_slo(pool, patient) == 1
-    assert (await detection.tick(pool, patient, MANAGEMENT)).opened == []
+    assert await store.apply_slo(monitor_pool, patient) == 1
+    assert (await detection.tick(monitor_pool, patient, MANAGEMENT)).opened == []
     # Back to 30 s: 40 s waiting is stuck.
-    assert await store.apply_slo(pool, SLO) == 1
-    (opened,) = (await detection.tick(pool, SLO, MANAGEMENT)).opened
+    assert await store.apply_slo(monitor_pool, SLO) == 1
+    (opened,) = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
     assert opened.order_id == "o-wait"
     # A file with no step for SUBMITTED: no deadline, the finding clears, detection goes on.
     silent = slo("PRICE_CALCULATED")
-    assert await store.apply_slo(pool, silent) == 1
-    await detection.tick(pool, silent, MANAGEMENT)
-    assert await store.findings(pool) == []
+    assert await store.apply_slo(monitor_pool, silent) == 1
+    await detection.tick(monitor_pool, silent, MANAGEMENT)
+    assert await store.findings(monitor_pool) == []
 
 
-async def test_a_dead_letter_with_no_order_in_a_request_with_orders(pool: asyncpg.Pool) -> None:
+async def test_a_dead_letter_with_no_order_in_a_request_with_orders(
+    monitor_pool: asyncpg.Pool,
+) -> None:
     # Jaeger's batch mixes spans freely: a dead letter that names no order arrives with other
     # orders' moves and errors, and every one of them is stored.
     made = Spans()
     result = await send(
-        pool,
+        monitor_pool,
         [
-            made.make(
-                "crm-api",
-                "process loupe.orders",
+            made.consumed(
+                "crm.order-status",
                 ago(2),
                 error="poison message: not JSON",
                 dead_lettered=True,
-                kind=SpanKind.CONSUMER,
-                attributes={"messaging.destination.subscription.name": "crm.order-status"},
             ),
-            made.make("shop-api", "POST /orders", ago(2), order_id="o-1", move=HAPPY[0][2:]),
+            made.happy_move(0, "o-1", ago(2)),
             made.make("mes-api", "price order", ago(1), order_id="o-1", error="no model"),
         ],
     )
     assert (result.new_transitions, result.new_errors) == (1, 2)
-    await detection.tick(pool, SLO, MANAGEMENT)
-    journey = await store.journey(pool, "o-1")
+    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    journey = await store.journey(monitor_pool, "o-1")
     assert journey is not None and [t.status for t in journey.transitions] == ["SUBMITTED"]
-    orphan = [f for f in await store.findings(pool) if f.order_id is None]
+    orphan = [f for f in await store.findings(monitor_pool) if f.order_id is None]
     assert [f.where for f in orphan] == ["queue crm.order-status"]
 
 
 async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
-    pool: asyncpg.Pool,
+    monitor_pool: asyncpg.Pool,
 ) -> None:
     made = Spans()
     await send(
-        pool,
+        monitor_pool,
         [
-            made.make("shop-api", "POST /orders", ago(30), order_id="ok", move=HAPPY[0][2:]),
-            made.make("mes-api", "process loupe.orders", ago(29), order_id="ok", move=HAPPY[1][2:]),
+            made.happy_move(0, "ok", ago(30)),
+            made.happy_move(1, "ok", ago(29)),
             # A seller clicks "approve" twice: the second is refused (409), not a failure.
             made.make(
                 "crm-api",
@@ -142,25 +117,16 @@ async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
                 error="order ok is MANUFACTURING_APPROVED; it cannot become ...",
                 attributes={"error.type": "IllegalTransition"},
             ),
-            made.make(
-                "crm-api",
-                "approve manufacturing",
-                ago(1),
-                order_id="ok",
-                move=HAPPY[2][2:],
-            ),
-        ]
-        + [
-            made.make(service, name, ago(20 - i), order_id="done", move=(before, after))
-            for i, (service, name, before, after) in enumerate(HAPPY)
-        ]
-        + [made.make("crm-api", "close order", ago(1), order_id="done", error="boom")],
+            made.happy_move(2, "ok", ago(1)),
+            *made.happy_path("done", lambda step: ago(20 - step)),
+            made.make("crm-api", "close order", ago(1), order_id="done", error="boom"),
+        ],
     )
-    async with pool.acquire() as connection:
+    async with monitor_pool.acquire() as connection:
         await connection.execute("UPDATE orders SET deadline = NULL WHERE order_id = 'ok'")
         # Past every grace: nothing may be due.
         rows = await connection.fetch("SELECT order_id, broken_at FROM orders")
     assert {r["order_id"]: r["broken_at"] for r in rows} == {"ok": None, "done": None}
-    assert (await detection.tick(pool, SLO, MANAGEMENT)).opened == []
-    journey = await store.journey(pool, "ok")
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    journey = await store.journey(monitor_pool, "ok")
     assert journey is not None and [e.message[:8] for e in journey.errors] == ["order ok"]

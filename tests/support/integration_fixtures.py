@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from loupe.database import drop_database, dsn_for
 from loupe.messaging import Publisher, declare_topology
+from loupe.monitor import store
 from tests.support.integration import ALL_QUEUES, AMQP_URL, POSTGRES_DSN, SANDBOX, SERVER, Broker
 
 
@@ -67,3 +68,11 @@ async def database_name() -> AsyncIterator[Callable[[], str]]:
             await drop_database(connection, name)
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def monitor_pool(database_name: Callable[[], str]) -> AsyncIterator[asyncpg.Pool]:
+    """The order-flow monitor's store, migrated, in a throwaway database; closed at the end."""
+    pool = await store.open_store(POSTGRES_DSN, database_name())
+    yield pool
+    await pool.close()

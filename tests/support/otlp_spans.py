@@ -6,7 +6,7 @@ Importable from every test directory (`pythonpath = ["tests"]` in pyproject.toml
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,10 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from loupe.monitor.settings import DEMO_SLO_FILE
 from loupe.monitor.slo import Slo
 from loupe.telemetry.attributes import DEAD_LETTER_REASON, DEAD_LETTERED_EVENT
+
+# Spelled here, not imported from loupe.monitor.spans, so that the monitor's tests check the
+# name it reads against the one the services' consumers write.
+SUBSCRIPTION = "messaging.destination.subscription.name"
 
 
 class Spans:
@@ -98,6 +102,43 @@ class Spans:
             span.set_status(status)
         span.end(end_time=nanos)
         return self.exporter.get_finished_spans()[-1]
+
+    def happy_move(
+        self, step: int, order_id: str, at: datetime, *, by: str | None = None, **details: Any
+    ) -> ReadableSpan:
+        """The span that makes the happy path's move number `step` (HAPPY_MOVES) of `order_id`.
+
+        `by` another service: its copy of the move (it consumed the event and recorded the
+        same status). `details` as for `make`.
+        """
+        service, name, before, after = HAPPY_MOVES[step]
+        return self.make(
+            by or service, name, at, order_id=order_id, move=(before, after), **details
+        )
+
+    def happy_path(self, order_id: str, ended: Callable[[int], datetime]) -> list[ReadableSpan]:
+        """Every move of the happy path of `order_id`, move number i ended at `ended(i)`."""
+        return [self.happy_move(step, order_id, ended(step)) for step in range(len(HAPPY_MOVES))]
+
+    def consumed(
+        self,
+        queue: str,
+        at: datetime,
+        *,
+        attributes: dict[str, Any] | None = None,
+        **details: Any,
+    ) -> ReadableSpan:
+        """The CONSUMER span of a loupe.orders message taken from `queue`, named as the services'
+        consumer names it, of the service the queue belongs to (crm.order-status: crm-api).
+        `details` as for `make`."""
+        return self.make(
+            f"{queue.split('.')[0]}-api",
+            "process loupe.orders",
+            at,
+            kind=SpanKind.CONSUMER,
+            attributes={SUBSCRIPTION: queue, **(attributes or {})},
+            **details,
+        )
 
 
 def otlp(spans: Sequence[ReadableSpan]) -> bytes:
