@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import aio_pika
 import pytest
 from opentelemetry import baggage, context, trace
@@ -90,24 +88,6 @@ async def test_producer_span_is_a_child_of_the_current_span_and_carries_baggage(
     assert producer.context is not None
     assert producer.context.trace_id == request.get_span_context().trace_id
     assert f"{producer.context.span_id:016x}" in str(headers["traceparent"])
-
-
-async def test_event_fans_out_to_every_bound_queue_only(broker: Broker) -> None:
-    await broker.publisher.publish_event(broker.exchanges.orders, _event())
-    for queue in ("mes.order-submitted", "crm.order-status", "shop.order-status"):
-        message = await broker.get(queue, "the submitted event")
-        assert json.loads(message.body)["order_id"] == ORDER_ID
-    assert await broker.depth("mes.order-decisions") == 0
-    assert await broker.depth(UNROUTABLE_QUEUE) == 0
-
-
-async def test_decision_event_reaches_the_decision_queue(broker: Broker) -> None:
-    await broker.publisher.publish_event(
-        broker.exchanges.orders, _event(OrderStatus.MANUFACTURING_APPROVED)
-    )
-    message = await broker.get("mes.order-decisions", "the approval")
-    assert message.routing_key == "order.manufacturing_approved"
-    assert await broker.depth("mes.order-submitted") == 0
 
 
 async def test_message_nobody_binds_lands_in_the_unroutable_queue(
