@@ -112,6 +112,28 @@ def jaeger_trace(trace_id: str, spans: list[Span]) -> dict[str, Any]:
     return {"traceID": trace_id, "spans": items, "processes": processes, "warnings": None}
 
 
+@dataclass
+class _Step:
+    """One person's step of closed_order's journey: its number and when it began."""
+
+    index: int
+    at: datetime
+
+    def span(
+        self, n: int, service: str, name: str, *, after_ms: float, ms: float, **more: Any
+    ) -> Span:
+        """The step's span number `n`, starting `after_ms` into the step; its id is the step's
+        number then `n` (so every id in the journey differs). `more` as for Span."""
+        return Span(
+            service,
+            name,
+            self.at + timedelta(milliseconds=after_ms),
+            ms,
+            f"{self.index:02d}" + str(n) * 14,
+            **more,
+        )
+
+
 def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A CLOSED order's journey (monitor) and its traces (Jaeger): one trace per person's
     step, each linked to the step before; a retry and a dead letter on the way."""
@@ -124,49 +146,45 @@ def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[d
     for index, (status, service) in enumerate(zip(statuses, services, strict=True)):
         trace_id = f"{index + 1:02d}" + "ab" * 15
         status_from = statuses[index - 1] if index else "NEW"
-        root = Span(
+        step = _Step(index, at)
+        root = step.span(
+            0,
             service,
             f"POST /orders/{{order_id}}/{status.lower()}",
-            at,
-            40 + index,
-            f"{index:02d}" + "0" * 14,
+            after_ms=0,
+            ms=40 + index,
             links=[previous] if previous else [],
         )
-        move = Span(
+        move = step.span(
+            1,
             service,
             "UPDATE orders",
-            at + timedelta(milliseconds=5),
-            6,
-            f"{index:02d}" + "1" * 14,
+            after_ms=5,
+            ms=6,
             parent=root.span_id,
             tags={ORDER_ID: order_id, ORDER_STATUS_FROM: status_from, ORDER_STATUS_TO: status},
         )
-        publish = Span(
-            service,
-            "publish loupe.orders",
-            at + timedelta(milliseconds=15),
-            4,
-            f"{index:02d}" + "2" * 14,
-            parent=root.span_id,
+        publish = step.span(
+            2, service, "publish loupe.orders", after_ms=15, ms=4, parent=root.span_id
         )
-        consume = Span(
+        consume = step.span(
+            3,
             "crm-api" if service != "crm-api" else "shop-api",
             "process loupe.orders",
-            at + timedelta(milliseconds=30),
-            9,
-            f"{index:02d}" + "3" * 14,
+            after_ms=30,
+            ms=9,
             parent=publish.span_id,
             tags={ORDER_ID: order_id, DELIVERY_ATTEMPT: "2" if index == 2 else "1"},
         )
         spans = [root, move, publish, consume]
         if index == 1:
             spans.append(
-                Span(
+                step.span(
+                    4,
                     "crm-api",
                     "process loupe.orders",
-                    at + timedelta(milliseconds=20),
-                    3,
-                    f"{index:02d}" + "4" * 14,
+                    after_ms=20,
+                    ms=3,
                     parent=publish.span_id,
                     tags={ORDER_ID: order_id},
                     events=[(DEAD_LETTERED_EVENT, {DEAD_LETTER_REASON: "poison message"})],
