@@ -12,6 +12,7 @@ import pytest
 
 import loupe.database
 from loupe.database import dsn_for, load_migrations, migrate, open_database
+from loupe.service.kernel import open_service_database
 from tests.support.integration import MIGRATIONS, POSTGRES_DSN
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ async def test_service_migrations_are_applied_once(
     name = database_name()
     assert not await _exists(name)
 
-    pool = await open_database(POSTGRES_DSN, name, MIGRATIONS[service])
+    pool = await open_service_database(POSTGRES_DSN, name, MIGRATIONS[service])
 
     assert await _exists(name)
     expected = load_migrations(MIGRATIONS[service])
@@ -81,10 +82,11 @@ async def test_service_migrations_are_applied_once(
     assert sorted((r["version"], r["name"]) for r in applied) == [
         (m.version, m.name) for m in expected
     ]
-    assert {"orders", "processed_messages", "schema_migrations"} <= await _tables(pool)
+    tables = {"orders", "processed_messages", "outbox", "schema_migrations"}
+    assert tables | {"schema_migrations_service"} <= await _tables(pool)
 
     # A second start applies nothing and leaves the record alone.
-    second = await open_database(POSTGRES_DSN, name, MIGRATIONS[service])
+    second = await open_service_database(POSTGRES_DSN, name, MIGRATIONS[service])
     again = await second.fetch("SELECT version, name, applied_at FROM schema_migrations")
     assert sorted(map(tuple, again)) == sorted(map(tuple, applied))
     assert await migrate(second, expected) == []

@@ -80,28 +80,28 @@ async def drop_database(connection: asyncpg.Connection, database: str, attempts:
             await asyncio.sleep(0.25)
 
 
-async def migrate(pool: asyncpg.Pool, migrations: list[Migration]) -> list[int]:
-    """Apply what is missing; returns the versions applied now."""
+async def migrate(
+    pool: asyncpg.Pool, migrations: list[Migration], record: str = "schema_migrations"
+) -> list[int]:
+    """Apply what is missing; returns the versions applied now. `record` is the table that
+    remembers which were applied (a name from code, never from input)."""
     applied_now = []
     async with pool.acquire() as connection:
         await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
         try:
             await connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                f"CREATE TABLE IF NOT EXISTS {record} ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
                 " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
-            done = {
-                r["version"]
-                for r in await connection.fetch("SELECT version FROM schema_migrations")
-            }
+            done = {r["version"] for r in await connection.fetch(f"SELECT version FROM {record}")}
             for migration in migrations:
                 if migration.version in done:
                     continue
                 async with connection.transaction():
                     await connection.execute(migration.sql)
                     await connection.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        f"INSERT INTO {record} (version, name) VALUES ($1, $2)",
                         migration.version,
                         migration.name,
                     )
@@ -121,13 +121,21 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     """
 
 
-async def open_database(base_dsn: str, database: str, migrations_folder: Path) -> asyncpg.Pool:
-    """Create the database if needed, connect, migrate; the pool is ready for the service."""
+async def open_database(
+    base_dsn: str, database: str, migrations_folder: Path, *more_folders: Path
+) -> asyncpg.Pool:
+    """Create the database if needed, connect, migrate; the pool is ready for the service.
+
+    `more_folders` are sets of migrations several databases share (each service's delivery
+    bookkeeping); each is numbered on its own and recorded in `schema_migrations_<its
+    package>`, applied before the database's own."""
     await ensure_database(base_dsn, database)
     pool = await asyncpg.create_pool(
         dsn_for(base_dsn, database), min_size=1, max_size=10, reset=_keep_session
     )
     try:
+        for folder in more_folders:
+            await migrate(pool, load_migrations(folder), f"schema_migrations_{folder.parent.name}")
         await migrate(pool, load_migrations(migrations_folder))
     except BaseException:
         await pool.close()

@@ -9,10 +9,10 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from loupe.database import open_database
 from loupe.messaging import Delivery
 from loupe.messaging.inbox import claim_delivery
 from loupe.orders import OrderEvent, OrderSource, OrderStatus
+from loupe.service.kernel import open_service_database
 from tests.support.integration import MIGRATIONS, POSTGRES_DSN, Broker, wait_for_consumer_spans
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ QUEUE = "crm.order-status"
 @pytest.fixture
 async def pool(database_name: Callable[[], str]) -> AsyncIterator[asyncpg.Pool]:
     """A throwaway database with the CRM's migrations and a counter to count effects by."""
-    pool = await open_database(POSTGRES_DSN, database_name(), MIGRATIONS["crm"])
+    pool = await open_service_database(POSTGRES_DSN, database_name(), MIGRATIONS["crm"])
     try:
         await pool.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
         await pool.execute("INSERT INTO counter VALUES (1, 0)")

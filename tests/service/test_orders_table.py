@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -13,10 +13,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from loupe.database import open_database
 from loupe.messaging import Delivery
 from loupe.messaging.propagation import span_context_from_text, span_context_to_text
 from loupe.orders import IllegalTransition, OrderEvent, OrderSource, OrderStatus
+from loupe.service.kernel import open_service_database
 from loupe.service.orders_table import OrderNotFound, OrderTable, order_sql
 from loupe.telemetry.attributes import LINK_REASON, PREVIOUS_STEP
 from tests.support.integration import MIGRATIONS, POSTGRES_DSN
@@ -30,22 +30,19 @@ _tracer = trace.get_tracer(__name__)
 
 @dataclass
 class Recorder:
-    """The kernel's part the table needs: a pool, and a publish that keeps what it is given."""
+    """The kernel's part the table needs (a pool), and what its steps queued in the outbox."""
 
     pool: asyncpg.Pool
-    published: list[OrderEvent] = field(default_factory=list)
-    refuse: bool = False
 
-    async def publish(self, event: OrderEvent) -> None:
-        if self.refuse:
-            raise ConnectionError("broker unreachable")
-        self.published.append(event)
+    async def queued(self) -> list[OrderEvent]:
+        rows = await self.pool.fetch("SELECT body FROM outbox ORDER BY id")
+        return [OrderEvent.from_json(row["body"]) for row in rows]
 
 
 @pytest.fixture
 async def recorder(database_name: Callable[[], str]) -> AsyncIterator[Recorder]:
     # MES's table: it has every column the rules write (price, failure_reason, operator …).
-    pool = await open_database(POSTGRES_DSN, database_name(), MIGRATIONS["mes"])
+    pool = await open_service_database(POSTGRES_DSN, database_name(), MIGRATIONS["mes"])
     try:
         yield Recorder(pool)
     finally:
@@ -101,7 +98,7 @@ def test_the_one_builder_writes_the_statements_spans_show() -> None:
 
 
 # -- submit -------------------------------------------------------------------------------------
-async def test_submit_creates_a_submitted_order_and_publishes_it(
+async def test_submit_creates_a_submitted_order_and_queues_its_event(
     table: OrderTable, recorder: Recorder
 ) -> None:
     with _tracer.start_as_current_span("place order") as span:
@@ -113,7 +110,7 @@ async def test_submit_creates_a_submitted_order_and_publishes_it(
     row = await table.row(event.order_id)
     assert (row["status"], row["source"], row["partner_id"]) == ("SUBMITTED", "b2b", "acme")
     assert row["last_step_context"] == span_context_to_text(span.get_span_context())
-    assert recorder.published == [event]
+    assert await recorder.queued() == [event]
     assert (event.status, event.previous_status, event.model_url) == (
         S.SUBMITTED,
         None,
@@ -121,17 +118,31 @@ async def test_submit_creates_a_submitted_order_and_publishes_it(
     )
 
 
-async def test_no_order_is_created_when_its_event_cannot_be_published(
+async def test_no_event_is_queued_for_an_order_that_was_not_written(
     table: OrderTable, recorder: Recorder
 ) -> None:
-    recorder.refuse = True
-    with pytest.raises(ConnectionError):
-        await table.submit(OrderSource.B2B, {"partner_id": "acme"}, {})
+    with pytest.raises(asyncpg.UndefinedColumnError):
+        await table.submit(OrderSource.B2B, {"no_such_column": "x"}, {})
     assert await recorder.pool.fetchval("SELECT count(*) FROM orders") == 0
+    assert await recorder.queued() == []
+
+
+async def test_a_change_rolled_back_takes_its_queued_event_with_it(
+    table: OrderTable, recorder: Recorder
+) -> None:
+    # The ghost order's cause: an event out while its change was never committed.
+    order_id = await _insert(recorder, S.SUBMITTED)
+    with pytest.raises(RuntimeError):
+        async with recorder.pool.acquire() as connection, connection.transaction():
+            await table.transition(connection, order_id, S.PRICE_CALCULATED)
+            assert len(await recorder.queued()) == 0, "not visible before the commit"
+            raise RuntimeError("the handler failed after the step")
+    assert await _status(recorder, order_id) == "SUBMITTED"
+    assert await recorder.queued() == []
 
 
 # -- transition and resume ----------------------------------------------------------------------
-async def test_transition_moves_records_the_step_and_publishes(
+async def test_transition_moves_records_the_step_and_queues_its_event(
     table: OrderTable, recorder: Recorder
 ) -> None:
     order_id = await _insert(recorder, S.SUBMITTED)
@@ -148,11 +159,11 @@ async def test_transition_moves_records_the_step_and_publishes(
     assert result.row["status"] == "PRICE_CALCULATED" and float(result.row["price"]) == 250.5
     assert result.row["updated_at"] > before
     assert result.row["last_step_context"] == span_context_to_text(span.get_span_context())
-    assert recorder.published == [result.event]
+    assert await recorder.queued() == [result.event]
     assert (result.event.previous_status, result.event.status) == (S.SUBMITTED, S.PRICE_CALCULATED)
 
 
-async def test_a_refused_transition_changes_and_publishes_nothing(
+async def test_a_refused_transition_changes_and_queues_nothing(
     table: OrderTable, recorder: Recorder
 ) -> None:
     order_id = await _insert(recorder, S.SUBMITTED)
@@ -163,7 +174,7 @@ async def test_a_refused_transition_changes_and_publishes_nothing(
     with pytest.raises(OrderNotFound):
         await table.row("no-such-order")
     assert await _status(recorder, order_id) == "SUBMITTED"
-    assert recorder.published == []
+    assert await recorder.queued() == []
 
 
 async def test_a_resumed_step_is_a_span_linked_to_the_previous_step(
@@ -202,7 +213,7 @@ async def test_mirror_inserts_a_missing_order_only_when_asked(
     row = await table.row(unknown)
     assert (row["status"], float(row["price"]), row["currency"]) == ("PRICE_CALCULATED", 99, "EUR")
     assert row["last_step_context"] == span_context_to_text(delivery.span_context)
-    assert recorder.published == [], "a view follows; it never announces"
+    assert await recorder.queued() == [], "a view follows; it never announces"
 
 
 async def test_mirror_moves_forward_and_ignores_stale_and_repeated_events(
@@ -234,14 +245,14 @@ async def test_fail_order_fails_an_order_once_and_says_why(
     await table.fail_order(order_id, "x" * 1500, status_event(order_id, S.SUBMITTED, None))
     row = await table.row(order_id)
     assert (row["status"], row["failure_reason"]) == ("FAILED", "x" * 1000)
-    (event,) = recorder.published
+    (event,) = await recorder.queued()
     assert (event.status, event.previous_status, event.reason) == (
         S.FAILED,
         S.SUBMITTED,
         "x" * 1000,
     )
     await table.fail_order(order_id, "again", None)
-    assert len(recorder.published) == 1, "a final order is not failed again"
+    assert len(await recorder.queued()) == 1, "a final order is not failed again"
 
 
 async def test_fail_order_creates_an_order_it_never_saw(
@@ -251,7 +262,7 @@ async def test_fail_order_creates_an_order_it_never_saw(
     await table.fail_order(unknown, "poison message: bad JSON", None)
     row = await table.row(unknown)
     assert (row["status"], row["source"]) == ("FAILED", "shop")
-    assert [e.previous_status for e in recorder.published] == [S.SUBMITTED]
+    assert [e.previous_status for e in await recorder.queued()] == [S.SUBMITTED]
 
 
 async def test_the_failure_of_a_failed_event_is_not_announced(
@@ -260,4 +271,4 @@ async def test_the_failure_of_a_failed_event_is_not_announced(
     order_id = await _insert(recorder, S.PRICE_CALCULATED)
     await table.fail_order(order_id, "could not follow", status_event(order_id, S.FAILED, None))
     assert await _status(recorder, order_id) == "PRICE_CALCULATED"
-    assert recorder.published == []
+    assert await recorder.queued() == []

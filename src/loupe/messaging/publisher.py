@@ -1,7 +1,7 @@
 """Publishing with a producer span, trace headers, persistence and publisher confirms.
 
-`publish` returns only once the broker has confirmed the message, so a caller that commits
-its database transaction after it never records a change whose event was lost.
+`publish` returns only once the broker has confirmed the message, so the services' outbox
+relay (service/outbox.py) deletes an event only once it is safe in RabbitMQ.
 """
 
 from __future__ import annotations
@@ -39,6 +39,20 @@ def producer_attributes(
     if server is not None:
         attributes["server.address"], attributes["server.port"] = server
     return attributes
+
+
+def describe_failure(exc: BaseException, server: tuple[str, int] | None) -> str:
+    """Why a publish failed, in words a person can act on (never an object's repr)."""
+    where = f" at {server[0]}:{server[1]}" if server else ""
+    if isinstance(exc, TimeoutError):
+        return f"RabbitMQ{where} did not confirm in time (is publishing blocked by an alarm?)"
+    if isinstance(exc, aio_pika.exceptions.PublishError):
+        return f"RabbitMQ{where} returned the message: no queue is bound to its routing key"
+    if isinstance(exc, aio_pika.exceptions.DeliveryError):
+        return f"RabbitMQ{where} did not accept the message (a negative confirm)"
+    if isinstance(exc, OSError | aio_pika.exceptions.AMQPError | RuntimeError):
+        return f"RabbitMQ unreachable{where} ({type(exc).__name__})"
+    return f"publishing to RabbitMQ{where} failed: {type(exc).__name__}: {exc}"
 
 
 class Publisher:
@@ -89,16 +103,19 @@ class Publisher:
                 await exchange.publish(message, routing_key=key, mandatory=True)
             except Exception as exc:
                 span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"publish failed: {type(exc).__name__}"))
+                span.set_status(Status(StatusCode.ERROR, describe_failure(exc, self._server)))
                 span.set_attribute("error.type", type(exc).__name__)
                 raise
         return message_id
 
-    async def publish_event(self, exchange: AbstractExchange, event: OrderEvent) -> str:
+    async def publish_event(
+        self, exchange: AbstractExchange, event: OrderEvent, message_id: str | None = None
+    ) -> str:
         """Publish an order status event under its routing key, e.g. `order.shipped`."""
         return await self.publish(
             exchange,
             event.to_json(),
             routing_key(event.status),
+            message_id=message_id,
             span_attributes={ORDER_ID: event.order_id, ORDER_SOURCE: event.source.value},
         )

@@ -1,5 +1,5 @@
-"""One service's connections: its database, its RabbitMQ connection and consumers, started and
-stopped with the HTTP app, and the health they report."""
+"""One service's connections: its database, its RabbitMQ connection, its consumers and its
+outbox relay, started and stopped with the HTTP app, and the health they report."""
 
 from __future__ import annotations
 
@@ -17,10 +17,20 @@ from loupe.config import SERVICE_NAMES, Settings
 from loupe.database import open_database
 from loupe.messaging import QUEUES, Consumer, Publisher, declare_topology
 from loupe.messaging.consumer import DeadLetterHook, Handler
+from loupe.messaging.publisher import describe_failure
 from loupe.messaging.topology import Exchanges
 from loupe.orders import OrderEvent
+from loupe.service import outbox
+
+DELIVERY_MIGRATIONS = Path(__file__).parent / "migrations"
+"""Every service's inbox and outbox tables, applied before its own migrations."""
 
 log = logging.getLogger(__name__)
+
+
+async def open_service_database(base_dsn: str, database: str, migrations: Path) -> asyncpg.Pool:
+    """A service's database with its inbox and outbox, and its own tables from `migrations`."""
+    return await open_database(base_dsn, database, migrations, DELIVERY_MIGRATIONS)
 
 
 class ServiceKernel:
@@ -40,6 +50,7 @@ class ServiceKernel:
         self._pool: asyncpg.Pool | None = None
         self._connection: AbstractRobustConnection | None = None
         self._exchanges: Exchanges | None = None
+        self._relay: outbox.Relay | None = None
         amqp = urlsplit(settings.amqp_url)
         self._amqp_server = (amqp.hostname or "127.0.0.1", amqp.port or 5672)
         self.publisher = Publisher(self.service_name, self._amqp_server)
@@ -68,11 +79,11 @@ class ServiceKernel:
             raise RuntimeError("the service has not started")
         return self._exchanges
 
-    async def publish(self, event: OrderEvent) -> None:
-        await self.publisher.publish_event(self.exchanges.orders, event)
+    async def _publish(self, event: OrderEvent, message_id: str) -> None:
+        await self.publisher.publish_event(self.exchanges.orders, event, message_id)
 
     async def start(self) -> None:
-        self._pool = await open_database(
+        self._pool = await open_service_database(
             self.settings.postgres_dsn, self.settings.database_name(self.service), self._migrations
         )
         self._connection = await aio_pika.connect_robust(
@@ -97,11 +108,17 @@ class ServiceKernel:
                 server=self._amqp_server,
             )
             await consumer.start(consume_channel)
+        self._relay = outbox.Relay(
+            self._pool, self._publish, describe=lambda exc: describe_failure(exc, self._amqp_server)
+        )
+        await self._relay.start()
         log.info("%s ready", self.service_name)
 
     async def stop(self) -> None:
         for callback in self._on_stop:
             await callback()
+        if self._relay is not None:
+            await self._relay.stop()
         if self._connection is not None:
             await self._connection.close()
         if self._pool is not None:
@@ -117,4 +134,6 @@ class ServiceKernel:
             problems["database"] = f"{type(exc).__name__}: {exc}"
         if self._connection is None or self._connection.is_closed:
             problems["broker"] = "not connected to RabbitMQ"
+        elif self._relay is not None and self._relay.problem:
+            problems["broker"] = f"events wait in the outbox: {self._relay.problem}"
         return problems

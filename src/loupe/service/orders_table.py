@@ -1,6 +1,6 @@
 """The rules of a service's `orders` table: orders are created SUBMITTED, moved only as the
-lifecycle allows with every step recorded and published, followed forward only when another
-service decides, and failed once.
+lifecycle allows with every step recorded and its event queued in the outbox (same
+transaction), followed forward only when another service decides, and failed once.
 
 Each service's `orders` table has at least: id, source, status, updated_at, failure_reason and
 last_step_context (the span of the last step, for linking work resumed later).
@@ -23,6 +23,7 @@ from loupe.messaging.inbox import claim_delivery
 from loupe.messaging.propagation import span_context_from_text, span_context_to_text
 from loupe.orders import OrderEvent, OrderSource, OrderStatus, check_transition
 from loupe.orders.lifecycle import is_behind
+from loupe.service import outbox
 from loupe.telemetry import OrderAttributes, set_order_attributes
 from loupe.telemetry.attributes import LINK_REASON, ORDER_FAILURE_REASON, PREVIOUS_STEP
 
@@ -45,12 +46,11 @@ class TransitionResult:
 
 
 class Connections(Protocol):
-    """Where the table lives and where its events go: the service kernel, or a test's."""
+    """Where the table lives: the service kernel, or a test's. Its events go to the outbox in
+    the same database, from where the kernel's relay publishes them."""
 
     @property
     def pool(self) -> asyncpg.Pool: ...
-
-    async def publish(self, event: OrderEvent) -> None: ...
 
 
 def order_sql(columns: Iterable[str], *, update: bool = False, returning: bool = False) -> str:
@@ -90,7 +90,7 @@ class OrderTable:
     async def submit(
         self, source: OrderSource, columns: Mapping[str, Any], event_fields: Mapping[str, Any]
     ) -> OrderEvent:
-        """Create an order as SUBMITTED and publish `order.submitted`, in one transaction."""
+        """Create an order as SUBMITTED and queue `order.submitted`, in one transaction."""
         order_id = str(uuid.uuid4())
         set_order_attributes(OrderAttributes(order_id, source, None, OrderStatus.SUBMITTED))
         values = {
@@ -109,7 +109,7 @@ class OrderTable:
                 source=source,
                 **dict(event_fields),
             )
-            await self._connections.publish(event)
+            await outbox.add(connection, event)
             log.info("order %s submitted (%s)", order_id, source, extra={"order_id": order_id})
         return event
 
@@ -145,7 +145,7 @@ class OrderTable:
         updates: Mapping[str, Any] | None = None,
         event_fields: Mapping[str, Any] | None = None,
     ) -> TransitionResult:
-        """Move one order, record the step, publish its event; all inside the caller's transaction.
+        """Move one order, record the step, queue its event; all inside the caller's transaction.
 
         `resumed_by` names work a person picks up later (a seller approving, an operator
         taking the order): it gets a span of its own, linked to the order's previous step,
@@ -195,7 +195,7 @@ class OrderTable:
             source=source,
             **dict(event_fields or {}),
         )
-        await self._connections.publish(event)
+        await outbox.add(connection, event)
         log.info("order %s: %s -> %s", order_id, current, to, extra={"order_id": order_id})
         return TransitionResult(event, updated)
 

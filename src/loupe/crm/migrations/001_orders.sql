@@ -14,11 +14,3 @@ CREATE TABLE orders (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX orders_status ON orders (status);
-
--- Idempotent consumption: one row per message applied from each queue.
-CREATE TABLE processed_messages (
-    queue TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (queue, message_id)
-);
