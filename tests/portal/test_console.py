@@ -110,15 +110,34 @@ async def test_now_groups_findings_by_place_oldest_first(
     assert asked and all(r.headers["authorization"] == DEVELOPER["Authorization"] for r in asked)
 
 
-async def test_now_says_when_the_monitor_or_rabbitmq_cannot_be_reached(
+@pytest.mark.parametrize(
+    ("down", "path", "named", "still_shown"),
+    [
+        # The monitor still answers: its findings (their places) are shown.
+        ("rabbitmq", "/now/panel", "RabbitMQ&#39;s management API", r'data-place="[^"]+"'),
+        # The monitor still has the order's journey.
+        ("jaeger", "/orders/order-closed", "Jaeger&#39;s query API", r'data-move="CLOSED"'),
+    ],
+    ids=["rabbitmq-down", "jaeger-down"],
+)
+async def test_a_page_says_which_backend_cannot_be_reached_and_shows_the_rest(
+    console: httpx.AsyncClient,
+    backends: FakeBackends,
+    down: str,
+    path: str,
+    named: str,
+    still_shown: str,
+) -> None:
+    backends.down = {down}
+    page = await console.get(path, headers=DEVELOPER)
+    assert page.status_code == 200
+    assert named in page.text and "cannot be reached" in page.text
+    assert re.search(still_shown, page.text), still_shown
+
+
+async def test_now_says_when_the_monitor_cannot_be_read(
     console: httpx.AsyncClient, backends: FakeBackends
 ) -> None:
-    backends.down = {"rabbitmq"}
-    panel = await console.get("/now/panel", headers=DEVELOPER)
-    assert panel.status_code == 200
-    assert "RabbitMQ&#39;s management API" in panel.text and "cannot be reached" in panel.text
-    assert _places(panel.text), "the monitor still answers: its findings are shown"
-
     backends.down = {"monitor"}
     panel = await console.get("/now/panel", headers=DEVELOPER)
     assert panel.status_code == 503, "the page keeps its last data, marked out of date"
@@ -150,16 +169,6 @@ async def test_an_unknown_order_is_404_with_words(console: httpx.AsyncClient) ->
     page = await console.get("/orders/no-such-order", headers=DEVELOPER)
     assert page.status_code == 404
     assert "No span of order" in page.text and "no-such-order" in page.text
-
-
-async def test_jaeger_down_still_shows_the_journey(
-    console: httpx.AsyncClient, backends: FakeBackends
-) -> None:
-    backends.down = {"jaeger"}
-    page = await console.get("/orders/order-closed", headers=DEVELOPER)
-    assert page.status_code == 200
-    assert "Jaeger&#39;s query API" in page.text and "cannot be reached" in page.text
-    assert 'data-move="CLOSED"' in page.text
 
 
 async def test_search_takes_an_order_id_or_a_trace_id(
