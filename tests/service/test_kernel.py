@@ -1,0 +1,93 @@
+"""A service's kernel on real PostgreSQL and RabbitMQ: health before, during and after a run,
+its database migrated, and its consumers run with the service's settings (attempts, delay)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from loupe.messaging.consumer import Delivery
+from loupe.orders import OrderEvent, OrderStatus
+from loupe.service.kernel import ServiceKernel
+from tests.support.integration import MIGRATIONS, SANDBOX, Broker, eventually
+from tests.support.service_fakes import status_event
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "crm.order-status"
+NOT_STARTED = {"database": "RuntimeError: the service has not started"}
+DISCONNECTED = {"broker": "not connected to RabbitMQ"}
+
+
+@pytest.fixture
+async def kernel(broker: Broker) -> AsyncIterator[ServiceKernel]:
+    # The session's sandbox (its vhost and its databases, dropped when the session ends), with
+    # few, quick retries; `broker` has declared and purged the queues.
+    settings = dataclasses.replace(SANDBOX.settings, max_delivery_attempts=2, retry_delay_ms=50)
+    kernel = ServiceKernel("crm", settings, MIGRATIONS["crm"])
+    yield kernel
+    if "database" not in await kernel.health():  # still running: the test did not stop it
+        await kernel.stop()
+
+
+def test_a_service_consumes_only_its_own_queues(tmp_path: Path) -> None:
+    async def handler(_: OrderEvent, __: Delivery) -> None: ...
+
+    kernel = ServiceKernel("shop", SANDBOX.settings, tmp_path)
+    with pytest.raises(ValueError, match="belongs to mes, not shop"):
+        kernel.consume("mes.order-submitted", handler)
+
+
+async def test_health_follows_the_connections_from_start_to_stop(kernel: ServiceKernel) -> None:
+    assert await kernel.health() == NOT_STARTED | DISCONNECTED
+    with pytest.raises(RuntimeError, match="has not started"):
+        kernel.exchanges  # noqa: B018 (the property is what is tested)
+
+    await kernel.start()
+    assert await kernel.health() == {}
+    assert kernel.exchanges.orders.name == "loupe.orders"
+    # The service's own migrations ran: its order table is there, empty.
+    assert await kernel.pool.fetchval("SELECT count(*) FROM orders") == 0
+
+    # Callbacks run first, while the database can still be used (e.g. to finish a batch).
+    seen: list[int] = []
+
+    async def last_words() -> None:
+        seen.append(await kernel.pool.fetchval("SELECT 1"))
+
+    kernel.on_stop(last_words)
+    await kernel.stop()
+    assert seen == [1]
+    problems = await kernel.health()
+    assert problems["broker"] == DISCONNECTED["broker"]
+    assert "closed" in problems["database"]
+
+
+async def test_consumers_retry_and_dead_letter_as_the_settings_say(
+    kernel: ServiceKernel, broker: Broker
+) -> None:
+    handled: list[tuple[str, int]] = []
+    dead: list[tuple[str, str]] = []
+
+    async def handler(event: OrderEvent, delivery: Delivery) -> None:
+        handled.append((event.order_id, delivery.attempt))
+        if event.order_id == "o-bad":
+            raise RuntimeError("cannot follow")
+
+    async def on_dead_letter(order_id: str, reason: str, _: OrderEvent | None) -> None:
+        dead.append((order_id, reason))
+
+    kernel.consume(QUEUE, handler, on_dead_letter)
+    await kernel.start()
+    for order_id in ("o-good", "o-bad"):
+        await broker.publisher.publish_event(
+            broker.exchanges.orders, status_event(order_id, OrderStatus.SHIPPED)
+        )
+    await eventually(lambda: dead and len(handled) == 3, "the bad event dead-lettered")
+    # LOUPE_MAX_DELIVERY_ATTEMPTS=2: the bad one is tried twice, then given up.
+    assert sorted(handled) == [("o-bad", 1), ("o-bad", 2), ("o-good", 1)]
+    ((order_id, reason),) = dead
+    assert order_id == "o-bad" and "cannot follow" in reason
