@@ -62,6 +62,14 @@ class DeadLetters:
         self.calls.append((order_id, reason, event))
 
 
+@pytest.fixture
+async def handler(broker: Broker) -> Recorder:
+    """A Recorder that never fails, consuming QUEUE with the consumer's default attempts."""
+    recorder = Recorder()
+    await broker.consume(QUEUE, recorder)
+    return recorder
+
+
 def _attributes(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes or {})
 
@@ -76,10 +84,8 @@ def _parent(span: ReadableSpan) -> tuple[int, int] | None:
 
 
 async def test_consumer_span_is_a_child_of_the_producer_span(
-    broker: Broker, spans: InMemorySpanExporter
+    broker: Broker, spans: InMemorySpanExporter, handler: Recorder
 ) -> None:
-    handler = Recorder()
-    await broker.consume(QUEUE, handler)
     event = _event()
     message_id = await broker.publisher.publish_event(broker.exchanges.orders, event)
 
@@ -312,10 +318,8 @@ async def test_poison_message_is_dead_lettered_at_once(
 
 
 async def test_malformed_traceparent_starts_a_new_trace_with_a_note(
-    broker: Broker, spans: InMemorySpanExporter
+    broker: Broker, spans: InMemorySpanExporter, handler: Recorder
 ) -> None:
-    handler = Recorder()
-    await broker.consume(QUEUE, handler)
     event = _event()
     await broker.exchanges.orders.publish(
         _raw_message(event.to_json(), "bad-trace-1", {"traceparent": "garbage"}),
@@ -333,10 +337,8 @@ async def test_malformed_traceparent_starts_a_new_trace_with_a_note(
 
 
 async def test_missing_traceparent_starts_a_new_trace_with_a_note(
-    broker: Broker, spans: InMemorySpanExporter
+    broker: Broker, spans: InMemorySpanExporter, handler: Recorder
 ) -> None:
-    handler = Recorder()
-    await broker.consume(QUEUE, handler)
     await broker.exchanges.orders.publish(
         _raw_message(_event().to_json(), "no-trace-1", {}), routing_key="order.submitted"
     )
