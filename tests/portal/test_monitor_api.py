@@ -57,13 +57,15 @@ async def test_every_call_carries_the_persons_token_to_the_monitors_api() -> Non
     [
         (500, {"detail": "pool closed"}, "the monitor answered 500: pool closed"),
         (502, "<html>bad gateway", "the monitor answered 502: <html>bad gateway"),
+        # A proxy's JSON need not be an object.
+        (502, ["bad gateway"], 'the monitor answered 502: ["bad gateway"]'),
         (200, {"count": "many"}, "the monitor's answer does not fit its contract"),
         # /findings always exists: a 404 means something else answers at that URL.
         (404, {}, f"the monitor at {MONITOR}/monitor/api has no /findings"),
     ],
 )
 async def test_a_broken_answer_is_unavailable_in_words(
-    status: int, body: dict[str, object] | str, words: str
+    status: int, body: dict[str, object] | list[str] | str, words: str
 ) -> None:
     if isinstance(body, str):
         answer = httpx.Response(status, text=body)

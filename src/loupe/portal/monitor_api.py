@@ -112,6 +112,9 @@ class MonitorApi:
 
 def _detail(response: httpx.Response) -> str:
     try:
-        return str(response.json().get("detail") or response.text[:200])
+        body = response.json()
     except ValueError:
-        return response.text[:200]
+        body = None
+    # A proxy in front of the monitor may answer with any JSON, not only FastAPI's object.
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail or response.text[:200])
