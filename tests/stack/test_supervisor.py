@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from loupe.stack.process import Process, ProcessError, StackError, free_port, port_open
-from loupe.stack.supervisor import Stack
+from loupe.stack.supervisor import CrashLoop, Death, Restarted, RestartPolicy, Stack, Supervisor
 
 # Installs a SIGTERM handler that records the process's name, then listens on a port so the
 # supervisor only considers it ready once the handler is in place.
@@ -307,3 +308,82 @@ def test_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
     proc = Process(name="ghost", argv=[str(tmp_path / "no-such-binary")], logs_dir=tmp_path)
     with pytest.raises(StackError, match="cannot start ghost"):
         proc.start()
+
+
+# -- restarts -----------------------------------------------------------------------------------
+class Clock:
+    """The supervisor's clock, moved by the test: back-off is checked without waiting it out."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _kill_and_notice(stack: Stack, name: str) -> None:
+    pid = stack[name].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while not stack[name].died:
+        assert time.monotonic() < deadline, "the killed child was not noticed"
+        time.sleep(0.02)
+
+
+def test_a_dead_process_is_restarted_after_its_back_off_and_the_rest_keep_running(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    policy = RestartPolicy(first_delay=2, max_delay=5, crash_loop_deaths=10)
+    with Stack([http_server("web", tmp_path), http_server("api", tmp_path)]) as stack:
+        supervisor = Supervisor(stack, policy, clock)
+        web_pid, api_pid = stack["web"].pid, stack["api"].pid
+        delays = []
+        for restart in (1, 2, 3):
+            _kill_and_notice(stack, "api")
+            (death,) = supervisor.tick()
+            assert isinstance(death, Death) and death.problem == "exited with code -9"
+            delays.append(death.delay)
+            assert supervisor.tick() == [], "not before its delay"
+            clock.now += death.delay
+            (back,) = supervisor.tick()
+            assert isinstance(back, Restarted) and back.restarts == restart
+            assert stack["api"].running and stack["api"].pid != api_pid
+        assert delays == [2, 4, 5], "doubling, capped at max_delay"
+        assert stack["web"].pid == web_pid and stack["web"].running
+
+        status = tmp_path / "supervisor.json"
+        supervisor.write_status(status)
+        written = json.loads(status.read_text())["processes"]
+        assert written["api"]["restarts"] == 3 and written["web"]["restarts"] == 0
+        assert written["api"]["pid"] == stack["api"].pid
+
+
+def test_a_process_that_keeps_dying_is_a_crash_loop(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = RestartPolicy(first_delay=1, crash_loop_deaths=2, crash_loop_window=60)
+    with Stack([http_server("api", tmp_path)]) as stack:
+        supervisor = Supervisor(stack, policy, clock)
+        for _ in range(2):
+            _kill_and_notice(stack, "api")
+            (death,) = supervisor.tick()
+            clock.now += death.delay
+            supervisor.tick()
+        _kill_and_notice(stack, "api")
+        with pytest.raises(CrashLoop, match="api died 3 times within 60 s"):
+            supervisor.tick()
+
+
+def test_deaths_outside_the_window_do_not_count_toward_a_crash_loop(tmp_path: Path) -> None:
+    clock = Clock()
+    policy = RestartPolicy(first_delay=1, crash_loop_deaths=1, crash_loop_window=60)
+    with Stack([http_server("api", tmp_path)]) as stack:
+        supervisor = Supervisor(stack, policy, clock)
+        for _ in range(3):
+            _kill_and_notice(stack, "api")
+            (death,) = supervisor.tick()
+            assert death.delay == 1, "back-off starts again once the old deaths have aged out"
+            clock.now += 61
+            supervisor.tick()
+        assert supervisor.restarts["api"] == 3

@@ -40,7 +40,7 @@ from loupe.stack.gateway import (
     render,
 )
 from loupe.stack.process import StackError, indent
-from loupe.stack.supervisor import Stack
+from loupe.stack.supervisor import Death, Restarted, Stack, Supervisor
 
 
 class StopRequested(Exception):
@@ -138,19 +138,31 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     console.print(_sign_in(gateway, keys), highlight=False)
     console.print("[bold]==>[/] running; press Ctrl-C to stop everything")
 
+    supervisor = Supervisor(stack)
+    console.print(f"    a process that dies is {supervisor.policy.describe()}")
+    status_file = data_dir / "supervisor.json"
+    supervisor.write_status(status_file)
     while True:
-        died = stack.died()
-        if died:
-            for process in died:
-                console.print(
-                    f"[red bold]error:[/] {process.name} exited unexpectedly with code "
-                    f"{process.returncode} (log: {escape(str(process.log_path))}). "
-                    f"Last lines of the log:\n{escape(indent(process.log_tail()))}",
-                    highlight=False,
-                )
-            _stop(stack, console)
-            return 1
+        for event in supervisor.tick():
+            _report(event, console)
+            supervisor.write_status(status_file)
         time.sleep(0.5)
+
+
+def _report(event: Death | Restarted, console: Console) -> None:
+    process = event.process
+    if isinstance(event, Restarted):
+        console.print(
+            f"[green]✓[/] {process.name} is back (pid {process.pid}); "
+            f"restarted {event.restarts} time(s) since `loupe up` began"
+        )
+        return
+    console.print(
+        f"[red bold]error:[/] {process.name} {escape(event.problem)}; restarting it in "
+        f"{event.delay:g} s (log: {escape(str(process.log_path))}). Last lines of the log:\n"
+        f"{escape(indent(process.log_tail()))}",
+        highlight=False,
+    )
 
 
 def access_environment(
