@@ -102,8 +102,11 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         monitor_url=monitor_url,
     )
 
-    # Jaeger starts first and the monitor later: until the monitor answers, Jaeger's monitor
-    # pipeline keeps the spans in its queue and retries, so none of the first ones are lost.
+    # The stack stops in reverse: the actors and services first (each flushing its spans to
+    # Jaeger), then Jaeger (flushing what it forwards to the monitor), the monitor last, so
+    # no order's last moves are lost and reported stuck after the next start. The monitor's
+    # own few spans wait in its exporter until Jaeger is up.
+    stack.add(monitor_process(access_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     stack.add(
         jaeger_process(storage, ports, data_dir / "jaeger", logs_dir, monitor_endpoint=monitor_url)
     )
@@ -111,7 +114,6 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
         stack.add(dex_process(gateway, files, logs_dir))
     stack.add(gateway_process(gateway, files, logs_dir))
     stack.add(portal_process(access_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
-    stack.add(monitor_process(access_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     for service in SERVICES:
         stack.add(service_process(service, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     if actors:
