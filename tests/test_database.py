@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ async def _exists(database: str) -> bool:
     return bool(rows)
 
 
-async def _tables(pool: asyncpg.Pool) -> set[str]:
-    rows = await pool.fetch(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+async def _tables(database: str) -> set[str]:
+    rows = await _fetch(
+        database, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
     )
     return {r["table_name"] for r in rows}
 
@@ -66,6 +67,27 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
     return folder
 
 
+@dataclass
+class Scratch:
+    """A throwaway database (not created yet) and a folder of migrations for it."""
+
+    database: str
+    folder: Path
+
+    def write(self, files: dict[str, str]) -> None:
+        """`files` (name: SQL) written into the folder, replacing any of the same name."""
+        _write(self.folder, files)
+
+    async def open(self) -> asyncpg.Pool:
+        """open_database on the folder as it is now."""
+        return await open_database(POSTGRES_DSN, self.database, self.folder)
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, database_name: Callable[[], str]) -> Scratch:
+    return Scratch(database_name(), tmp_path / "m")
+
+
 @pytest.mark.parametrize("service", sorted(MIGRATIONS))
 async def test_service_migrations_are_applied_once(
     service: str, database_name: Callable[[], str]
@@ -83,7 +105,7 @@ async def test_service_migrations_are_applied_once(
         (m.version, m.name) for m in expected
     ]
     tables = {"orders", "processed_messages", "outbox", "schema_migrations"}
-    assert tables | {"schema_migrations_service"} <= await _tables(pool)
+    assert tables | {"schema_migrations_service"} <= await _tables(name)
 
     # A second start applies nothing and leaves the record alone.
     second = await open_service_database(POSTGRES_DSN, name, MIGRATIONS[service])
@@ -92,78 +114,61 @@ async def test_service_migrations_are_applied_once(
     assert await migrate(second, expected) == []
 
 
-async def test_only_new_migrations_are_applied(
-    tmp_path: Path, database_name: Callable[[], str]
-) -> None:
-    name = database_name()
-    folder = _write(
-        tmp_path / "migrations",
+async def test_only_new_migrations_are_applied(scratch: Scratch) -> None:
+    scratch.write(
         {
             "001_counters.sql": "CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER);",
             "002_seed.sql": "INSERT INTO counters VALUES ('seen', 0);",
-        },
+        }
     )
-    pool = await open_database(POSTGRES_DSN, name, folder)
+    pool = await scratch.open()
     assert [r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations")] == [
         1,
         2,
     ]
 
     # 002 is not run again (it would insert a duplicate key); only 003 is new.
-    _write(folder, {"003_more.sql": "ALTER TABLE counters ADD COLUMN note TEXT;"})
-    assert await migrate(pool, load_migrations(folder)) == [3]
+    scratch.write({"003_more.sql": "ALTER TABLE counters ADD COLUMN note TEXT;"})
+    assert await migrate(pool, load_migrations(scratch.folder)) == [3]
     assert await pool.fetchval("SELECT count(*) FROM counters") == 1
-    assert await migrate(pool, load_migrations(folder)) == []
+    assert await migrate(pool, load_migrations(scratch.folder)) == []
     names = await pool.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [tuple(r) for r in names] == [(1, "counters"), (2, "seed"), (3, "more")]
 
 
-async def test_failing_migration_is_rolled_back_and_not_recorded(
-    tmp_path: Path, database_name: Callable[[], str]
-) -> None:
-    name = database_name()
-    folder = _write(
-        tmp_path / "m",
+async def test_failing_migration_is_rolled_back_and_not_recorded(scratch: Scratch) -> None:
+    scratch.write(
         {
             "001_ok.sql": "CREATE TABLE first (id INTEGER);",
             "002_broken.sql": "CREATE TABLE second (id INTEGER); SELEC oops;",
-        },
+        }
     )
     with pytest.raises(asyncpg.PostgresSyntaxError):
-        await open_database(POSTGRES_DSN, name, folder)
+        await scratch.open()
 
-    rows = await _fetch(name, "SELECT version FROM schema_migrations")
+    rows = await _fetch(scratch.database, "SELECT version FROM schema_migrations")
     assert [r["version"] for r in rows] == [1]
-    tables = {
-        r["table_name"]
-        for r in await _fetch(
-            name, "SELECT table_name FROM information_schema.tables WHERE table_schema='public'"
-        )
-    }
+    tables = await _tables(scratch.database)
     assert "first" in tables
     assert "second" not in tables
 
     # Fixed, the next start applies the rest.
-    _write(folder, {"002_broken.sql": "CREATE TABLE second (id INTEGER);"})
-    pool = await open_database(POSTGRES_DSN, name, folder)
-    assert {"first", "second"} <= await _tables(pool)
+    scratch.write({"002_broken.sql": "CREATE TABLE second (id INTEGER);"})
+    await scratch.open()
+    assert {"first", "second"} <= await _tables(scratch.database)
 
 
-async def test_replicas_starting_together_apply_each_migration_once(
-    tmp_path: Path, database_name: Callable[[], str]
-) -> None:
-    name = database_name()
+async def test_replicas_starting_together_apply_each_migration_once(scratch: Scratch) -> None:
     # The database exists already (see the next test for creating it concurrently).
-    await loupe.database.ensure_database(POSTGRES_DSN, name)
-    folder = _write(
-        tmp_path / "m",
+    await loupe.database.ensure_database(POSTGRES_DSN, scratch.database)
+    scratch.write(
         {
             "001_log.sql": "CREATE TABLE log (line TEXT);",
             # Not idempotent: run twice, it would leave two rows.
             "002_entry.sql": "SELECT pg_sleep(0.2); INSERT INTO log VALUES ('migrated');",
-        },
+        }
     )
-    opened = await asyncio.gather(*(open_database(POSTGRES_DSN, name, folder) for _ in range(4)))
+    opened = await asyncio.gather(*(scratch.open() for _ in range(4)))
     assert await opened[0].fetchval("SELECT count(*) FROM log") == 1
     assert await opened[0].fetchval("SELECT count(*) FROM schema_migrations") == 2
 
@@ -216,17 +221,12 @@ def test_files_that_are_not_sql_are_ignored(tmp_path: Path) -> None:
     "files", [{"001_a.sql": "", "003_c.sql": ""}, {"1_init.sql": "CREATE TABLE t (id INT);"}]
 )
 async def test_open_database_refuses_a_bad_folder_before_migrating(
-    tmp_path: Path,
-    files: dict[str, str],
-    database_name: Callable[[], str],
+    scratch: Scratch, files: dict[str, str]
 ) -> None:
-    name = database_name()
+    scratch.write(files)
     with pytest.raises(ValueError, match=r"without gaps|must be named NNN_name\.sql"):
-        await open_database(POSTGRES_DSN, name, _write(tmp_path / "m", files))
-    tables = await _fetch(
-        name, "SELECT table_name FROM information_schema.tables WHERE table_schema='public'"
-    )
-    assert tables == []
+        await scratch.open()
+    assert await _tables(scratch.database) == set()
 
 
 BUG_POOL_LEAK = (
@@ -236,13 +236,13 @@ BUG_POOL_LEAK = (
 
 
 async def test_open_database_closes_its_pool_when_migrations_are_refused(
-    tmp_path: Path, database_name: Callable[[], str], pools: list[asyncpg.Pool]
+    scratch: Scratch, pools: list[asyncpg.Pool]
 ) -> None:
-    name = database_name()
+    scratch.write({"2_b.sql": ""})
     with pytest.raises(ValueError):
-        await open_database(POSTGRES_DSN, name, _write(tmp_path / "m", {"2_b.sql": ""}))
+        await scratch.open()
     assert len(pools) == 1
     connections = await _fetch(
-        "postgres", "SELECT pid FROM pg_stat_activity WHERE datname = $1", name
+        "postgres", "SELECT pid FROM pg_stat_activity WHERE datname = $1", scratch.database
     )
     assert connections == []
