@@ -19,6 +19,17 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable; TimeoutError (a pool that cannot hand out) too
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection failed or was lost
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, out of memory or disk
+    asyncpg.OperatorInterventionError,  # 57: shutting down, restarting, not accepting yet
+    asyncpg.TransactionRollbackError,  # 40: serialization failure, deadlock
+)
+"""Errors that mean "the database cannot answer now, ask again soon", not a bug: callers answer
+them with 503 and Retry-After (HTTP) or a retry, never 500."""
+
+
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x6C6F757065  # "loupe"
 

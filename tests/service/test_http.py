@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -15,7 +16,14 @@ from pydantic import BaseModel
 
 from loupe.config import Settings
 from loupe.orders import OrderStatus
-from loupe.service.http import Orders, ServiceSettings, create_app, field_error, order_view
+from loupe.service.http import (
+    RETRY_AFTER_SECONDS,
+    Orders,
+    ServiceSettings,
+    create_app,
+    field_error,
+    order_view,
+)
 from loupe.service.kernel import ServiceKernel
 from tests.support.service_fakes import FakeOrders
 
@@ -153,3 +161,43 @@ async def test_an_order_view_shows_its_own_columns_as_json_types(
         "price": 12.5,
         "created_at": created.isoformat(),
     }
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.DeadlockDetectedError("deadlock detected"),
+    ],
+    ids=type,
+)
+async def test_a_database_outage_is_a_503_with_retry_after_never_a_500(
+    client: httpx.AsyncClient,
+    orders: FakeOrders,
+    monkeypatch: pytest.MonkeyPatch,
+    outage: Exception,
+) -> None:
+    async def unreachable(order_id: str) -> None:
+        raise outage
+
+    monkeypatch.setattr(orders, "row", unreachable)
+    response = await client.get("/orders/o-1")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    assert response.json() == {"detail": "mes-api's database is unavailable; retry shortly"}
+
+
+async def test_a_bug_is_still_a_500(
+    app: FastAPI, orders: FakeOrders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(order_id: str) -> None:
+        raise asyncpg.UndefinedColumnError('column "x" does not exist')
+
+    monkeypatch.setattr(orders, "row", broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        assert (await client.get("/orders/o-1")).status_code == 500

@@ -4,6 +4,7 @@ dependencies routes declare), the order views it answers with, and serving it wi
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -15,12 +16,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from loupe.config import SERVICE_NAMES, Settings
+from loupe.database import UNAVAILABLE
 from loupe.objectstore import ObjectStore
 from loupe.orders import IllegalTransition
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderNotFound, OrderTable
 
 View = TypeVar("View", bound=BaseModel)
+RETRY_AFTER_SECONDS = 5
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -62,6 +66,19 @@ def create_app(
             {"detail": str(exc), "status": exc.current.value, "requested": exc.wanted.value},
             409,
         )
+
+    # Only the database may refuse a request (events wait in the outbox when RabbitMQ is
+    # away): a 503 with Retry-After tells clients and proxies to come back, a 500 would not.
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("answering 503, the database is unavailable: %s: %s", type(exc).__name__, exc)
+        return JSONResponse(
+            {"detail": f"{kernel.service_name}'s database is unavailable; retry shortly"},
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, unavailable)
 
     @app.exception_handler(OrderNotFound)
     async def missing(_: Request, exc: OrderNotFound) -> JSONResponse:
