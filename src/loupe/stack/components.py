@@ -137,7 +137,9 @@ def jaeger_process(
 
     With `monitor_endpoint` (the monitor's root URL, e.g. `http://127.0.0.1:8091`), Jaeger also
     forwards the spans the monitor needs to `{monitor_endpoint}/v1/traces`, through its own
-    queue: a slow or stopped monitor never slows or loses what Jaeger stores.
+    queue: a slow or stopped monitor never slows or loses what Jaeger stores. The queue is in
+    memory (the binary has no `file_storage`), so stopping Jaeger while the monitor is down
+    drops what waits there (docs/reliability.md).
     """
     if storage not in STORAGES:
         raise StackError(f"unknown Jaeger storage {storage!r}; choose one of {', '.join(STORAGES)}")
