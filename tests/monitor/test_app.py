@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import re
+import secrets
 import socket
 import threading
 import time
@@ -31,8 +33,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from loupe.access import AccessSettings, Jwks, TokenVerifier
 from loupe.config import Settings
 from loupe.database import drop_database, dsn_for
+from loupe.monitor import store
 from loupe.monitor.app import MAX_BODY, Monitor, create_app
 from loupe.monitor.settings import MonitorSettings
+from loupe.monitor.spans import MAX_NAME_BYTES
 from tests.support.integration import AMQP_URL, POSTGRES_DSN
 from tests.support.otlp_spans import Spans, ago, otlp, slo
 
@@ -259,6 +263,75 @@ async def test_spans_the_database_cannot_take_get_503_so_the_sender_retries(
     assert response.headers["Retry-After"] == "5"
     assert "retry" in response.json()["detail"]
     assert (await metrics(client))[("loupe_monitor_spans_received_total", ())] == 0
+
+
+TRANSIENT = [
+    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.ClientCannotConnectError("could not connect"),
+    asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.CrashShutdownError("terminating connection because of crash of another process"),
+    asyncpg.CannotConnectNowError("the database system is starting up"),
+    asyncpg.SerializationError("could not serialize access due to concurrent update"),
+    asyncpg.DeadlockDetectedError("deadlock detected"),
+    asyncpg.InterfaceError("pool is closing"),
+    ConnectionRefusedError(111, "Connection refused"),
+    TimeoutError(),
+]
+
+
+@pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__)
+async def test_every_transient_database_condition_gets_503_never_500(
+    client: Api, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    async def unavailable(*_: object) -> store.IngestResult:
+        raise error
+
+    monkeypatch.setattr(store, "ingest", unavailable)
+    span = Spans().happy_move(0, "o-db", ago(1))
+    response = await client.post("/v1/traces", content=otlp([span]), headers=PROTOBUF)
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "5"
+
+
+async def test_spans_postgresql_cannot_store_cost_only_themselves(
+    client: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = Spans()
+    good = [made.happy_move(0, "o-good", ago(3)), made.happy_move(0, "o-op", ago(3))]
+    nul_order = made.happy_move(0, "o-\x00", ago(2))
+    long_order = made.happy_move(0, secrets.token_hex(MAX_NAME_BYTES), ago(2))
+    # An error with a NUL byte in its operation and its message: the values are cleaned and
+    # the error stored, so it still counts against its order.
+    garbled = made.make(
+        "mes-api", "price\x00order", ago(1), order_id="o-op", error="STL header b'\x00\x00'"
+    )
+    with caplog.at_level(logging.WARNING, "loupe.monitor.app"):
+        response = await client.post(
+            "/v1/traces",
+            content=otlp([good[0], nul_order, long_order, garbled, good[1]]),
+            headers=PROTOBUF,
+        )
+    assert response.status_code == 200, response.text
+
+    assert (await client.read("/monitor/api/orders/o-good/journey"))["status"] == "SUBMITTED"
+    journey = await client.read("/monitor/api/orders/o-op/journey")
+    assert journey["status"] == "SUBMITTED"
+    assert [(e["where"], e["message"]) for e in journey["errors"]] == [
+        ("price\ufffdorder", "STL header b'\ufffd\ufffd'")
+    ]
+    seen = await metrics(client)
+    unstorable = "loupe_monitor_spans_unstorable_total"
+    assert seen[(unstorable, (("outcome", "dropped"), ("reason", "nul byte")))] == 1
+    assert seen[(unstorable, (("outcome", "dropped"), ("reason", "too long")))] == 1
+    assert seen[(unstorable, (("outcome", "cleaned"), ("reason", "nul byte")))] == 1
+    assert seen[("loupe_monitor_spans_kept_total", ())] == 5
+    span_id = format(nul_order.context.span_id, "016x")
+    (dropped,) = [r.getMessage() for r in caplog.records if span_id in r.getMessage()]
+    assert "nul byte in order_id; dropped" in dropped
+    assert "nul byte in name, place, error_message; stored with those values cleaned" in (
+        caplog.text
+    )
 
 
 async def test_gzip_members_are_joined_and_cut_or_inflated_bodies_refused(client: Api) -> None:

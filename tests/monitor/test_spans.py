@@ -11,7 +11,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from loupe.monitor.spans import MalformedSpans, SpanFacts, decode
+from loupe.monitor.spans import (
+    MAX_NAME_BYTES,
+    MalformedSpans,
+    SpanFacts,
+    Unstorable,
+    decode,
+    screen,
+)
 from tests.support.otlp_spans import Spans, otlp
 
 AT = datetime(2026, 3, 1, 10, 15, 2, 118000, tzinfo=UTC)
@@ -285,3 +292,48 @@ def test_links_are_kept_as_hex_pairs() -> None:
 def test_malformed_bytes_raise(body: bytes) -> None:
     with pytest.raises(MalformedSpans, match="not an OTLP ExportTraceServiceRequest"):
         decode(body)
+
+
+# -- what PostgreSQL cannot store -------------------------------------------------------------
+
+
+def test_screen_drops_an_unstorable_order_id_and_cleans_every_other_value() -> None:
+    made = Made()
+    good = made.span("approve manufacturing", attributes={"order.id": "o-good"})
+    nul_order = made.span("take order", attributes={"order.id": "o-\x00"})
+    long_order = made.span("take order", attributes={"order.id": "o" * (MAX_NAME_BYTES + 1)})
+    garbled = made.span(
+        "price\x00order",
+        service="é" * MAX_NAME_BYTES,  # two bytes each: over the limit in bytes, not characters
+        attributes={"order.id": "o-1"},
+        error="cannot parse b'solid\x00\x00'",
+    )
+    decoded, _ = decode(otlp([good, nul_order, long_order, garbled]))
+
+    kept, unstorable = screen(decoded)
+
+    assert [(u.span.span_id, u.reason, u.fields, u.dropped) for u in unstorable] == [
+        (decoded[1].span_id, Unstorable.NUL_BYTE, ("order_id",), True),
+        (decoded[2].span_id, Unstorable.TOO_LONG, ("order_id",), True),
+        (
+            decoded[3].span_id,
+            Unstorable.TOO_LONG,
+            ("service", "name", "place", "error_message"),
+            False,
+        ),
+    ]
+    assert kept[0] == decoded[0], "a good span is kept as it came"
+    cleaned = kept[1]
+    assert (cleaned.name, cleaned.place) == ("price\ufffdorder", "price\ufffdorder")
+    assert cleaned.error_message == "cannot parse b'solid\ufffd\ufffd'"
+    assert cleaned.service.endswith("…") and set(cleaned.service[:-1]) == {"é"}
+    assert len(cleaned.service.encode()) <= MAX_NAME_BYTES
+    # The same value is always cleaned the same way: a place keeps one key.
+    assert screen([decoded[3]])[0] == [cleaned]
+
+
+def test_long_free_text_is_not_cut() -> None:
+    # Messages are in no index: PostgreSQL takes them at any length.
+    message = "Traceback: " + "x" * 10 * MAX_NAME_BYTES
+    decoded, _ = decode(otlp([Made().span("price order", error=message)]))
+    assert screen(decoded) == (decoded, [])

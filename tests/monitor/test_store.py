@@ -4,6 +4,7 @@ whatever order or how often they come; journeys; SLO deadlines; what breaks an o
 from __future__ import annotations
 
 import random
+import secrets
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,9 +13,10 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from loupe.monitor import detection, store
+from loupe.monitor.spans import decode
 from loupe.orders import OrderStatus
 from tests.support.monitor import HAPPY, MANAGEMENT, SLO, send
-from tests.support.otlp_spans import Spans, ago, slo
+from tests.support.otlp_spans import Spans, ago, otlp, slo
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +132,37 @@ async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
     assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
     journey = await store.journey(monitor_pool, "ok")
     assert journey is not None and [e.message[:8] for e in journey.errors] == ["order ok"]
+
+
+async def test_a_span_postgresql_refuses_is_left_out_and_the_rest_stored(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    # Values spans.screen would have cleaned, sent past it: PostgreSQL itself refuses them
+    # (a NUL byte; an index entry over its limit), and only they are left out.
+    made = Spans()
+    spans, total = decode(
+        otlp(
+            [made.happy_move(0, f"o-{n}", ago(5)) for n in range(5)]
+            + [made.happy_move(1, "o-3", ago(1))]
+        )
+    )
+    nul = replace(spans[1], order_id="o-\x00")
+    oversized = replace(spans[4], order_id=secrets.token_hex(2000))
+    batch = [spans[0], nul, spans[2], spans[3], oversized, spans[5]]
+
+    result = await store.ingest(monitor_pool, batch, SLO, total)
+
+    assert [(span.order_id, why.split(" ")[0]) for span, why in result.refused] == [
+        (nul.order_id, "CharacterNotInRepertoireError"),
+        (oversized.order_id, "ProgramLimitExceededError"),
+    ]
+    assert (result.received, result.kept, result.new_transitions) == (6, 4, 4)
+    # The move of o-3 and its price arrived in different halves: the projection is as whole.
+    assert [d[:2] for d in result.durations] == [("SUBMITTED", "PRICE_CALCULATED")]
+    async with monitor_pool.acquire() as connection:
+        stored = await connection.fetch("SELECT order_id, status FROM orders ORDER BY order_id")
+    assert [tuple(r) for r in stored] == [
+        ("o-0", "SUBMITTED"),
+        ("o-2", "SUBMITTED"),
+        ("o-3", "PRICE_CALCULATED"),
+    ]

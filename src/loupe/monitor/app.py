@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loupe.access import Access, TokenVerifier
 from loupe.config import SERVICE_NAMES
+from loupe.database import UNAVAILABLE
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import (
@@ -38,7 +39,7 @@ from loupe.monitor.models import (
 )
 from loupe.monitor.settings import API_PREFIX, MonitorSettings
 from loupe.monitor.slo import Slo, SloError
-from loupe.monitor.spans import MalformedSpans, decode
+from loupe.monitor.spans import MalformedSpans, Unstorable, UnstorableSpan, decode, screen
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ T = TypeVar("T")
 
 PROTOBUF = "application/x-protobuf"
 MAX_BODY = 64 * 1024 * 1024
+RETRY_AFTER = {"Retry-After": "5"}
+# What intake answers with 503 and Retry-After: OTLP senders retry a 503 and drop a batch
+# answered 500, so while PostgreSQL is away (or the pool closes as the monitor stops) the
+# spans wait in the collector's queue instead of being lost.
+RETRY_LATER = (*UNAVAILABLE, asyncpg.InterfaceError)
 
 
 @dataclass
@@ -70,7 +76,9 @@ class Monitor:
     @property
     def db(self) -> asyncpg.Pool:
         if self.pool is None:
-            raise HTTPException(503, "the monitor is starting: its database is not open yet")
+            raise HTTPException(
+                503, "the monitor is starting: its database is not open yet", RETRY_AFTER
+            )
         return self.pool
 
     async def detect_once(self) -> detection.TickResult:
@@ -143,6 +151,24 @@ async def _every(seconds: float, action: Callable[[], Awaitable[object]], name: 
             log.exception("monitor %s round failed", name)
         elapsed = asyncio.get_running_loop().time() - started
         await asyncio.sleep(max(seconds - elapsed, 0.0))
+
+
+def _count_unstorable(metrics: FlowMetrics, bad: UnstorableSpan) -> None:
+    """Counted, and logged with the span's ids, to find it in Jaeger, and with why."""
+    outcome = "dropped" if bad.dropped else "cleaned"
+    metrics.spans_unstorable.labels(bad.reason.value, outcome).inc()
+    span = bad.span
+    why = f"{bad.reason} in {', '.join(bad.fields)}" if bad.fields else str(bad.reason)
+    log.warning(
+        "span %s/%s of %.100r (%.100r): %s%s; %s",
+        span.trace_id,
+        span.span_id,
+        span.service,
+        span.name,
+        why,
+        f": {bad.detail}" if bad.detail else "",
+        "dropped" if bad.dropped else "stored with those values cleaned",
+    )
 
 
 def _body(raw: bytes, encoding: str) -> bytes:
@@ -228,20 +254,27 @@ def create_app(
         if len(raw) > MAX_BODY:
             raise HTTPException(413, f"the request is over {MAX_BODY} bytes; send smaller batches")
         try:
-            spans, total = decode(_body(raw, request.headers.get("content-encoding", "")))
+            decoded, total = decode(_body(raw, request.headers.get("content-encoding", "")))
         except MalformedSpans as exc:
             raise HTTPException(400, str(exc)) from None
+        spans, unstorable = screen(decoded)
         try:
             result = await store.ingest(monitor.db, spans, monitor.slo, total)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            # OTLP senders retry 503 and drop a batch on 500: while PostgreSQL is away, the
-            # spans wait in the collector's queue instead of being lost.
-            log.warning("cannot store spans now, asking the sender to retry: %s", exc)
+        except RETRY_LATER as exc:
+            log.warning(
+                "cannot store spans now, asking the sender to retry: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
             raise HTTPException(
-                503, "the monitor's database is unavailable; retry", {"Retry-After": "5"}
+                503, "the monitor's database is unavailable; retry", RETRY_AFTER
             ) from None
+        for span, why in result.refused:
+            unstorable.append(UnstorableSpan(span, Unstorable.REFUSED, (), True, why))
+        for bad in unstorable:
+            _count_unstorable(monitor.metrics, bad)
         monitor.metrics.spans_received.inc(total)
-        monitor.metrics.spans_kept.inc(len(spans))
+        monitor.metrics.spans_kept.inc(len(decoded))
         for status_from, status_to, seconds in result.durations:
             monitor.metrics.transition_seconds.labels(status_from, status_to).observe(seconds)
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)

@@ -28,6 +28,14 @@ class FlowMetrics:
             "Spans the monitor kept (they touch an order or failed).",
             registry=self.registry,
         )
+        self.spans_unstorable = Counter(
+            "loupe_monitor_spans_unstorable",
+            "Kept spans with a value PostgreSQL cannot take as sent (reason: nul byte, too"
+            " long, refused by PostgreSQL), by what became of them (outcome: cleaned and stored,"
+            " or dropped).",
+            ["reason", "outcome"],
+            registry=self.registry,
+        )
         self.transition_seconds = Histogram(
             "loupe_order_transition_duration_seconds",
             "Time an order spent at `from` before it moved to `to`.",

@@ -6,8 +6,10 @@ so the monitor works behind a collector that sends it everything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -29,6 +31,22 @@ SUBSCRIPTION = "messaging.destination.subscription.name"
 # error.type of refused steps: a span records the refusal's class name.
 REFUSALS = frozenset({IllegalTransition.__name__, OrderNotFound.__name__})
 FAILED = OrderStatus.FAILED.value
+MAX_NAME_BYTES = 1024
+"""The longest order id, service, operation, place, status, source or error type stored, in
+UTF-8 bytes. Each can be part of an index entry, which PostgreSQL limits to about 2.7 kB
+(service and place share one: an incident's, a place's flow key)."""
+# A span's names and ids (cut to MAX_NAME_BYTES), and its free text (any length).
+_NAMES = (
+    "order_id",
+    "service",
+    "name",
+    "place",
+    "status_from",
+    "status_to",
+    "source",
+    "error_type",
+)
+_TEXTS = ("error_message", "failure_reason")
 
 
 class MalformedSpans(ValueError):
@@ -71,6 +89,72 @@ class SpanFacts:
         """A step refused because the order was not where the caller thought (HTTP 409/404):
         the caller's mistake, not the order's path breaking."""
         return self.error_type in REFUSALS
+
+
+class Unstorable(StrEnum):
+    """Why PostgreSQL cannot take a value of a span as it was sent."""
+
+    NUL_BYTE = "nul byte"  # its text type cannot hold \x00
+    TOO_LONG = "too long"  # see MAX_NAME_BYTES
+    REFUSED = "refused by PostgreSQL"  # anything else it refuses (store.ingest finds out)
+
+
+@dataclass(frozen=True)
+class UnstorableSpan:
+    """A span with values PostgreSQL cannot take as sent: `fields` had them, the first for
+    `reason` (PostgreSQL's own words in `detail`, when it refused). `dropped`: the span is not
+    stored (e.g. its order id cannot be, and another id would name another order); else it is
+    stored with those values cleaned (see `screen`)."""
+
+    span: SpanFacts
+    reason: Unstorable
+    fields: tuple[str, ...]
+    dropped: bool
+    detail: str = ""
+
+
+def _problem(value: str, name: bool) -> Unstorable | None:
+    if "\x00" in value:
+        return Unstorable.NUL_BYTE
+    if name and len(value.encode()) > MAX_NAME_BYTES:
+        return Unstorable.TOO_LONG
+    return None
+
+
+def _cleaned(value: str, name: bool) -> str:
+    """`value` as PostgreSQL can store it: each NUL byte a replacement character, a name cut to
+    MAX_NAME_BYTES, ending in "…". Always the same for the same value, so a place keeps its
+    one key."""
+    value = value.replace("\x00", "\ufffd")
+    if name and len(value.encode()) > MAX_NAME_BYTES:
+        cut = value.encode()[: MAX_NAME_BYTES - len("…".encode())]
+        value = cut.decode(errors="ignore") + "…"
+    return value
+
+
+def screen(spans: Iterable[SpanFacts]) -> tuple[list[SpanFacts], list[UnstorableSpan]]:
+    """The spans PostgreSQL can store, and those it could not as sent: one bad span must not
+    cost the batch it came in. A span whose order id has a NUL byte or is too long is dropped;
+    any other such value is cleaned (`_cleaned`) and the span kept, so an error whose message
+    holds binary data still breaks its order."""
+    kept: list[SpanFacts] = []
+    unstorable: list[UnstorableSpan] = []
+    for span in spans:
+        problems: dict[str, Unstorable] = {}
+        for field in _NAMES + _TEXTS:
+            value = getattr(span, field)
+            if value is not None and (problem := _problem(value, field in _NAMES)):
+                problems[field] = problem
+        if not problems:
+            kept.append(span)
+            continue
+        dropped = "order_id" in problems
+        first = next(iter(problems.values()))
+        unstorable.append(UnstorableSpan(span, first, tuple(problems), dropped))
+        if not dropped:
+            cleaned = {f: _cleaned(getattr(span, f), f in _NAMES) for f in problems}
+            kept.append(replace(span, **cleaned))
+    return kept, unstorable
 
 
 def _value(value: AnyValue) -> str | int | float | bool | None:

@@ -75,6 +75,11 @@ async def apply_slo(pool: asyncpg.Pool, slo: Slo) -> int:
     return int(changed)
 
 
+REFUSED_VALUES = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+"""What PostgreSQL answers to a value it cannot take (SQLSTATE classes 22 and 54): the fault of
+a span, not of the batch or of the database."""
+
+
 @dataclass
 class IngestResult:
     received: int = 0
@@ -84,13 +89,46 @@ class IngestResult:
     duplicates: int = 0
     # (from, to, seconds) of each move whose previous status the monitor had seen
     durations: list[tuple[str, str, float]] = field(default_factory=list)
+    # spans PostgreSQL refused a value of, and why (not stored)
+    refused: list[tuple[SpanFacts, str]] = field(default_factory=list)
+
+    def __add__(self, other: IngestResult) -> IngestResult:
+        return IngestResult(
+            received=self.received + other.received,
+            kept=self.kept + other.kept,
+            new_transitions=self.new_transitions + other.new_transitions,
+            new_errors=self.new_errors + other.new_errors,
+            duplicates=self.duplicates + other.duplicates,
+            durations=self.durations + other.durations,
+            refused=self.refused + other.refused,
+        )
 
 
 async def ingest(
     pool: asyncpg.Pool, spans: Sequence[SpanFacts], slo: Slo, received: int
 ) -> IngestResult:
     """Store what `spans` say (each span once, whatever order or how often they come) and move
-    each order's projection forward."""
+    each order's projection forward.
+
+    Should PostgreSQL refuse a value (spans.screen cleans the ones known to be refused), the
+    batch is stored in halves, down to the span it refuses, which is left out and named in
+    `refused`: spans give the same projection however they are grouped, so the rest is stored
+    as if the batch had been whole."""
+    try:
+        return await _ingest(pool, spans, slo, received)
+    except REFUSED_VALUES as exc:
+        if len(spans) == 1:
+            why = f"{type(exc).__name__} ({exc.sqlstate}): {exc}"
+            return IngestResult(received=received, refused=[(spans[0], why)])
+    # More than one span, and one of them refused: each half on its own.
+    half = len(spans) // 2
+    first = await ingest(pool, spans[:half], slo, received)
+    return first + await ingest(pool, spans[half:], slo, 0)
+
+
+async def _ingest(
+    pool: asyncpg.Pool, spans: Sequence[SpanFacts], slo: Slo, received: int
+) -> IngestResult:
     result = IngestResult(received=received, kept=len(spans))
     if not spans:
         return result
