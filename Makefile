@@ -7,7 +7,7 @@ MAKEFLAGS += --no-print-directory
 UV_VERSION := 0.13.9
 say = @printf '\033[1m==> %s\033[0m\n' "$(1)"
 
-.PHONY: help setup ensure-uv run test bench lint clean
+.PHONY: help setup ensure-uv run test bench drills lint clean
 
 help: ## Show this help
 	@echo "loupe: trace an order pipeline (shop, crm, mes over RabbitMQ) into Jaeger"
@@ -44,6 +44,10 @@ test: setup ## Lint, then unit, integration and end-to-end tests in one pytest r
 bench: setup ## Benchmarks into docs/benchmarks.md: tracing cost, monitor, console (ONLY=pipeline|monitor|console)
 	$(call say,benchmarks$(if $(ONLY),: $(ONLY)))
 	@uv run python -m loupe.bench $(if $(ONLY),--only $(ONLY))
+
+drills: setup ## Fault drills on a running stack into docs/reliability.md (ONLY=<text> picks drills); stops RabbitMQ and PostgreSQL for a while
+	$(call say,fault drills$(if $(ONLY),: $(ONLY)))
+	@uv run python -m loupe.drills $(if $(ONLY),--only "$(ONLY)")
 
 lint: ## ruff check and format check (no setup needed beyond uv)
 	$(call say,ruff check)

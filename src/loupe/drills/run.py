@@ -1,0 +1,214 @@
+"""Runs the drills one at a time on one `loupe up`, each followed by a settling time and an
+audit, and gives their results as rows of the table in docs/reliability.md."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from loupe.actors import Workshop
+from loupe.bench.slo import slo_toml
+from loupe.drills.audit import SpanCounters, contradicted, read_monitor, read_orders, read_spans
+from loupe.drills.faults import Fault
+from loupe.drills.stack import LoupeUp
+from loupe.orders import OrderStatus
+from loupe.stack.sandbox import Sandbox
+
+# Shorter than the demo's 30 s, so a 20 s fault makes orders late enough to open an incident.
+SLO_FILE = slo_toml("10s", "10s")
+SETTLE_TIMEOUT = 120.0
+# How long a stuck finding may lag the databases before it counts as contradicted: the
+# monitor sees a move a few seconds after it happened (batching, detection ticks).
+MONITOR_LAG = 10.0
+CUSTOMER_INTERVAL = 1.0
+
+
+@dataclass(eq=False)
+class Customer(threading.Thread):
+    """A customer placing an order at the shop every `interval` seconds, keeping the answers:
+    an HTTP status, or None where no answer came (refused, reset, timed out)."""
+
+    loupe: LoupeUp
+    interval: float = CUSTOMER_INTERVAL
+    answers: list[tuple[float, int | None]] = field(default_factory=list)
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        super().__init__(name="drill customer", daemon=True)
+
+    def run(self) -> None:
+        asyncio.run(self._orders())
+
+    async def _orders(self) -> None:
+        workshop = Workshop(self.loupe.sandbox.settings, seed=7)
+        try:
+            while not self._done.is_set():
+                began = time.time()
+                try:
+                    await workshop.place_order()
+                    answer: int | None = 201
+                except httpx.HTTPStatusError as exc:
+                    answer = exc.response.status_code
+                except httpx.HTTPError:
+                    answer = None
+                self.answers.append((began, answer))
+                await asyncio.sleep(max(0.0, self.interval - (time.time() - began)))
+        finally:
+            await workshop.close()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(30)
+
+    def between(self, start: float, end: float) -> list[int | None]:
+        return [answer for at, answer in self.answers if start <= at <= end]
+
+
+@dataclass
+class DrillResult:
+    fault: str
+    lasted: float
+    submitted: int
+    closed: int
+    moving: int
+    failed: int
+    lost: int
+    ghosts: int
+    requests: int
+    answered_5xx: int
+    unanswered: int
+    broker_only: bool
+    spans: SpanCounters
+    incidents: list[str]
+    contradicted: int
+    settled: float | None
+    outbox_left: int
+
+    @property
+    def passed(self) -> bool:
+        """What the drills promise: nothing lost, no ghost, no finding the databases
+        contradict, and no 5xx while only the broker was away."""
+        return (
+            self.lost == 0
+            and self.ghosts == 0
+            and self.contradicted == 0
+            and not (self.broker_only and (self.answered_5xx or self.unanswered))
+        )
+
+    def row(self) -> str:
+        incidents = "; ".join(self.incidents) or "none"
+        settled = f"{self.settled:.0f} s" if self.settled is not None else "not settled"
+        return (
+            f"| {self.fault} | {self.lasted:.0f} s | {self.submitted} | {self.closed} / "
+            f"{self.moving} / {self.failed} | **{self.lost}** | **{self.ghosts}** | "
+            f"{self.answered_5xx} / {self.unanswered} of {self.requests} | "
+            f"{self.spans.forwarded:.0f} / {self.spans.received:.0f} / {self.spans.dropped:.0f} "
+            f"| {incidents} | **{self.contradicted}** | {settled} |"
+        )
+
+
+TABLE_HEADER = (
+    "| drill | lasted | orders submitted | closed / moving / failed | lost | ghosts "
+    "| customer 5xx / no answer | spans forwarded / received / dropped | incidents "
+    "| findings contradicted | settled in |\n"
+    "|---|---:|---:|---|---:|---:|---|---|---|---:|---:|"
+)
+
+
+@contextmanager
+def running_loupe(root: Path) -> Iterator[LoupeUp]:
+    root.mkdir(parents=True, exist_ok=True)
+    slo_file = root / "slo.toml"
+    slo_file.write_text(SLO_FILE)
+    with Sandbox(root) as sandbox:
+        loupe = LoupeUp(sandbox, slo_file)
+        loupe.start()
+        try:
+            yield loupe
+        finally:
+            loupe.stop()
+
+
+def drill(loupe: LoupeUp, fault: Fault, console: Console) -> DrillResult:
+    """Inject `fault` while a customer keeps ordering, let the system settle, then audit."""
+    customer = Customer(loupe)
+    spans_before = read_spans(loupe)
+    started = datetime.now(UTC)
+    customer.start()
+    began = time.time()
+    with console.status(f"drill: {fault.name}"):
+        fault.inject(loupe)
+    ended = time.time()
+    customer.stop()
+    console.print(f"[green]✓[/] {fault.name}: done in {ended - began:.0f} s; settling")
+    settled = _settle(loupe, started)
+    return asyncio.run(_audit(loupe, fault, customer, began, ended, started, spans_before, settled))
+
+
+def _settle(loupe: LoupeUp, started: datetime) -> float | None:
+    """Seconds until the outboxes are empty and every incident the drill opened has resolved;
+    None when that did not happen within SETTLE_TIMEOUT."""
+    began = time.monotonic()
+    settings = loupe.sandbox.settings
+    while time.monotonic() - began < SETTLE_TIMEOUT:
+        _, _, waiting = asyncio.run(read_orders(settings))
+        incidents, _ = asyncio.run(read_monitor(settings, started))
+        if waiting == 0 and all(i.resolved_at is not None for i in incidents):
+            return time.monotonic() - began
+        time.sleep(2)
+    return None
+
+
+async def _audit(
+    loupe: LoupeUp,
+    fault: Fault,
+    customer: Customer,
+    began: float,
+    ended: float,
+    started: datetime,
+    spans_before: SpanCounters,
+    settled: float | None,
+) -> DrillResult:
+    settings = loupe.sandbox.settings
+    orders, shop_sourced, waiting = await read_orders(settings)
+    incidents, stuck = await read_monitor(settings, started)
+    # Counted twice, MONITOR_LAG apart: only what stays contradicted is the monitor's error.
+    first = contradicted(orders, stuck)
+    await asyncio.sleep(MONITOR_LAG)
+    orders, shop_sourced, waiting = await read_orders(settings)
+    _, stuck = await read_monitor(settings, started)
+    wrong = first & contradicted(orders, stuck)
+
+    submitted = orders.submitted_between(
+        datetime.fromtimestamp(began, UTC), datetime.fromtimestamp(ended, UTC)
+    )
+    statuses = [orders.status(order_id) for order_id in submitted]
+    answers = customer.between(began, ended)
+    return DrillResult(
+        fault=fault.name,
+        lasted=ended - began,
+        submitted=len(submitted),
+        closed=statuses.count(OrderStatus.CLOSED),
+        moving=sum(1 for s in statuses if s is not None and not s.terminal),
+        failed=sum(1 for s in statuses if s in (OrderStatus.FAILED, OrderStatus.REJECTED)),
+        lost=len(orders.lost(submitted)),
+        ghosts=len(orders.ghosts(shop_sourced)),
+        requests=len(answers),
+        answered_5xx=sum(1 for a in answers if a is not None and a >= 500),
+        unanswered=answers.count(None),
+        broker_only=fault.broker_only,
+        spans=read_spans(loupe).since(spans_before),
+        incidents=[i.describe() for i in incidents],
+        contradicted=len(wrong),
+        settled=settled,
+        outbox_left=waiting,
+    )

@@ -1,0 +1,59 @@
+"""The drills' audit, on hand-made views of the three databases: what counts as lost, as a
+ghost, as a finding the databases contradict, and how counters of restarted processes add."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from loupe.drills.audit import Orders, SpanCounters, StuckFinding, contradicted, furthest
+from loupe.orders import OrderStatus
+
+S = OrderStatus
+T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def _orders() -> Orders:
+    return Orders(
+        views={
+            "shop": {"a": S.SUBMITTED, "b": S.SUBMITTED, "lost": S.SUBMITTED},
+            "mes": {"a": S.MANUFACTURING_STARTED, "b": S.PRICE_CALCULATED, "p": S.SUBMITTED},
+            "crm": {"a": S.MANUFACTURING_APPROVED, "b": S.REJECTED},
+        },
+        shop_created={"a": T0, "b": T0 + timedelta(seconds=5), "lost": T0},
+        b2b_created={"p": T0 + timedelta(seconds=1)},
+    )
+
+
+def test_an_orders_status_is_the_furthest_any_service_holds() -> None:
+    orders = _orders()
+    assert orders.status("a") is S.MANUFACTURING_STARTED
+    assert orders.status("b") is S.REJECTED
+    assert orders.status("nowhere") is None
+    assert furthest([S.CLOSED, S.SHIPPED, S.SUBMITTED]) is S.CLOSED
+
+
+def test_lost_is_a_shop_order_no_later_service_has() -> None:
+    orders = _orders()
+    submitted = orders.submitted_between(T0, T0 + timedelta(seconds=2))
+    assert sorted(submitted) == ["a", "lost", "p"], "b came later; p is a partner's"
+    assert orders.lost(submitted) == ["lost"]
+
+
+def test_a_ghost_is_a_shop_order_the_shop_does_not_hold() -> None:
+    assert _orders().ghosts({"a", "b", "ghost"}) == ["ghost"]
+
+
+def test_only_a_finding_behind_the_databases_is_contradicted() -> None:
+    stuck = [
+        StuckFinding("a", S.PRICE_CALCULATED),  # the databases say it moved on
+        StuckFinding("b", S.PRICE_CALCULATED),  # REJECTED since: moved on, to a final status
+        StuckFinding("p", S.SUBMITTED),  # true: MES still has it SUBMITTED
+        StuckFinding("unknown", S.SUBMITTED),  # nothing to contradict it
+    ]
+    assert contradicted(_orders(), stuck) == {"a", "b"}
+
+
+def test_a_counter_that_went_down_restarted_and_counts_from_zero() -> None:
+    before = SpanCounters(forwarded=100, dropped=2, received=100)
+    after = SpanCounters(forwarded=150, dropped=2, received=30)
+    assert after.since(before) == SpanCounters(forwarded=50, dropped=0, received=30)
