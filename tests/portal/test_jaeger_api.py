@@ -6,14 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from loupe.portal.jaeger_api import parse_trace
-from loupe.telemetry.attributes import (
-    DEAD_LETTER_REASON,
-    DEAD_LETTERED_EVENT,
-    DELIVERY_ATTEMPT,
-    ORDER_ID,
-    ORDER_STATUS_FROM,
-    ORDER_STATUS_TO,
-)
+from loupe.telemetry import attributes as attr
 from tests.support.console_fakes import Span, jaeger_trace
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -26,11 +19,12 @@ def test_a_trace_read_from_jaegers_json() -> None:
         "1" * 32,
         [
             Span("crm-api", "process loupe.orders", T0 + 5 * ms, 3, "b" * 16, "a" * 16,
-                 tags={ORDER_ID: "o-1", DELIVERY_ATTEMPT: "3"},
-                 events=[(DEAD_LETTERED_EVENT, {DEAD_LETTER_REASON: "poison message"})],
+                 tags={attr.ORDER_ID: "o-1", attr.DELIVERY_ATTEMPT: "3"},
+                 events=[(attr.DEAD_LETTERED_EVENT, {attr.DEAD_LETTER_REASON: "poison message"})],
                  error=True),
             Span("shop-api", "POST /orders", T0, 40, "a" * 16, links=[OTHER],
-                 tags={ORDER_ID: "o-1", ORDER_STATUS_FROM: "NEW", ORDER_STATUS_TO: "SUBMITTED"}),
+                 tags={attr.ORDER_ID: "o-1", attr.ORDER_STATUS_FROM: "NEW",
+                       attr.ORDER_STATUS_TO: "SUBMITTED"}),
         ],
     )  # fmt: skip
     trace = parse_trace(data)
@@ -49,7 +43,7 @@ def test_a_trace_read_from_jaegers_json() -> None:
 
 def test_odd_values_do_not_break_the_page() -> None:
     data = jaeger_trace(
-        "2" * 32, [Span("mes-api", "x", T0, 1, "c" * 16, tags={DELIVERY_ATTEMPT: "many"})]
+        "2" * 32, [Span("mes-api", "x", T0, 1, "c" * 16, tags={attr.DELIVERY_ATTEMPT: "many"})]
     )
     data["processes"] = {}
     (span,) = parse_trace(data).spans

@@ -15,14 +15,7 @@ import httpx
 
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
-from loupe.telemetry.attributes import (
-    DEAD_LETTER_REASON,
-    DEAD_LETTERED_EVENT,
-    DELIVERY_ATTEMPT,
-    ORDER_ID,
-    ORDER_STATUS_FROM,
-    ORDER_STATUS_TO,
-)
+from loupe.telemetry import attributes as attr
 
 MONITOR = "http://monitor.test"
 JAEGER = "http://jaeger.test/jaeger"
@@ -162,7 +155,11 @@ def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[d
             after_ms=5,
             ms=6,
             parent=root.span_id,
-            tags={ORDER_ID: order_id, ORDER_STATUS_FROM: status_from, ORDER_STATUS_TO: status},
+            tags={
+                attr.ORDER_ID: order_id,
+                attr.ORDER_STATUS_FROM: status_from,
+                attr.ORDER_STATUS_TO: status,
+            },
         )
         publish = step.span(
             2, service, "publish loupe.orders", after_ms=15, ms=4, parent=root.span_id
@@ -174,7 +171,7 @@ def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[d
             after_ms=30,
             ms=9,
             parent=publish.span_id,
-            tags={ORDER_ID: order_id, DELIVERY_ATTEMPT: "2" if index == 2 else "1"},
+            tags={attr.ORDER_ID: order_id, attr.DELIVERY_ATTEMPT: "2" if index == 2 else "1"},
         )
         spans = [root, move, publish, consume]
         if index == 1:
@@ -186,8 +183,10 @@ def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[d
                     after_ms=20,
                     ms=3,
                     parent=publish.span_id,
-                    tags={ORDER_ID: order_id},
-                    events=[(DEAD_LETTERED_EVENT, {DEAD_LETTER_REASON: "poison message"})],
+                    tags={attr.ORDER_ID: order_id},
+                    events=[
+                        (attr.DEAD_LETTERED_EVENT, {attr.DEAD_LETTER_REASON: "poison message"})
+                    ],
                     error=True,
                 )
             )
@@ -297,7 +296,7 @@ class FakeBackends:
             service = request.url.params["service"]
             found = [
                 t
-                for t in self.traces.get(tags[ORDER_ID], [])
+                for t in self.traces.get(tags[attr.ORDER_ID], [])
                 if any(p["serviceName"] == service for p in t["processes"].values())
             ]
             return httpx.Response(200, json={"data": found or None})
