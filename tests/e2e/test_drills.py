@@ -1,0 +1,41 @@
+"""The fault drills of `make drills`, run by `make test` too: one `loupe up` with its actors,
+each fault in turn (RabbitMQ stopped and blocked, PostgreSQL restarted, each process killed,
+Jaeger and the monitor frozen, the whole stack restarted), each audited against the services'
+databases. They stop the shared RabbitMQ and PostgreSQL for a while, as the drills do.
+
+`LOUPE_DRILLS=0` leaves them out (e.g. while `make run` uses the same broker)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from rich.console import Console
+
+from loupe.drills.faults import Fault, all_faults
+from loupe.drills.run import drill, running_loupe
+from loupe.drills.stack import LoupeUp
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.environ.get("LOUPE_DRILLS") == "0", reason="LOUPE_DRILLS=0"),
+]
+
+
+@pytest.fixture(scope="module")
+def loupe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoupeUp]:
+    with running_loupe(tmp_path_factory.mktemp("drills")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("fault", all_faults(), ids=lambda fault: fault.name)
+def test_no_order_is_lost_or_ghosted_and_no_finding_is_wrong(loupe: LoupeUp, fault: Fault) -> None:
+    result = drill(loupe, fault, Console(quiet=True))
+    assert result.lost == 0, result.row()
+    assert result.ghosts == 0, result.row()
+    assert result.contradicted == 0, result.row()
+    assert result.submitted > 0, "the actors and the drill's customer kept ordering"
+    if fault.broker_only:
+        assert (result.answered_5xx, result.unanswered) == (0, 0), result.row()
+        assert result.requests > 0
