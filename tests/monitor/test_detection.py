@@ -5,6 +5,7 @@ that resolves itself, acknowledgement clears final orders."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -258,3 +259,70 @@ async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
     (failed,) = journey.transitions
     assert (failed.status, failed.service) == ("FAILED", "mes-api")
     assert [s.service for s in failed.seen_by] == ["crm-api"]
+
+
+DAY = 24 * 3600.0
+
+
+async def test_a_stuck_order_silent_past_the_horizon_expires_and_its_incident_resolves(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    await send(
+        monitor_pool,
+        [
+            made.happy_move(0, "o-silent", ago(DAY + 60)),
+            made.happy_move(0, "o-heard", ago(DAY + 60)),
+            # CRM's copy of o-heard's move, an hour ago: it is not silent.
+            made.happy_move(0, "o-heard", ago(3600), by="crm-api"),
+        ],
+    )
+    opened = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    assert sorted(f.order_id or "" for f in opened) == ["o-heard", "o-silent"]
+    # Orders flow through SUBMITTED again after them.
+    await send(
+        monitor_pool, [made.happy_move(0, "o-next", ago(10)), made.happy_move(1, "o-next", ago(5))]
+    )
+    # Both findings stand until they have stood for the horizon (24 h by default).
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert (result.expired, result.incidents_resolved) == ([], [])
+
+    async with monitor_pool.acquire() as connection:
+        await connection.execute("UPDATE findings SET detected_at = detected_at - interval '1 day'")
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    (expired,) = result.expired
+    assert (expired.order_id, expired.cleared_reason) == ("o-silent", "expired: no span for 24 h")
+    (still,) = await store.findings(monitor_pool)
+    assert still.order_id == "o-heard"
+    assert result.incidents_resolved == [], "o-heard still holds the incident open"
+
+    await send(monitor_pool, [made.happy_move(1, "o-heard", ago(1))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    (resolved,) = result.incidents_resolved
+    assert resolved.id == expired.incident_id
+    detail = await store.incident(monitor_pool, resolved.id)
+    assert detail is not None
+    assert {f.order_id: f.cleared_reason for f in detail.findings} == {
+        "o-silent": "expired: no span for 24 h",
+        "o-heard": None,  # it moved on
+    }
+    # Still at SUBMITTED and past its deadline, the silent order is not reported again.
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    # Nor kept forever: retention forgets it like a settled order.
+    await detection.prune(monitor_pool, timedelta(hours=1))
+    assert await store.journey(monitor_pool, "o-silent") is None
+    assert await store.journey(monitor_pool, "o-next") is not None
+
+
+async def test_the_horizon_is_the_monitors_setting(monitor_pool: asyncpg.Pool) -> None:
+    made = Spans()
+    await send(monitor_pool, [made.happy_move(0, "o-late", ago(3600))])
+    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    async with monitor_pool.acquire() as connection:
+        await connection.execute("UPDATE findings SET detected_at = now() - interval '31 minutes'")
+    half_hour = timedelta(minutes=30)
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).expired == []
+    (expired,) = (
+        await detection.tick(monitor_pool, SLO, MANAGEMENT, stuck_horizon=half_hour)
+    ).expired
+    assert expired.cleared_reason == "expired: no span for 0.5 h"

@@ -64,6 +64,7 @@ def finding(
         "detected_at": at(seconds_ago - 31),
         "incident_id": incident_id,
         "cleared_at": None,
+        "cleared_reason": None,
     }
 
 

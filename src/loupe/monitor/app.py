@@ -88,6 +88,7 @@ class Monitor:
             self.settings.management,
             self.settings.webhook_urls,
             self.settings.base.console_url,
+            self.settings.stuck_horizon,
         )
         for seconds in result.latencies:
             self.metrics.detection_latency.observe(seconds)

@@ -26,10 +26,30 @@ from loupe.monitor.models import (
     LinkedIncident,
 )
 from loupe.monitor.projection import BROKEN_STATUSES
+from loupe.monitor.settings import STUCK_HORIZON_HOURS
 from loupe.monitor.slo import Slo
 from loupe.monitor.store import writing
 
 log = logging.getLogger(__name__)
+
+DEFAULT_STUCK_HORIZON = timedelta(hours=STUCK_HORIZON_HOURS.default)
+# A finding closed for good (`cleared_reason` set: expired, dismissed, acknowledged) of order
+# `o` at the status it is still at. It stands for the order there: the order is not reported
+# again as the same kind while it stays, and retention forgets it like a settled order.
+_CLOSED_FOR_ORDER = (
+    "f.subject = o.order_id AND f.cleared_reason IS NOT NULL"
+    " AND f.status IS NOT DISTINCT FROM o.status"
+)
+
+
+def _unreported(now: str) -> str:
+    """SQL: order `o` has no open finding, nor one closed for good of the kind it is due as
+    at `now` (an SQL expression): broken once its broken time has come, else stuck."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM findings f WHERE f.subject = o.order_id"
+        f" AND (f.cleared_at IS NULL OR ({_CLOSED_FOR_ORDER}"
+        f" AND (f.state = '{FindingKind.BROKEN}') = coalesce(o.broken_at <= {now}, false))))"
+    )
 
 
 @dataclass
@@ -38,6 +58,8 @@ class TickResult:
     cleared: int = 0
     incidents_opened: list[Incident] = field(default_factory=list)
     incidents_resolved: list[Incident] = field(default_factory=list)
+    # stuck findings cleared because their order had been silent past the horizon
+    expired: list[Finding] = field(default_factory=list)
     # seconds from each new finding's deadline to its detection
     latencies: list[float] = field(default_factory=list)
 
@@ -262,8 +284,7 @@ async def _queues_of_due_orders(pool: asyncpg.Pool, slo: Slo) -> set[str]:
     async with pool.acquire() as connection:
         rows = await connection.fetch(
             "SELECT DISTINCT o.status FROM orders o WHERE o.deadline <= clock_timestamp()"
-            " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.subject = o.order_id"
-            "   AND f.cleared_at IS NULL)"
+            f" AND {_unreported('clock_timestamp()')}"
         )
     return {step.queue for row in rows if (step := slo.step(row["status"])) and step.queue}
 
@@ -274,11 +295,13 @@ async def tick(
     management: Management | None,
     webhook_urls: Sequence[str] = (),
     console_url: str = DEFAULT_CONSOLE_URL,
+    stuck_horizon: timedelta = DEFAULT_STUCK_HORIZON,
 ) -> TickResult:
     """One detection pass. Safe to run from several replicas: writers take one lock.
 
     Webhook alerts link to the incident in the console under `console_url`
-    (LOUPE_CONSOLE_URL)."""
+    (LOUPE_CONSOLE_URL). A stuck finding expires after `stuck_horizon` of silence
+    (LOUPE_MONITOR_STUCK_HORIZON_HOURS)."""
     result = TickResult()
     queues = QueueEvidence(management)
     # RabbitMQ's answers (up to its timeout each) are awaited before the writers' lock is
@@ -301,10 +324,27 @@ async def tick(
         )
         result.cleared = len(cleared)
 
+        # An order that has said nothing for the horizon is past being waited for: lost,
+        # abandoned, or its spans not sampled. Reporting it forever would hold its incident
+        # open however well the orders after it flow.
+        hours = stuck_horizon.total_seconds() / 3600
+        expired = await connection.fetch(
+            "UPDATE findings f SET cleared_at = $1, cleared_reason = $2"
+            " WHERE f.cleared_at IS NULL AND f.state = $3 AND f.detected_at <= $4"
+            " AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.order_id = f.order_id"
+            "   AND t.at > $4)"
+            " AND NOT EXISTS (SELECT 1 FROM errors e WHERE e.order_id = f.order_id AND e.at > $4)"
+            " RETURNING f.*",
+            now,
+            f"expired: no span for {hours:g} h",
+            FindingKind.STUCK,
+            now - stuck_horizon,
+        )
+        result.expired = [rows.finding(r) for r in expired]
+
         due = await connection.fetch(
             "SELECT o.* FROM orders o WHERE (o.broken_at <= $1 OR o.deadline <= $1)"
-            " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.subject = o.order_id"
-            "   AND f.cleared_at IS NULL)"
+            f" AND {_unreported('$1')}"
             " ORDER BY least(o.broken_at, o.deadline)",
             now,
         )
@@ -364,6 +404,13 @@ async def tick(
                 "INSERT INTO webhook_deliveries (url, body) VALUES ($1, $2::jsonb)",
                 [(url, body) for body in bodies for url in webhook_urls],
             )
+    for finding in result.expired:
+        log.warning(
+            "order %s is no longer reported stuck at %s: %s",
+            finding.order_id,
+            finding.status,
+            finding.cleared_reason,
+        )
     for incident in result.incidents_opened:
         log.warning(
             "incident %s opened: %s at %s / %s",
@@ -380,13 +427,16 @@ async def tick(
 
 
 async def prune(pool: asyncpg.Pool, retention: timedelta) -> int:
-    """Forget what is older than `retention`: final orders with nothing open, their spans,
-    old samples, cleared findings and resolved incidents. Keeps the database bounded."""
+    """Forget what is older than `retention`: final orders with nothing open, orders whose
+    finding was closed for good (expired, dismissed) at the status they are still at, their
+    spans, old samples, cleared findings and resolved incidents. Keeps the database bounded."""
     async with writing(pool) as connection:
         cutoff: datetime = await connection.fetchval("SELECT now() - $1::interval", retention)
         gone = await connection.fetch(
-            "DELETE FROM orders o WHERE o.status_at < $1 AND o.deadline IS NULL"
-            " AND o.broken_at IS NULL AND NOT EXISTS (SELECT 1 FROM findings f"
+            "DELETE FROM orders o WHERE o.status_at < $1"
+            " AND ((o.deadline IS NULL AND o.broken_at IS NULL)"
+            f"   OR EXISTS (SELECT 1 FROM findings f WHERE {_CLOSED_FOR_ORDER}))"
+            " AND NOT EXISTS (SELECT 1 FROM findings f"
             "   WHERE f.subject = o.order_id AND f.cleared_at IS NULL)"
             " RETURNING order_id",
             cutoff,

@@ -62,6 +62,11 @@ class Finding(BaseModel):
     detected_at: datetime
     incident_id: int
     cleared_at: datetime | None = None
+    cleared_reason: str | None = Field(
+        None,
+        description="why it was cleared, when its order did not clear it by moving on:"
+        " 'expired: no span for 24 h'",
+    )
 
 
 class FindingList(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
@@ -54,6 +55,14 @@ RETENTION_HOURS = Variable(
     "how long settled orders, probes and resolved incidents are kept",
     positive,
 )
+STUCK_HORIZON_HOURS = Variable(
+    "LOUPE_MONITOR_STUCK_HORIZON_HOURS",
+    24.0,
+    "an order silent this long is no longer reported stuck: once its stuck finding has stood"
+    " this long and no span of the order has come for as long, the finding is cleared with"
+    " the reason `expired: no span for <horizon>` (and its incident can resolve)",
+    positive,
+)
 WEBHOOK_URLS = Variable(
     "LOUPE_MONITOR_WEBHOOK_URLS",
     (),
@@ -73,14 +82,16 @@ MONITOR_OTLP_ENDPOINT = Variable(
 @dataclass(frozen=True)
 class MonitorSettings(ListensAtUrl, EnvSettings):
     """Where the monitor listens, its SLOs, how often it looks, how long it keeps what it saw
-    and where it sends alerts; with the shared settings (database, broker and its management
-    API, service URLs, console URL) and the access settings (who may read and act)."""
+    and reports a silent order stuck, and where it sends alerts; with the shared settings
+    (database, broker and its management API, service URLs, console URL) and the access
+    settings (who may read and act)."""
 
     url: str = MONITOR_URL.field()
     slo_file: Path = SLO_FILE.field()
     tick_seconds: float = TICK_SECONDS.field()
     probe_seconds: float = PROBE_SECONDS.field()
     retention_hours: float = RETENTION_HOURS.field()
+    stuck_horizon_hours: float = STUCK_HORIZON_HOURS.field()
     webhook_urls: tuple[str, ...] = WEBHOOK_URLS.field()
     base: Settings = part(Settings)
     access: AccessSettings = part(AccessSettings)
@@ -89,6 +100,10 @@ class MonitorSettings(ListensAtUrl, EnvSettings):
     @property
     def database(self) -> str:
         return self.base.database_name("monitor")
+
+    @property
+    def stuck_horizon(self) -> timedelta:
+        return timedelta(hours=self.stuck_horizon_hours)
 
     @property
     def management_url(self) -> str:
