@@ -164,7 +164,7 @@ class TokenVerifier:
 # -- roles --------------------------------------------------------------------------------
 
 Role = Literal["operator", "reader", "none"]
-"""operator: may read and act (requeue, acknowledge); reader: may read; none: neither."""
+"""operator: may read and act (requeue, acknowledge, dismiss); reader: may read; none: neither."""
 
 DEFAULT_ISSUER = "http://127.0.0.1:5556/dex"
 DEFAULT_CLIENT_ID = "loupe-gateway"
@@ -193,7 +193,7 @@ READ_GROUPS = Variable(
 ACT_GROUPS = Variable(
     "LOUPE_OPERATOR_GROUPS",
     ("devops",),
-    "comma-separated; groups that may act (requeue, acknowledge)",
+    "comma-separated; groups that may act (requeue, acknowledge, dismiss)",
     names_or_default,
 )
 

@@ -501,6 +501,52 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert seen[("loupe_mttr_seconds", ())] == pytest.approx(40, abs=3)
 
 
+async def test_devops_dismiss_a_finding_saying_why_and_it_counts_toward_nothing(
+    client: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    await send(client, [Spans().happy_move(0, "o-test", ago(40))])
+    (finding,) = (await client.monitor.detect_once()).opened
+    path = f"/monitor/api/findings/{finding.id}/dismiss"
+
+    refused = await client.post(path, json={"reason": "a test order"}, headers=DEVELOPER)
+    assert refused.status_code == 403 and refused.json()["needs_group"] == ["devops"]
+    for unsaid in ({}, {"reason": ""}, {"reason": "  "}, {"reason": "a\x00b"}):
+        response = await client.post(path, json=unsaid, headers=DEVOPS)
+        assert response.status_code == 422, unsaid
+    assert (await client.read("/monitor/api/findings"))["count"] == 1, "nothing changed yet"
+
+    with caplog.at_level(logging.WARNING, "loupe.monitor.app"):
+        response = await client.post(path, json={"reason": " a test order "}, headers=DEVOPS)
+    assert response.status_code == 200, response.text
+    dismissed = response.json()
+    assert (dismissed["id"], dismissed["order_id"]) == (finding.id, "o-test")
+    assert dismissed["cleared_reason"] == "dismissed by devops@example.com: a test order"
+    assert dismissed["cleared_at"] is not None
+    assert f"finding {finding.id} (stuck, order o-test" in caplog.text
+    assert "dismissed by devops@example.com: a test order" in caplog.text
+
+    again = await client.post(path, json={"reason": "twice"}, headers=DEVOPS)
+    assert again.status_code == 409
+    assert (
+        "cleared already (dismissed by devops@example.com: a test order)"
+        in (again.json()["detail"])
+    )
+    missing = await client.post(
+        "/monitor/api/findings/999999/dismiss", json={"reason": "x"}, headers=DEVOPS
+    )
+    assert missing.status_code == 404 and missing.json()["detail"] == "no finding 999999"
+
+    # Its incident held nothing else: it resolves at once, in neither MTTD nor MTTR.
+    result = await client.monitor.detect_once()
+    assert result.opened == [], "the order is not reported again at that status"
+    (resolved,) = result.incidents_resolved
+    assert (resolved.dismissed, resolved.time_to_resolve_seconds) == (True, None)
+    incidents = await client.read("/monitor/api/incidents")
+    assert (incidents["open"], incidents["resolved"]) == (0, 1)
+    assert (incidents["mttd_seconds"], incidents["mttr_seconds"]) == (None, None)
+    assert (await client.read("/monitor/api/findings"))["count"] == 0
+
+
 # -- who may read and act ---------------------------------------------------------------------
 
 READS = [
@@ -509,7 +555,7 @@ READS = [
     "/monitor/api/incidents",
     "/monitor/api/uptime",
 ]
-ACT = "/monitor/api/incidents/1/acknowledge"
+ACTS = ["/monitor/api/incidents/1/acknowledge", "/monitor/api/findings/1/dismiss"]
 
 
 async def test_no_token_and_forged_headers_get_401(client: Api) -> None:
@@ -519,7 +565,9 @@ async def test_no_token_and_forged_headers_get_401(client: Api) -> None:
             assert response.status_code == 401, (path, headers)
             assert response.json()["error"] == "unauthenticated"
             assert response.headers["www-authenticate"] == 'Bearer realm="loupe-monitor"'
-        assert (await client.post(ACT, headers=headers)).status_code == 401
+        for path in ACTS:
+            response = await client.post(path, json={"reason": "x"}, headers=headers)
+            assert response.status_code == 401, path
 
 
 async def test_a_guest_without_a_group_gets_403(client: Api) -> None:
@@ -527,7 +575,8 @@ async def test_a_guest_without_a_group_gets_403(client: Api) -> None:
         response = await client.get(path, headers=GUEST)
         assert response.status_code == 403, path
         assert response.json()["needs_group"] == ["devops", "developers"]
-    assert (await client.post(ACT, headers=GUEST)).status_code == 403
+    for path in ACTS:
+        assert (await client.post(path, json={"reason": "x"}, headers=GUEST)).status_code == 403
     # Forwarded groups do not lift a guest either.
     assert (await client.get(READS[0], headers={**GUEST, **FORGED})).status_code == 403
 

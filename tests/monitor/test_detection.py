@@ -193,6 +193,9 @@ async def test_failed_order_is_broken_until_acknowledged(monitor_pool: asyncpg.P
     acknowledged = await store.acknowledge(monitor_pool, finding.incident_id, "devops@example.com")
     assert acknowledged is not None and acknowledged.acknowledged_by == "devops@example.com"
     assert await store.findings(monitor_pool) == []
+    detail = await store.incident(monitor_pool, finding.incident_id)
+    assert detail is not None
+    assert [f.cleared_reason for f in detail.findings] == ["acknowledged by devops@example.com"]
     assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
 
 

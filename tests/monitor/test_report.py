@@ -5,6 +5,7 @@ in words, and the console links added to the JSON and to webhook alerts."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,9 @@ def at(seconds_ago: float) -> str:
     return (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
 
 
+_FINDING_IDS = itertools.count(1)
+
+
 def finding(
     order_id: str | None,
     state: str,
@@ -51,6 +55,7 @@ def finding(
 ) -> dict[str, Any]:
     """A finding as the API and `loupe stuck --json` show it."""
     return {
+        "id": next(_FINDING_IDS),
         "order_id": order_id,
         "state": state,
         "status": status,
@@ -139,6 +144,7 @@ def incident(
         "time_to_resolve_seconds": resolved_after,
         "acknowledged_by": acknowledged_by,
         "acknowledged_at": None,
+        "dismissed": False,
     }
 
 

@@ -38,6 +38,7 @@ def transition(status_to: str, service: str, seconds: float, **more: Any) -> dic
 
 def finding_row(last_step: str | None) -> dict[str, Any]:
     return {
+        "id": 7,
         "order_id": "o-1",
         "state": "stuck",
         "status": "SUBMITTED",
@@ -77,25 +78,33 @@ def test_a_finding_takes_its_place_as_where_and_its_last_step_from_json(
 
 
 @pytest.mark.parametrize(
-    ("opened", "resolved", "delay", "to_resolve", "status"),
+    ("opened", "resolved", "dismissed", "delay", "to_resolve", "status"),
     [
-        (40, None, 10.0, None, IncidentState.OPEN),
+        (40, None, False, 10.0, None, IncidentState.OPEN),
         # A broken order is found before any deadline: no negative delay.
-        (20, 100, 0.0, 100.0, IncidentState.RESOLVED),
+        (20, 100, False, 0.0, 100.0, IncidentState.RESOLVED),
+        # Every finding dismissed: resolved, but nothing was, so no time to resolve.
+        (20, 100, True, 0.0, None, IncidentState.RESOLVED),
     ],
 )
 def test_an_incidents_times_from_its_row(
-    opened: float, resolved: float | None, delay: float, to_resolve: float | None, status: str
+    opened: float,
+    resolved: float | None,
+    dismissed: bool,
+    delay: float,
+    to_resolve: float | None,
+    status: str,
 ) -> None:
     row = {"id": 4, "state": "stuck", "service": "mes-api", "place": "queue q", "started_at": T0}
     row |= {"opened_at": at(opened), "deadline_at": at(30), "resolved_at": None}
-    row |= {"acknowledged_by": None, "acknowledged_at": None}
+    row |= {"acknowledged_by": None, "acknowledged_at": None, "dismissed": dismissed}
     if resolved is not None:
         row["resolved_at"] = at(resolved)
     made = rows.incident(row, orders=3)
     assert (made.where, made.orders, made.status) == ("queue q", 3, status)
     assert made.time_to_detect_seconds == opened
     assert (made.detection_delay_seconds, made.time_to_resolve_seconds) == (delay, to_resolve)
+    assert made.dismissed is dismissed
 
 
 def test_a_journey_keeps_the_first_span_of_each_status_and_lists_the_followers() -> None:

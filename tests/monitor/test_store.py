@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from loupe.monitor import detection, store
+from loupe.monitor.models import IncidentState
 from loupe.monitor.spans import decode
 from loupe.orders import OrderStatus
 from tests.support.monitor import HAPPY, MANAGEMENT, SLO, send
@@ -166,3 +167,42 @@ async def test_a_span_postgresql_refuses_is_left_out_and_the_rest_stored(
         ("o-2", "SUBMITTED"),
         ("o-3", "PRICE_CALCULATED"),
     ]
+
+
+async def test_a_dismissed_finding_leaves_its_incident_s_times_to_the_others(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    await send(monitor_pool, [made.happy_move(0, "o-false-alarm", ago(100))])
+    (first,) = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    await send(monitor_pool, [made.happy_move(0, "o-real", ago(50))])
+    (second,) = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    assert first.incident_id == second.incident_id
+    before = await store.incident(monitor_pool, first.incident_id)
+    assert before is not None and before.started_at == first.since
+
+    dismissed = await store.dismiss(monitor_pool, first.id, "devops@example.com", "test order")
+    assert dismissed is not None
+    assert dismissed.cleared_reason == "dismissed by devops@example.com: test order"
+    with pytest.raises(store.FindingCleared, match="cleared already"):
+        await store.dismiss(monitor_pool, first.id, "devops@example.com", "again")
+    assert await store.dismiss(monitor_pool, 999_999, "devops@example.com", "none") is None
+
+    # The incident is as if only the real order had been found.
+    after = await store.incident(monitor_pool, first.incident_id)
+    assert after is not None and after.status == IncidentState.OPEN and not after.dismissed
+    assert (after.started_at, after.detected_at) == (second.since, second.detected_at)
+    report = await store.incidents(monitor_pool)
+    assert report.mttd_seconds == pytest.approx((second.detected_at - second.since).total_seconds())
+
+    await send(monitor_pool, [made.happy_move(1, "o-real", ago(1))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert result.opened == [], "the dismissed order is not reported again"
+    (resolved,) = result.incidents_resolved
+    assert not resolved.dismissed
+    assert resolved.resolved_at is not None
+    assert resolved.time_to_resolve_seconds == pytest.approx(
+        (resolved.resolved_at - second.since).total_seconds()
+    )
+    report = await store.incidents(monitor_pool)
+    assert report.mttr_seconds == pytest.approx(resolved.time_to_resolve_seconds)

@@ -19,7 +19,7 @@ from loupe.portal import actions
 from loupe.portal.antiforgery import HEADER
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
-from tests.support.console_fakes import MONITOR, FakeBackends
+from tests.support.console_fakes import MONITOR, NOW, FakeBackends, finding, iso
 from tests.support.oidc import CLIENT, ISSUER, FakeProvider, token
 
 DEVOPS = {"Authorization": f"Bearer {token()}"}
@@ -44,7 +44,18 @@ Api = tuple[httpx.AsyncClient, FakeBroker]
 
 
 @pytest.fixture
-async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+def backends() -> FakeBackends:
+    """The monitor, holding one open finding (id 7) and one dismissed already (id 8)."""
+    fake = FakeBackends()
+    fake.findings = [finding("o-1", NOW, finding_id=7), finding("o-2", NOW, finding_id=8)]
+    fake.findings[1] |= {"cleared_at": iso(NOW), "cleared_reason": "dismissed by x: test"}
+    return fake
+
+
+@pytest.fixture
+async def api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backends: FakeBackends
+) -> AsyncIterator[Api]:
     broker = FakeBroker()
     monkeypatch.setattr(actions, "list_dead_letters", broker.list)
     monkeypatch.setattr(actions, "requeue_dead_letters", broker.requeue)
@@ -53,7 +64,7 @@ async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         access=AccessSettings(issuer=ISSUER, client_id=CLIENT),
         base=Settings(data_dir=tmp_path),
     )
-    transport = httpx.MockTransport(FakeBackends().handler)
+    transport = httpx.MockTransport(backends.handler)
     app = create_app(settings, FakeProvider().verifier(), transport=transport)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://p") as client:
         # An action carries the person's anti-forgery token, as the console's pages send it.
@@ -108,3 +119,59 @@ async def test_acknowledging_no_such_incident_is_logged_as_such(api: Api, tmp_pa
     assert (await client.post("/api/incidents/404/acknowledge")).status_code == 404
     (entry,) = audited(tmp_path)
     assert (entry["target"], entry["outcome"]) == ({"incident_id": 404}, "no such incident")
+
+
+async def test_dismissing_a_finding_passes_the_reason_to_the_monitor_and_logs_it(
+    api: Api, backends: FakeBackends, tmp_path: Path
+) -> None:
+    client, _ = api
+    answer = await client.post("/api/findings/7/dismiss", json={"reason": " a test order "})
+    assert answer.status_code == 200, answer.text
+    dismissed = answer.json()
+    assert (dismissed["id"], dismissed["cleared_reason"]) == (
+        7,
+        "dismissed by devops@example.com: a test order",
+    )
+    # The monitor is asked with the person's own token (it checks the role itself).
+    (asked,) = [r for r in backends.requests if r.url.path.endswith("/dismiss")]
+    assert (asked.method, str(asked.url)) == ("POST", f"{MONITOR}/monitor/api/findings/7/dismiss")
+    assert json.loads(asked.content) == {"reason": "a test order"}
+    assert asked.headers["authorization"] == DEVOPS["Authorization"]
+    (entry,) = audited(tmp_path)
+    assert (entry["user"], entry["action"], entry["target"], entry["outcome"]) == (
+        "devops@example.com",
+        "dismiss finding",
+        {"finding_id": 7, "reason": "a test order"},
+        "dismissed",
+    )
+
+
+@pytest.mark.parametrize("body", [{}, {"reason": ""}, {"reason": " \t"}, {"why": "test"}])
+async def test_a_dismissal_without_a_reason_does_nothing(
+    api: Api, backends: FakeBackends, tmp_path: Path, body: dict[str, str]
+) -> None:
+    client, _ = api
+    answer = await client.post("/api/findings/7/dismiss", json=body)
+    assert answer.status_code == 422
+    assert [r for r in backends.requests if r.url.path.endswith("/dismiss")] == []
+    assert audited(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("finding_id", "status", "outcome"),
+    [
+        (404, 404, "no such finding"),
+        (8, 409, "refused: finding 8 was cleared already (dismissed by x: test)"),
+    ],
+)
+async def test_dismissing_what_is_not_open_is_refused_and_logged_as_such(
+    api: Api, tmp_path: Path, finding_id: int, status: int, outcome: str
+) -> None:
+    client, _ = api
+    answer = await client.post(f"/api/findings/{finding_id}/dismiss", json={"reason": "test"})
+    assert answer.status_code == status
+    (entry,) = audited(tmp_path)
+    assert (entry["target"], entry["outcome"]) == (
+        {"finding_id": finding_id, "reason": "test"},
+        outcome,
+    )

@@ -27,6 +27,7 @@ from tests.support.console_fakes import (
     closed_order,
     finding,
     incident,
+    iso,
 )
 from tests.support.oidc import CLIENT, ISSUER, FakeProvider, token
 
@@ -230,6 +231,20 @@ async def test_developers_read_and_devops_act_only_from_the_console(
     )
     missing = await console.post("/api/incidents/999/acknowledge", headers=good)
     assert missing.status_code == 404
+
+
+async def test_devops_may_dismiss_each_open_finding_of_an_incident(
+    console: httpx.AsyncClient, backends: FakeBackends
+) -> None:
+    held = [f for f in backends.findings if f["incident_id"] == 1]
+    held[0] |= {"cleared_at": iso(datetime.now(UTC)), "cleared_reason": "dismissed by x: test"}
+    as_devops = await console.get("/incidents/1", headers=DEVOPS)
+    buttons = re.findall(r'data-action="/api/findings/(\d+)/dismiss" data-prompt="', as_devops.text)
+    assert buttons == [str(f["id"]) for f in held[1:]]
+    assert "dismissed by x: test" in as_devops.text
+    as_developer = await console.get("/incidents/1", headers=DEVELOPER)
+    assert "/dismiss" not in as_developer.text
+    assert "dismissed by x: test" in as_developer.text
 
 
 async def test_requeue_names_what_it_acts_on(console: httpx.AsyncClient) -> None:

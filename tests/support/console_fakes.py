@@ -5,6 +5,7 @@ integration or end-to-end tests."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,10 +28,14 @@ def iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
+_FINDING_IDS = itertools.count(1)
+
+
 def finding(
-    order_id: str,
+    order_id: str | None,
     since: datetime,
     *,
+    finding_id: int | None = None,
     state: str = "stuck",
     service: str = "mes-api",
     where: str = "queue mes.order-submitted",
@@ -38,6 +43,7 @@ def finding(
     evidence: str = "queue mes.order-submitted: 4 ready, 0 unacknowledged, 0 consumer(s)",
 ) -> dict[str, Any]:
     return {
+        "id": next(_FINDING_IDS) if finding_id is None else finding_id,
         "order_id": order_id,
         "state": state,
         "status": "SUBMITTED",
@@ -51,6 +57,7 @@ def finding(
         "detected_at": iso(since + timedelta(seconds=11)),
         "incident_id": incident_id,
         "cleared_at": None,
+        "cleared_reason": None,
     }
 
 
@@ -264,6 +271,18 @@ class FakeBackends:
                 "incidents": self.incidents,
             }
             return httpx.Response(200, json=body)
+        if path.startswith("/findings/") and path.endswith("/dismiss"):
+            finding_id = int(path.split("/")[2])
+            held = next((f for f in self.findings if f["id"] == finding_id), None)
+            if held is None:
+                return httpx.Response(404, json={})
+            if held["cleared_at"]:
+                detail = f"finding {finding_id} was cleared already ({held['cleared_reason']})"
+                return httpx.Response(409, json={"detail": detail})
+            reason = json.loads(request.content)["reason"]
+            held["cleared_at"] = iso(NOW)
+            held["cleared_reason"] = f"dismissed by devops@example.com: {reason}"
+            return httpx.Response(200, json=held)
         if path.startswith("/incidents/") and path.endswith("/acknowledge"):
             found = self._incident(int(path.split("/")[2]))
             if found is None:

@@ -27,6 +27,8 @@ from loupe.database import UNAVAILABLE
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import (
+    Dismissal,
+    Finding,
     FindingKind,
     FindingList,
     Incident,
@@ -229,7 +231,8 @@ def create_app(
         description=(
             "Which orders are stuck or broken, where and since when; incidents with MTTD and "
             "MTTR; uptime per service. The API is served under /monitor/api behind the "
-            "sign-in gateway: developers read, devops also acknowledge incidents."
+            "sign-in gateway: developers read, devops also acknowledge incidents and dismiss"
+            " findings."
         ),
         lifespan=lifespan,
         version="1",
@@ -336,6 +339,31 @@ def create_app(
             await store.acknowledge(monitor.db, incident_id, by), f"no incident {incident_id}"
         )
         log.warning("incident %s acknowledged by %s", incident_id, by)
+        return found
+
+    @api.post(
+        "/findings/{finding_id}/dismiss",
+        summary="Dismiss an open finding, saying why (devops)",
+        response_model=Finding,
+        responses={409: {"description": "the finding was cleared already"}},
+    )
+    async def dismiss(who: Operator, finding_id: int, dismissal: Dismissal) -> Finding:
+        by = who.email or who.subject
+        try:
+            found = await store.dismiss(monitor.db, finding_id, by, dismissal.reason)
+        except store.FindingCleared as exc:
+            raise HTTPException(409, str(exc)) from None
+        found = _found(found, f"no finding {finding_id}")
+        # At WARNING, like acknowledging: a person silenced what the monitor reported.
+        log.warning(
+            "finding %s (%s, order %s at %s) dismissed by %s: %s",
+            finding_id,
+            found.state,
+            found.order_id,
+            found.where,
+            by,
+            dismissal.reason,
+        )
         return found
 
     @api.get("/uptime", summary="Availability per service over a window", response_model=Uptime)

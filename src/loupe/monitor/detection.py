@@ -28,7 +28,7 @@ from loupe.monitor.models import (
 from loupe.monitor.projection import BROKEN_STATUSES
 from loupe.monitor.settings import STUCK_HORIZON_HOURS
 from loupe.monitor.slo import Slo
-from loupe.monitor.store import writing
+from loupe.monitor.store import ALL_DISMISSED, writing
 
 log = logging.getLogger(__name__)
 
@@ -381,12 +381,15 @@ async def tick(
             )
             await _record(connection, finding, now, result)
 
+        # An incident whose every finding was dismissed resolves without waiting for orders to
+        # flow: there was nothing there.
         resolved = await connection.fetch(
-            "UPDATE incidents i SET resolved_at = $1 WHERE i.resolved_at IS NULL"
+            f"UPDATE incidents i SET resolved_at = $1, dismissed = {ALL_DISMISSED}"
+            " WHERE i.resolved_at IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.incident_id = i.id"
             "   AND f.cleared_at IS NULL AND NOT f.settled)"
-            " AND EXISTS (SELECT 1 FROM flow w WHERE w.place_key = i.flow_key"
-            "   AND w.last_at > i.last_since)"
+            f" AND ({ALL_DISMISSED} OR EXISTS (SELECT 1 FROM flow w"
+            "   WHERE w.place_key = i.flow_key AND w.last_at > i.last_since))"
             " RETURNING i.*, (SELECT count(*) FROM findings f WHERE f.incident_id = i.id) AS n",
             now,
         )
@@ -420,9 +423,14 @@ async def tick(
             incident.where,
         )
     for incident in result.incidents_resolved:
-        log.warning(
-            "incident %s resolved after %.1f s", incident.id, incident.time_to_resolve_seconds
-        )
+        if incident.dismissed:
+            log.warning("incident %s resolved: every finding was dismissed", incident.id)
+        else:
+            log.warning(
+                "incident %s resolved after %.1f s",
+                incident.id,
+                incident.time_to_resolve_seconds,
+            )
     return result
 
 

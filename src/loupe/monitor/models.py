@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from loupe.portal.links import absolute, incident_path, order_path
 
@@ -49,6 +49,7 @@ class LastStep(BaseModel):
 class Finding(BaseModel):
     """An order (or an unattributed dead letter) stuck or broken at a place."""
 
+    id: int = Field(description="the finding, as POST /findings/{id}/dismiss names it")
     order_id: str | None
     state: FindingKind
     status: str | None = Field(description="the order's status when it was found")
@@ -65,8 +66,28 @@ class Finding(BaseModel):
     cleared_reason: str | None = Field(
         None,
         description="why it was cleared, when its order did not clear it by moving on:"
-        " 'expired: no span for 24 h'",
+        " 'expired: no span for 24 h', 'dismissed by <who>: <why>', 'acknowledged by <who>'",
     )
+
+
+class Dismissal(BaseModel):
+    """Why devops dismiss a finding: kept in its `cleared_reason` and in the log."""
+
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        description="why it needs no one's attention, e.g. 'a test order'",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def said(cls, reason: str) -> str:
+        reason = reason.strip()
+        if not reason:
+            raise ValueError("say why the finding needs no one's attention")
+        if "\x00" in reason:
+            raise ValueError("a reason cannot hold a NUL byte")
+        return reason
 
 
 class FindingList(BaseModel):
@@ -142,9 +163,16 @@ class Incident(BaseModel):
     orders: int = Field(description="how many findings the incident holds")
     time_to_detect_seconds: float
     detection_delay_seconds: float
-    time_to_resolve_seconds: float | None
+    time_to_resolve_seconds: float | None = Field(
+        description="none while open, or when every finding it held was dismissed"
+    )
     acknowledged_by: str | None
     acknowledged_at: datetime | None
+    dismissed: bool = Field(
+        False,
+        description="every finding it held was dismissed: it resolved, and counts toward"
+        " neither MTTD nor MTTR",
+    )
 
 
 class IncidentDetail(Incident):
@@ -155,8 +183,8 @@ class IncidentList(BaseModel):
     window_seconds: float
     open: int
     resolved: int
-    mttd_seconds: float | None
-    mttr_seconds: float | None
+    mttd_seconds: float | None = Field(description="over the incidents not dismissed")
+    mttr_seconds: float | None = Field(description="over the resolved incidents not dismissed")
     incidents: list[Incident]
 
 

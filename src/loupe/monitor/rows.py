@@ -45,7 +45,8 @@ def finding(row: Row) -> Finding:
 
 
 def incident(row: Row, orders: int) -> Incident:
-    """An `incidents` row holding `orders` findings; its times to detect and resolve."""
+    """An `incidents` row holding `orders` findings; its times to detect and resolve (none
+    when every finding was dismissed: nothing was resolved)."""
     resolved = row["resolved_at"]
     return Incident(
         id=row["id"],
@@ -60,10 +61,11 @@ def incident(row: Row, orders: int) -> Incident:
         time_to_detect_seconds=(row["opened_at"] - row["started_at"]).total_seconds(),
         detection_delay_seconds=max((row["opened_at"] - row["deadline_at"]).total_seconds(), 0.0),
         time_to_resolve_seconds=(resolved - row["started_at"]).total_seconds()
-        if resolved
+        if resolved and not row["dismissed"]
         else None,
         acknowledged_by=row["acknowledged_by"],
         acknowledged_at=row["acknowledged_at"],
+        dismissed=row["dismissed"],
     )
 
 

@@ -41,6 +41,21 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK = 0x6D6F6E69746F72  # "monitor"
 ALL = "all"
 """`incidents(which=ALL)`: open and resolved."""
+ALL_DISMISSED = (
+    "coalesce((SELECT bool_and(f.dismissed) FROM findings f WHERE f.incident_id = i.id), false)"
+)
+"""SQL: every finding of incident `i` was dismissed (`dismiss`): nothing in it counts."""
+
+
+class FindingCleared(Exception):
+    """The finding was cleared already: only an open one can be dismissed."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(
+            f"finding {finding.id} was cleared already"
+            + (f" ({finding.cleared_reason})" if finding.cleared_reason else "")
+        )
+        self.finding = finding
 
 
 async def open_store(base_dsn: str, database: str) -> asyncpg.Pool:
@@ -362,13 +377,14 @@ class IncidentSummary:
 
 async def incident_summary(connection: asyncpg.Connection, window: timedelta) -> IncidentSummary:
     """Over the incidents opened within `window` and every open one: how many are open and
-    resolved, and their MTTD and MTTR in seconds (None without any)."""
+    resolved, and their MTTD and MTTR in seconds (None without any), leaving out incidents
+    whose every finding was dismissed."""
     row = await connection.fetchrow(
         "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
         " count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,"
-        " avg(extract(epoch FROM opened_at - started_at)) AS mttd,"
+        " avg(extract(epoch FROM opened_at - started_at)) FILTER (WHERE NOT dismissed) AS mttd,"
         " avg(extract(epoch FROM resolved_at - started_at))"
-        "   FILTER (WHERE resolved_at IS NOT NULL) AS mttr"
+        "   FILTER (WHERE resolved_at IS NOT NULL AND NOT dismissed) AS mttr"
         " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
         window,
     )
@@ -393,9 +409,10 @@ async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> Inciden
         if row is None:
             return None
         cleared = await connection.fetch(
-            "UPDATE findings SET cleared_at = now() WHERE incident_id = $1 AND settled"
-            " AND cleared_at IS NULL RETURNING order_id",
+            "UPDATE findings SET cleared_at = now(), cleared_reason = $2"
+            " WHERE incident_id = $1 AND settled AND cleared_at IS NULL RETURNING order_id",
             incident_id,
+            f"acknowledged by {who}",
         )
         await connection.execute(
             "UPDATE orders SET broken_at = NULL WHERE order_id = ANY($1::text[])",
@@ -405,6 +422,42 @@ async def acknowledge(pool: asyncpg.Pool, incident_id: int, who: str) -> Inciden
             "SELECT count(*) FROM findings WHERE incident_id = $1", incident_id
         )
     return rows.incident(row, n)
+
+
+async def dismiss(pool: asyncpg.Pool, finding_id: int, who: str, reason: str) -> Finding | None:
+    """Clears an open finding with the reason `dismissed by <who>: <reason>`: a false alarm,
+    or one in hand elsewhere. Its order is not reported again so at that status (detection),
+    and it counts toward no MTTD or MTTR: its incident's times become those of its other
+    findings, and an incident whose every finding is dismissed resolves at the next detection
+    pass without a time to resolve. None when there is no such finding; FindingCleared when
+    it was cleared already."""
+    async with writing(pool) as connection:
+        row = await connection.fetchrow(
+            "UPDATE findings SET cleared_at = now(), cleared_reason = $2, dismissed = true"
+            " WHERE id = $1 AND cleared_at IS NULL RETURNING *",
+            finding_id,
+            f"dismissed by {who}: {reason}",
+        )
+        if row is None:
+            cleared = await connection.fetchrow("SELECT * FROM findings WHERE id = $1", finding_id)
+            if cleared is None:
+                return None
+            raise FindingCleared(rows.finding(cleared))
+        # The incident's times as detection set them (detection._record), from the findings
+        # that still count; unchanged when none does.
+        await connection.execute(
+            "UPDATE incidents i SET started_at = coalesce(s.started, i.started_at),"
+            " opened_at = coalesce(s.detected, i.opened_at),"
+            " deadline_at = coalesce(s.deadline, i.deadline_at),"
+            " last_since = coalesce(s.latest, i.last_since),"
+            f" dismissed = i.resolved_at IS NOT NULL AND {ALL_DISMISSED}"
+            " FROM (SELECT min(since) AS started, min(detected_at) AS detected,"
+            "   min(deadline) AS deadline, max(since) AS latest"
+            "   FROM findings WHERE incident_id = $1 AND NOT dismissed) s"
+            " WHERE i.id = $1",
+            row["incident_id"],
+        )
+    return rows.finding(row)
 
 
 async def uptime(

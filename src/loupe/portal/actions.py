@@ -1,6 +1,7 @@
 """The portal's JSON API: who is signed in, the dead letters, and the actions devops take from
-the console (requeue dead letters, acknowledge an incident). Every action is role-checked,
-proven to come from the console (loupe.portal.antiforgery) and written to the actions log."""
+the console (requeue dead letters, acknowledge an incident, dismiss a finding). Every action is
+role-checked, proven to come from the console (loupe.portal.antiforgery) and written to the
+actions log."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field, model_validator
 
 from loupe.access import Role
-from loupe.monitor.models import Incident
+from loupe.monitor.models import Dismissal, Finding, Incident
 from loupe.portal.console import ConsoleDep, Operator, Reader
 from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
+from loupe.portal.monitor_api import MonitorRefused
 
 router = APIRouter(prefix="/api", tags=["portal"])
 
@@ -91,4 +93,22 @@ async def acknowledge(incident_id: int, console: ConsoleDep, viewer: Operator) -
     )
     if found is None:
         raise HTTPException(404, f"no incident {incident_id}")
+    return found
+
+
+@router.post("/findings/{finding_id}/dismiss", response_model=Finding)
+async def dismiss(
+    finding_id: int, dismissal: Dismissal, console: ConsoleDep, viewer: Operator
+) -> Finding:
+    target = {"finding_id": finding_id, "reason": dismissal.reason}
+    try:
+        found = await console.monitor.dismiss(viewer.authorization, finding_id, dismissal)
+    except MonitorRefused as exc:
+        console.audit(viewer.identity, "dismiss finding", target, f"refused: {exc}")
+        raise
+    console.audit(
+        viewer.identity, "dismiss finding", target, "dismissed" if found else "no such finding"
+    )
+    if found is None:
+        raise HTTPException(404, f"no finding {finding_id}")
     return found

@@ -56,6 +56,8 @@ def create_app(
 
     @app.exception_handler(MonitorRefused)
     async def refused(_: Request, exc: MonitorRefused) -> JSONResponse:
+        if exc.status_code == 409:
+            return JSONResponse({"error": "conflict", "detail": str(exc)}, status_code=409)
         return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
 
     @app.exception_handler(MonitorUnavailable)

@@ -10,6 +10,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from loupe.monitor.models import (
+    Dismissal,
+    Finding,
     FindingList,
     Incident,
     IncidentDetail,
@@ -28,7 +30,8 @@ class MonitorUnavailable(Exception):
 
 
 class MonitorRefused(Exception):
-    """The monitor answered 401/403: the person may not do this."""
+    """The monitor answered 401/403 (the person may not do this) or 409 (not now: what they
+    act on has changed, e.g. a finding cleared in the meantime)."""
 
     def __init__(self, status_code: int, detail: str) -> None:
         super().__init__(detail)
@@ -47,6 +50,7 @@ class MonitorApi:
         authorization: str,
         model: type[Model],
         params: dict[str, str | float] | None = None,
+        body: BaseModel | None = None,
     ) -> Model | None:
         response = await upstream.request(
             self._client,
@@ -55,11 +59,12 @@ class MonitorApi:
             MonitorUnavailable,
             f"the monitor at {self.api_url}",
             params=params,
+            json=body.model_dump(mode="json") if body is not None else None,
             headers={"Authorization": authorization, "Accept": "application/json"},
         )
         if response.status_code == 404:
             return None
-        if response.status_code in (401, 403):
+        if response.status_code in (401, 403, 409):
             raise MonitorRefused(response.status_code, _detail(response))
         if response.status_code != 200:
             raise MonitorUnavailable(
@@ -108,6 +113,12 @@ class MonitorApi:
     async def acknowledge(self, authorization: str, incident_id: int) -> Incident | None:
         path = f"/incidents/{incident_id}/acknowledge"
         return await self._call("POST", path, authorization, Incident)
+
+    async def dismiss(
+        self, authorization: str, finding_id: int, dismissal: Dismissal
+    ) -> Finding | None:
+        path = f"/findings/{finding_id}/dismiss"
+        return await self._call("POST", path, authorization, Finding, body=dismissal)
 
 
 def _detail(response: httpx.Response) -> str:

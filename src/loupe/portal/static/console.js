@@ -82,6 +82,13 @@ function livePanel() {
 
 async function act(button) {
   if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
+  let body = button.dataset.body || "{}";
+  if (button.dataset.prompt) {
+    // An action that needs a reason (dismissing a finding): asked for, never made up.
+    const reason = window.prompt(button.dataset.prompt);
+    if (!reason || !reason.trim()) return;
+    body = JSON.stringify({ reason: reason.trim() });
+  }
   const result = button.parentElement.querySelector(".result");
   button.disabled = true;
   try {
@@ -89,7 +96,7 @@ async function act(button) {
       method: "POST",
       headers: { "Content-Type": "application/json", "X-Loupe-Csrf": csrfToken() },
       credentials: "same-origin",
-      body: button.dataset.body || "{}",
+      body: body,
     });
     const answer = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(answer.detail || "answered " + response.status);
