@@ -10,9 +10,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from opentelemetry.trace import SpanKind
 
 from loupe.messaging.management import Management
 from loupe.monitor import detection, store
+from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import FindingKind, IncidentState
 from loupe.orders import OrderStatus
 from tests.support.integration import AMQP_URL
@@ -329,3 +331,93 @@ async def test_the_horizon_is_the_monitors_setting(monitor_pool: asyncpg.Pool) -
         await detection.tick(monitor_pool, SLO, MANAGEMENT, stuck_horizon=half_hour)
     ).expired
     assert expired.cleared_reason == "expired: no span for 0.5 h"
+
+
+async def test_a_failed_request_that_created_no_order_breaks_its_place_until_it_works(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+
+    def post_orders(at: float, **details: Any) -> Any:
+        return made.make("shop-api", "POST /orders", ago(at), kind=SpanKind.SERVER, **details)
+
+    await send(
+        monitor_pool,
+        [
+            # Orders were taken here before: a request passing is what the monitor sees.
+            post_orders(60, order_id="o-before", move=("NEW", "SUBMITTED")),
+            # shop-api answers 503: its database is away. One request failed before it had an
+            # order id, one after, its creation rolled back with it.
+            post_orders(10, error="HTTP 503: the database is unavailable"),
+            post_orders(
+                8,
+                order_id="o-never",
+                move=("NEW", "SUBMITTED"),
+                error="ConnectionDoesNotExistError: connection was closed",
+            ),
+        ],
+    )
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    (finding,) = [f for f in result.opened if f.order_id is None]
+    assert (finding.state, finding.status, finding.service, finding.where) == (
+        FindingKind.BROKEN,
+        None,
+        "shop-api",
+        "POST /orders",
+    )
+    assert finding.evidence == (
+        "2 failed requests that named no order, none succeeded since;"
+        " the last: ConnectionDoesNotExistError: connection was closed"
+    )
+    # Never an order: the one it failed to create is nowhere.
+    assert await store.journey(monitor_pool, "o-never") is None
+    assert [f.order_id for f in await store.findings(monitor_pool)] == ["o-before", None]
+    incident = await store.incident(monitor_pool, finding.incident_id)
+    assert incident is not None and incident.where == "POST /orders"
+    metrics = FlowMetrics()
+    await metrics.refresh(monitor_pool, SLO)
+    gauges = metrics.registry.get_sample_value
+    assert gauges("loupe_places_broken", {"service": "shop-api"}) == 1
+    assert gauges("loupe_orders_broken", {"service": "shop-api"}) is None
+    # Nor reported twice.
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+
+    # The place works again: an order is taken there.
+    await send(monitor_pool, [post_orders(0.5, order_id="o-after", move=("NEW", "SUBMITTED"))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert result.cleared == 1
+    (resolved,) = result.incidents_resolved
+    assert resolved.id == finding.incident_id and resolved.time_to_resolve_seconds
+    assert [f.order_id for f in await store.findings(monitor_pool)] == ["o-before"]
+
+
+async def test_no_broken_place_when_the_trace_names_an_order_a_retry_works_or_none_ever_did(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    # crm-api's approve answers 500: the step's span names the order and failed, so the order
+    # is broken, not the route.
+    approve = made.make(
+        "crm-api", "POST /orders/{order_id}/approve", ago(10), kind=SpanKind.SERVER, error="500"
+    )
+    step = made.make(
+        "crm-api", "approve manufacturing", ago(10), order_id="o-1", error="boom", parent=approve
+    )
+    # mes-api's operators' queue fails: the monitor never sees it work (its requests name no
+    # order), so it could never see it resolve, and reports no place.
+    queue = made.make("mes-api", "GET /operator/queue", ago(10), kind=SpanKind.SERVER, error="500")
+    # mes-api's B2B intake fails once, and the partner's retry creates the order.
+    intake = [
+        made.make("mes-api", "POST /b2b/orders", ago(10), kind=SpanKind.SERVER, error="500"),
+        made.make(
+            "mes-api",
+            "POST /b2b/orders",
+            ago(9),
+            kind=SpanKind.SERVER,
+            order_id="o-b2b",
+            move=("NEW", "SUBMITTED"),
+        ),
+    ]
+    await send(monitor_pool, [made.happy_move(1, "o-1", ago(20)), approve, step, queue, *intake])
+    opened = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    assert [(f.order_id, f.where) for f in opened] == [("o-1", "approve manufacturing")]

@@ -15,6 +15,7 @@ import asyncpg
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loupe.monitor.detection import PLACE
 from loupe.monitor.metrics import DURATION_BUCKETS, FlowMetrics
 from loupe.monitor.models import FindingKind
 from tests.support.otlp_spans import slo
@@ -25,11 +26,13 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @dataclass
 class FakeDatabase:
-    """Answers refresh()'s queries from memory: open findings per status and per service, the
-    incidents' summary row (avg() gives PostgreSQL numerics: Decimal) and the last probes."""
+    """Answers refresh()'s queries from memory: open findings per status and per service
+    (broken orders and broken places apart), the incidents' summary row (avg() gives
+    PostgreSQL numerics: Decimal) and the last probes."""
 
     stuck: dict[str, int] = field(default_factory=dict)
     broken: dict[str, int] = field(default_factory=dict)
+    places: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] = field(
         default_factory=lambda: {"open": 0, "resolved": 0, "mttd": None, "mttr": None}
     )
@@ -44,8 +47,10 @@ class FakeDatabase:
             return [{"service": s, "ok": ok} for s, ok in self.probes.items()]
         if args == (FindingKind.STUCK,):
             return [{"status": s, "n": n} for s, n in self.stuck.items()]
-        assert args == (FindingKind.BROKEN,), query
-        return [{"service": s, "n": n} for s, n in self.broken.items()]
+        assert args == (FindingKind.BROKEN, PLACE), query
+        return [{"service": s, "place": False, "n": n} for s, n in self.broken.items()] + [
+            {"service": s, "place": True, "n": n} for s, n in self.places.items()
+        ]
 
     async def fetchrow(self, query: str, *_: object) -> dict[str, Any]:
         assert "FROM incidents" in query
@@ -66,6 +71,7 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
         # CLOSED is final (no SLO step): it never shows as a stuck step.
         stuck={"SUBMITTED": 2, "CLOSED": 5},
         broken={"crm-api": 1},
+        places={"shop-api": 1},
         summary={"open": 3, "resolved": 1, "mttd": Decimal("12.5"), "mttr": None},
         probes={"shop-api": True, "mes-api": False},
     )
@@ -74,6 +80,9 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
     # Every SLO step is there, at 0 when nothing waits at it, so dashboards see no gaps.
     assert stuck == {(("step", "SUBMITTED"),): 2, (("step", "PRICE_CALCULATED"),): 0}
     assert seen[("loupe_orders_broken", (("service", "crm-api"),))] == 1
+    # A broken place is not an order.
+    assert seen[("loupe_places_broken", (("service", "shop-api"),))] == 1
+    assert ("loupe_orders_broken", (("service", "shop-api"),)) not in seen
     assert seen[("loupe_incidents_open", ())] == 3
     assert seen[("loupe_mttd_seconds", ())] == 12.5
     # No incident resolved in the window: not a made-up 0 s mean time to resolve.

@@ -145,6 +145,29 @@ def test_a_failed_span_with_a_status_to_is_not_a_transition() -> None:
     assert facts.error_message == "carrier down"
 
 
+@pytest.mark.parametrize(
+    ("error", "order_id"),
+    [
+        # The creation committed: the order exists.
+        (None, "o-new"),
+        # It failed and was rolled back: the request names an order that exists nowhere.
+        ("HTTP 503: the database is unavailable", None),
+    ],
+)
+def test_a_failed_creation_names_no_order(error: str | None, order_id: str | None) -> None:
+    created = Made().span(
+        "POST /orders",
+        service="shop-api",
+        kind=SpanKind.SERVER,
+        move=("NEW", "SUBMITTED"),
+        order_id="o-new",
+        error=error,
+    )
+    facts = one(created)
+    assert (facts.order_id, facts.status_from, facts.status_to) == (order_id, "NEW", "SUBMITTED")
+    assert facts.transition is (error is None)
+
+
 def test_an_order_span_without_status_to_is_not_a_transition() -> None:
     assert not one(Made().span("price order", attributes={"order.id": "o"})).transition
 

@@ -1,6 +1,7 @@
 """Detection, run every tick: orders past their SLO are stuck, orders with an error and no
-progress after it (or FAILED, REJECTED, dead-lettered) are broken; findings that share a
-place make one incident, which resolves itself once orders flow through that place again."""
+progress after it (or FAILED, REJECTED, dead-lettered) are broken, and so is a place whose
+requests failed without creating an order; findings that share a place make one incident,
+which resolves itself once orders flow through that place again."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from loupe.monitor.models import (
     LastStep,
     LinkedIncident,
 )
-from loupe.monitor.projection import BROKEN_STATUSES
+from loupe.monitor.projection import BROKEN_STATUSES, place_key
 from loupe.monitor.settings import STUCK_HORIZON_HOURS
 from loupe.monitor.slo import Slo
 from loupe.monitor.store import ALL_DISMISSED, writing
@@ -33,6 +34,31 @@ from loupe.monitor.store import ALL_DISMISSED, writing
 log = logging.getLogger(__name__)
 
 DEFAULT_STUCK_HORIZON = timedelta(hours=STUCK_HORIZON_HOURS.default)
+PLACE = "place:"
+"""A broken place's finding's subject starts so, then its place key (projection.place_key)."""
+# Failed requests that named no order (or only the order they failed to create), per place:
+# how many since a request last passed there ($2: the place subject's prefix). Only places
+# the monitor has seen a request pass (in `flow`): it receives only spans that name an order
+# or failed, so elsewhere (a list, a download) it could never see the place work again.
+# Leaves out a failure whose trace names an order elsewhere (that order's error, judged as
+# such) and the failures an open finding of the place, or one closed for good since, stands
+# for.
+_FAILED_PLACES = """
+SELECT e.service, e.place, count(*) AS failures, min(e.at) AS since,
+  (array_agg(e.trace_id ORDER BY e.at DESC))[1] AS trace_id,
+  (array_agg(e.message ORDER BY e.at DESC))[1] AS message
+FROM errors e
+JOIN flow w ON w.place_key = e.service || '|' || e.place
+LEFT JOIN findings f ON f.subject = $2 || e.service || '|' || e.place AND f.cleared_at IS NULL
+WHERE e.order_id IS NULL AND e.kind = 'SERVER' AND NOT e.dead_lettered AND NOT e.refusal
+  AND e.at > w.last_at AND f.id IS NULL
+  AND NOT EXISTS (SELECT 1 FROM findings c WHERE c.subject = $2 || e.service || '|' || e.place
+    AND c.cleared_reason IS NOT NULL AND c.cleared_at >= e.at)
+  AND NOT EXISTS (SELECT 1 FROM errors o WHERE o.trace_id = e.trace_id AND o.order_id IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.trace_id = e.trace_id)
+GROUP BY e.service, e.place
+HAVING min(e.at) <= $1
+"""
 # A finding closed for good (`cleared_reason` set: expired, dismissed, acknowledged) of order
 # `o` at the status it is still at. It stands for the order there: the order is not reported
 # again as the same kind while it stays, and retention forgets it like a settled order.
@@ -83,7 +109,7 @@ class _Finding:
     def flow_key(self) -> str:
         if self.state == FindingKind.STUCK and self.status:
             return f"step:{self.status}"
-        return f"{self.service}|{self.place}"
+        return place_key(self.service, self.place)
 
 
 class QueueEvidence:
@@ -322,6 +348,15 @@ async def tick(
             FindingKind.STUCK,
             FindingKind.BROKEN,
         )
+        # A broken place works again once a request passes there after it broke.
+        cleared += await connection.fetch(
+            "UPDATE findings f SET cleared_at = $1 FROM flow w"
+            " WHERE f.cleared_at IS NULL AND f.subject = $2 || w.place_key"
+            " AND w.place_key = f.service || '|' || f.place AND w.last_at > f.since"
+            " RETURNING f.id",
+            now,
+            PLACE,
+        )
         result.cleared = len(cleared)
 
         # An order that has said nothing for the horizon is past being waited for: lost,
@@ -383,6 +418,27 @@ async def tick(
 
         # An incident whose every finding was dismissed resolves without waiting for orders to
         # flow: there was nothing there.
+        # A failed request that created no order is its place's failure: the place is broken
+        # once the SLO's grace has passed with no request there succeeding since (a retry
+        # that succeeds gets its chance), and works again when one does.
+        for failed in await connection.fetch(_FAILED_PLACES, now - slo.error_grace, PLACE):
+            failures = failed["failures"]
+            finding = _Finding(
+                subject=PLACE + place_key(failed["service"], failed["place"]),
+                order_id=None,
+                state=FindingKind.BROKEN,
+                status=None,
+                since=failed["since"],
+                deadline=failed["since"] + slo.error_grace,
+                service=failed["service"],
+                place=failed["place"],
+                trace_id=failed["trace_id"],
+                evidence=f"{failures} failed request{'s' if failures > 1 else ''} that named"
+                f" no order, none succeeded since; the last: {failed['message']}",
+                settled=False,
+            )
+            await _record(connection, finding, now, result)
+
         resolved = await connection.fetch(
             f"UPDATE incidents i SET resolved_at = $1, dismissed = {ALL_DISMISSED}"
             " WHERE i.resolved_at IS NULL"

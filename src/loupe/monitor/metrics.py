@@ -7,6 +7,7 @@ from datetime import timedelta
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loupe.monitor.detection import PLACE
 from loupe.monitor.models import FindingKind
 from loupe.monitor.slo import Slo
 from loupe.monitor.store import incident_summary
@@ -61,6 +62,12 @@ class FlowMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.places_broken = Gauge(
+            "loupe_places_broken",
+            "Places reported broken now (requests there failed and created no order), by service.",
+            ["service"],
+            registry=self.registry,
+        )
         self.incidents_open = Gauge(
             "loupe_incidents_open", "Incidents open now.", registry=self.registry
         )
@@ -90,9 +97,10 @@ class FlowMetrics:
                 FindingKind.STUCK,
             )
             broken = await connection.fetch(
-                "SELECT service, count(*) AS n FROM findings WHERE cleared_at IS NULL"
-                " AND state = $1 GROUP BY service",
+                "SELECT service, starts_with(subject, $2) AS place, count(*) AS n"
+                " FROM findings WHERE cleared_at IS NULL AND state = $1 GROUP BY 1, 2",
                 FindingKind.BROKEN,
+                PLACE,
             )
             summary = await incident_summary(connection, timedelta(days=7))
             probes = await connection.fetch(
@@ -103,8 +111,10 @@ class FlowMetrics:
         for status in slo.steps:
             self.stuck.labels(step=status.value).set(counts.get(status.value, 0))
         self.broken.clear()
+        self.places_broken.clear()
         for row in broken:
-            self.broken.labels(service=row["service"]).set(row["n"])
+            gauge = self.places_broken if row["place"] else self.broken
+            gauge.labels(service=row["service"]).set(row["n"])
         self.incidents_open.set(summary.open)
         for gauge, seconds in (
             (self.mttr, summary.mttr_seconds),

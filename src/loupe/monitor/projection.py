@@ -94,12 +94,17 @@ class Projection:
         return [o for o in self.orders.values() if o.order_id in self.changed]
 
 
+def place_key(service: str, place: str) -> str:
+    """A place's key in the `flow` table (SQL: `service || '|' || place`)."""
+    return f"{service}|{place}"
+
+
 def flow_keys(span: SpanFacts) -> Iterable[str]:
     """The places an order passed through without error in `span`: its service and place, and
     the step it moved on from. An incident at such a place resolves once an order flows again."""
     if span.error or not span.order_id:
         return ()
-    keys = [f"{span.service}|{span.place}"]
+    keys = [place_key(span.service, span.place)]
     if span.transition and span.status_from:
         keys.append(f"step:{span.status_from}")
     return keys

@@ -20,6 +20,7 @@ from loupe.service.orders_table import OrderNotFound
 from loupe.telemetry.attributes import (
     DEAD_LETTER_REASON,
     DEAD_LETTERED_EVENT,
+    NEW,
     ORDER_FAILURE_REASON,
     ORDER_ID,
     ORDER_SOURCE,
@@ -209,6 +210,13 @@ def _facts(span: Span, service: str) -> SpanFacts | None:
             message = _text(event_attributes.get("exception.message"))
     if error and not message:
         message = _text(attributes.get("error.type")) or "error"
+    status_from = _text(attributes.get(ORDER_STATUS_FROM))
+    status_to = _text(attributes.get(ORDER_STATUS_TO))
+    if error and status_from == NEW and status_to != FAILED:
+        # A request that failed to create its order (shop-api's POST /orders answering 5xx)
+        # names an order that was rolled back with it and exists nowhere: the failure is its
+        # place's, not an order's.
+        order_id = None
     kind = _KINDS.get(span.kind, "INTERNAL")
     return SpanFacts(
         trace_id=span.trace_id.hex(),
@@ -220,8 +228,8 @@ def _facts(span: Span, service: str) -> SpanFacts | None:
         started_at=_time(span.start_time_unix_nano),
         ended_at=_time(span.end_time_unix_nano or span.start_time_unix_nano),
         order_id=order_id,
-        status_from=_text(attributes.get(ORDER_STATUS_FROM)),
-        status_to=_text(attributes.get(ORDER_STATUS_TO)),
+        status_from=status_from,
+        status_to=status_to,
         source=_text(attributes.get(ORDER_SOURCE)),
         failure_reason=_text(attributes.get(ORDER_FAILURE_REASON)),
         error=error,
