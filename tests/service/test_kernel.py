@@ -3,15 +3,21 @@ its database migrated, and its consumers run with the service's settings (attemp
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from loupe.messaging.consumer import Delivery
 from loupe.orders import OrderEvent, OrderStatus
+from loupe.service import kernel as kernel_module
+from loupe.service import outbox
 from loupe.service.kernel import ServiceKernel
+from loupe.stack.process import free_port
 from tests.support.integration import MIGRATIONS, SANDBOX, Broker, eventually
 from tests.support.service_fakes import status_event
 
@@ -91,3 +97,43 @@ async def test_consumers_retry_and_dead_letter_as_the_settings_say(
     assert sorted(handled) == [("o-bad", 1), ("o-bad", 2), ("o-good", 1)]
     ((order_id, reason),) = dead
     assert order_id == "o-bad" and "cannot follow" in reason
+
+
+async def test_a_service_starts_without_rabbitmq_and_publishes_once_it_is_back(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RabbitMQ "down": a port where nothing listens yet; later a relay to the real broker.
+    port = free_port()
+    amqp = urlsplit(SANDBOX.settings.amqp_url)._replace(netloc=f"guest:guest@127.0.0.1:{port}")
+    settings = dataclasses.replace(SANDBOX.settings, amqp_url=urlunsplit(amqp))
+    monkeypatch.setattr(kernel_module, "BROKER_RETRY_SECONDS", 0.1)
+    kernel = ServiceKernel("crm", settings, MIGRATIONS["crm"])
+    await kernel.start()
+    try:
+        assert await kernel.health() == DISCONNECTED
+        order_id = str(uuid.uuid4())
+        async with kernel.pool.acquire() as connection, connection.transaction():
+            await outbox.add(connection, status_event(order_id, OrderStatus.SHIPPED))
+        await asyncio.sleep(0.3)
+        assert await kernel.pool.fetchval("SELECT count(*) FROM outbox") == 1, "it waits"
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", 5672)
+            await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
+
+        async with await asyncio.start_server(forward, "127.0.0.1", port):
+            for _ in range(100):
+                if await broker.depth(QUEUE) == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert await broker.depth(QUEUE) == 1, "the waiting event was published"
+            assert await kernel.health() == {}
+            assert await kernel.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await kernel.stop()

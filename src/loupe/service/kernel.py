@@ -3,6 +3,7 @@ outbox relay, started and stopped with the HTTP app, and the health they report.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from loupe.messaging.topology import Exchanges
 from loupe.orders import OrderEvent
 from loupe.service import outbox
 
+BROKER_RETRY_SECONDS = 5.0
 DELIVERY_MIGRATIONS = Path(__file__).parent / "migrations"
 """Every service's inbox and outbox tables, applied before its own migrations."""
 
@@ -51,6 +53,7 @@ class ServiceKernel:
         self._connection: AbstractRobustConnection | None = None
         self._exchanges: Exchanges | None = None
         self._relay: outbox.Relay | None = None
+        self._connecting: asyncio.Task[None] | None = None
         amqp = urlsplit(settings.amqp_url)
         self._amqp_server = (amqp.hostname or "127.0.0.1", amqp.port or 5672)
         self.publisher = Publisher(self.service_name, self._amqp_server)
@@ -80,26 +83,68 @@ class ServiceKernel:
         return self._exchanges
 
     async def _publish(self, event: OrderEvent, message_id: str) -> None:
-        await self.publisher.publish_event(self.exchanges.orders, event, message_id)
+        if self._exchanges is None:
+            raise ConnectionError("not connected yet")
+        await self.publisher.publish_event(self._exchanges.orders, event, message_id)
 
     async def start(self) -> None:
+        """Open the database (required: without it nothing can be accepted), then RabbitMQ.
+        A broker that cannot be reached yet does not stop the start: orders are accepted,
+        their events wait in the outbox, and the connection is tried again in the background
+        until it succeeds."""
         self._pool = await open_service_database(
             self.settings.postgres_dsn, self.settings.database_name(self.service), self._migrations
         )
-        self._connection = await aio_pika.connect_robust(
+        self._relay = outbox.Relay(
+            self._pool, self._publish, describe=lambda exc: describe_failure(exc, self._amqp_server)
+        )
+        await self._relay.start()
+        try:
+            await self._connect()
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            log.warning(
+                "%s: %s; orders are accepted and their events wait in the outbox; "
+                "connecting again every %g s",
+                self.service_name,
+                describe_failure(exc, self._amqp_server),
+                BROKER_RETRY_SECONDS,
+            )
+            self._connecting = asyncio.create_task(self._connect_until_connected())
+        log.info("%s ready", self.service_name)
+
+    async def _connect_until_connected(self) -> None:
+        while True:
+            await asyncio.sleep(BROKER_RETRY_SECONDS)
+            try:
+                await self._connect()
+            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                log.debug("still cannot reach RabbitMQ: %s", exc)
+            else:
+                log.warning("%s: connected to RabbitMQ", self.service_name)
+                return
+
+    async def _connect(self) -> None:
+        connection = await aio_pika.connect_robust(
             self.settings.amqp_url, client_properties={"connection_name": self.service_name}
         )
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchanges = await declare_topology(channel)
-        consume_channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
+        try:
+            exchanges = await self._declare_and_consume(connection)
+        except BaseException:
+            # A robust connection left open would keep reconnecting on its own.
+            await connection.close()
+            raise
+        self._connection, self._exchanges = connection, exchanges
+
+    async def _declare_and_consume(self, connection: AbstractRobustConnection) -> Exchanges:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchanges = await declare_topology(channel)
+        consume_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
         for queue, handler, on_dead_letter in self._consumers:
             consumer = Consumer(
                 QUEUES[queue],
                 handler,
-                exchanges=self._exchanges,
+                exchanges=exchanges,
                 publisher=self.publisher,
                 service=self.service_name,
                 max_attempts=self.settings.max_delivery_attempts,
@@ -108,13 +153,11 @@ class ServiceKernel:
                 server=self._amqp_server,
             )
             await consumer.start(consume_channel)
-        self._relay = outbox.Relay(
-            self._pool, self._publish, describe=lambda exc: describe_failure(exc, self._amqp_server)
-        )
-        await self._relay.start()
-        log.info("%s ready", self.service_name)
+        return exchanges
 
     async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
         for callback in self._on_stop:
             await callback()
         if self._relay is not None:
