@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from loupe.drills.audit import Orders, SpanCounters, StuckFinding, contradicted, furthest
+from loupe.drills.audit import (
+    MonitorView,
+    Orders,
+    SpanCounters,
+    StuckFinding,
+    contradicted,
+    furthest,
+)
 from loupe.orders import OrderStatus
 
 S = OrderStatus
@@ -57,3 +64,13 @@ def test_a_counter_that_went_down_restarted_and_counts_from_zero() -> None:
     before = SpanCounters(forwarded=100, dropped=2, received=100)
     after = SpanCounters(forwarded=150, dropped=2, received=30)
     assert after.since(before) == SpanCounters(forwarded=50, dropped=0, received=30)
+
+
+def test_the_monitor_is_behind_where_it_missed_an_orders_last_move() -> None:
+    monitor = MonitorView(
+        incidents=[],
+        stuck=[],
+        statuses={"a": S.MANUFACTURING_STARTED, "b": S.PRICE_CALCULATED},
+    )
+    # b was REJECTED, the span of it never arrived; p the monitor never heard of at all.
+    assert monitor.behind(_orders(), ["a", "b", "p"]) == ["b", "p"]

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             result = drill(loupe, fault, console)
             mark = "[green]✓[/]" if result.passed else "[red]✗[/]"
             console.print(f"{mark} {result.row()}", highlight=False)
+            for contradiction in result.contradicted:
+                console.print(f"    contradicted: {contradiction}", highlight=False)
             results.append(result)
     body = report(results, (datetime.now(UTC) - began).total_seconds())
     console.print(body, highlight=False)

@@ -105,10 +105,21 @@ class StuckFinding:
     status: OrderStatus
 
 
-async def read_monitor(
-    settings: Settings, since: datetime
-) -> tuple[list[Incident], list[StuckFinding]]:
-    """Incidents opened since `since`, and every open stuck finding about an order."""
+@dataclass(frozen=True)
+class MonitorView:
+    incidents: list[Incident]
+    """Opened since the drill began."""
+    stuck: list[StuckFinding]
+    """Every open stuck finding about an order."""
+    statuses: dict[str, OrderStatus]
+    """The last status the monitor saw of each order."""
+
+    def behind(self, orders: Orders, order_ids: list[str]) -> list[str]:
+        """Orders whose last move the monitor has not seen: a span that never reached it."""
+        return [o for o in order_ids if self.statuses.get(o) != orders.status(o)]
+
+
+async def read_monitor(settings: Settings, since: datetime) -> MonitorView:
     connection = await asyncpg.connect(
         dsn_for(settings.postgres_dsn, settings.database_name("monitor"))
     )
@@ -123,11 +134,15 @@ async def read_monitor(
             " AND order_id IS NOT NULL AND status IS NOT NULL",
             FindingKind.STUCK.value,
         )
+        statuses = await connection.fetch(
+            "SELECT order_id, status FROM orders WHERE status IS NOT NULL"
+        )
     finally:
         await connection.close()
-    return (
+    return MonitorView(
         [Incident(**dict(r)) for r in incidents],
         [StuckFinding(r["order_id"], OrderStatus(r["status"])) for r in stuck],
+        {r["order_id"]: OrderStatus(r["status"]) for r in statuses},
     )
 
 

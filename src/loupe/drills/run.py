@@ -88,8 +88,11 @@ class DrillResult:
     unanswered: int
     broker_only: bool
     spans: SpanCounters
+    monitor_behind: int
+    """Orders submitted during the fault whose last move the monitor has not seen."""
     incidents: list[str]
-    contradicted: int
+    contradicted: list[str]
+    """Each order the monitor reports stuck although the databases show it moved on."""
     settled: float | None
     outbox_left: int
 
@@ -100,7 +103,7 @@ class DrillResult:
         return (
             self.lost == 0
             and self.ghosts == 0
-            and self.contradicted == 0
+            and not self.contradicted
             and not (self.broker_only and (self.answered_5xx or self.unanswered))
         )
 
@@ -112,15 +115,15 @@ class DrillResult:
             f"{self.moving} / {self.failed} | **{self.lost}** | **{self.ghosts}** | "
             f"{self.answered_5xx} / {self.unanswered} of {self.requests} | "
             f"{self.spans.forwarded:.0f} / {self.spans.received:.0f} / {self.spans.dropped:.0f} "
-            f"| {incidents} | **{self.contradicted}** | {settled} |"
+            f"| {self.monitor_behind} | {incidents} | **{len(self.contradicted)}** | {settled} |"
         )
 
 
 TABLE_HEADER = (
     "| drill | lasted | orders submitted | closed / moving / failed | lost | ghosts "
-    "| customer 5xx / no answer | spans forwarded / received / dropped | incidents "
-    "| findings contradicted | settled in |\n"
-    "|---|---:|---:|---|---:|---:|---|---|---|---:|---:|"
+    "| customer 5xx / no answer | spans forwarded / received / dropped | monitor behind "
+    "| incidents | findings contradicted | settled in |\n"
+    "|---|---:|---:|---|---:|---:|---|---|---:|---|---:|---:|"
 )
 
 
@@ -161,8 +164,8 @@ def _settle(loupe: LoupeUp, started: datetime) -> float | None:
     settings = loupe.sandbox.settings
     while time.monotonic() - began < SETTLE_TIMEOUT:
         _, _, waiting = asyncio.run(read_orders(settings))
-        incidents, _ = asyncio.run(read_monitor(settings, started))
-        if waiting == 0 and all(i.resolved_at is not None for i in incidents):
+        monitor = asyncio.run(read_monitor(settings, started))
+        if waiting == 0 and all(i.resolved_at is not None for i in monitor.incidents):
             return time.monotonic() - began
         time.sleep(2)
     return None
@@ -180,13 +183,13 @@ async def _audit(
 ) -> DrillResult:
     settings = loupe.sandbox.settings
     orders, shop_sourced, waiting = await read_orders(settings)
-    incidents, stuck = await read_monitor(settings, started)
     # Counted twice, MONITOR_LAG apart: only what stays contradicted is the monitor's error.
-    first = contradicted(orders, stuck)
+    first = contradicted(orders, (await read_monitor(settings, started)).stuck)
     await asyncio.sleep(MONITOR_LAG)
     orders, shop_sourced, waiting = await read_orders(settings)
-    _, stuck = await read_monitor(settings, started)
-    wrong = first & contradicted(orders, stuck)
+    monitor = await read_monitor(settings, started)
+    wrong = first & contradicted(orders, monitor.stuck)
+    at = {finding.order_id: finding.status for finding in monitor.stuck}
 
     submitted = orders.submitted_between(
         datetime.fromtimestamp(began, UTC), datetime.fromtimestamp(ended, UTC)
@@ -207,8 +210,12 @@ async def _audit(
         unanswered=answers.count(None),
         broker_only=fault.broker_only,
         spans=read_spans(loupe).since(spans_before),
-        incidents=[i.describe() for i in incidents],
-        contradicted=len(wrong),
+        incidents=[i.describe() for i in monitor.incidents],
+        monitor_behind=len(monitor.behind(orders, submitted)),
+        contradicted=[
+            f"{order_id}: stuck at {at[order_id]}, the databases say {orders.status(order_id)}"
+            for order_id in sorted(wrong)
+        ],
         settled=settled,
         outbox_left=waiting,
     )

@@ -195,7 +195,10 @@ class Supervisor:
                 for p in self.stack
             },
         }
-        path.write_text(json.dumps(status, indent=2) + "\n")
+        # Replaced whole, never truncated in place: a reader never sees half a file.
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(status, indent=2) + "\n")
+        partial.replace(path)
 
     def _died(self, process: Process, problem: str) -> Death:
         now = self.clock()
