@@ -25,9 +25,14 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InsufficientResourcesError,  # 53: too many connections, out of memory or disk
     asyncpg.OperatorInterventionError,  # 57: shutting down, restarting, not accepting yet
     asyncpg.TransactionRollbackError,  # 40: serialization failure, deadlock
+    # The connection closed under a statement or a transaction's end (PostgreSQL restarted),
+    # or the pool is closing as the process stops.
+    asyncpg.InterfaceError,
 )
 """Errors that mean "the database cannot answer now, ask again soon", not a bug: callers answer
 them with 503 and Retry-After (HTTP) or a retry, never 500."""
+RETRY_AFTER_SECONDS = 5
+"""What a 503 for an UNAVAILABLE database tells clients to wait."""
 
 
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")

@@ -15,9 +15,9 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from loupe.config import Settings
+from loupe.database import RETRY_AFTER_SECONDS
 from loupe.orders import OrderStatus
 from loupe.service.http import (
-    RETRY_AFTER_SECONDS,
     Orders,
     ServiceSettings,
     create_app,
@@ -97,6 +97,23 @@ async def test_healthz_is_ok_under_the_services_name_when_nothing_is_wrong(
     response = await client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok", "service": "mes-api"})
     assert app.openapi()["info"]["title"] == "mes-api"
+
+
+async def test_ready_while_the_database_answers_even_without_rabbitmq(
+    client: httpx.AsyncClient, kernel: ServiceKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker_down = {"broker": "not connected to RabbitMQ"}
+
+    async def health() -> dict[str, str]:
+        return dict(problems)
+
+    monkeypatch.setattr(kernel, "health", health)
+    problems = broker_down
+    ready = await client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "service": "mes-api"})
+    assert (await client.get("/healthz")).status_code == 503, "not healthy, though ready"
+    problems = {"database": "ConnectionRefusedError: …"} | broker_down
+    assert (await client.get("/readyz")).status_code == 503
 
 
 async def test_refused_steps_are_409_and_unknown_orders_404(

@@ -25,17 +25,22 @@ _tracer = trace.get_tracer(__name__)
 
 
 class Broker:
-    """A publish that keeps what it is given, with the span context it was called under, and
-    fails while `down` is set."""
+    """A publish that keeps what it is given, with the span context it was called under; it
+    fails while `down` is set, or (`lost_confirms`) receives the message but fails to confirm
+    it, as a broker does whose confirm never arrives."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[OrderEvent, str, SpanContext]] = []
         self.down: Exception | None = None
+        self.lost_confirms = 0
 
-    async def publish(self, event: OrderEvent, message_id: str) -> None:
+    async def publish(self, event: OrderEvent, message_id: str, confirm_seconds: float) -> None:
         if self.down is not None:
             raise self.down
         self.sent.append((event, message_id, trace.get_current_span().get_span_context()))
+        if self.lost_confirms:
+            self.lost_confirms -= 1
+            raise TimeoutError
 
 
 @pytest.fixture
@@ -71,8 +76,23 @@ async def test_events_leave_in_order_under_the_step_that_wrote_them(pool: asyncp
     assert [e for e, _, _ in broker.sent] == events
     assert {(c.trace_id, c.span_id) for _, _, c in broker.sent} == {(step.trace_id, step.span_id)}
     assert await relay.waiting() == 0
-    # Message ids are the outbox rows' own: a row published twice keeps its id.
     assert len({message_id for _, message_id, _ in broker.sent}) == len(events)
+
+
+async def test_an_event_whose_confirm_was_lost_goes_again_first_under_the_same_id(
+    pool: asyncpg.Pool,
+) -> None:
+    broker = Broker()
+    events = _events(2)
+    await _queue(pool, *events)
+    relay = outbox.Relay(pool, broker.publish)
+    broker.lost_confirms = 1
+    assert await relay.relay() == 0
+    assert [e for e, _, _ in broker.sent] == events[:1], "the next one waits for the first"
+    assert await relay.relay() == 2
+    sent = [(e, message_id) for e, message_id, _ in broker.sent]
+    # The consumers' inbox drops the second copy by its message id.
+    assert sent[0] == sent[1] and [e for e, _ in sent[1:]] == events
 
 
 async def test_while_publishing_fails_events_wait_and_the_reason_is_kept(
@@ -94,10 +114,11 @@ async def test_while_publishing_fails_events_wait_and_the_reason_is_kept(
 
 
 async def test_a_publish_that_hangs_times_out_and_keeps_the_event(pool: asyncpg.Pool) -> None:
-    async def hangs(event: OrderEvent, message_id: str) -> None:
+    async def hangs(event: OrderEvent, message_id: str, confirm_seconds: float) -> None:
         await asyncio.sleep(30)
 
     await _queue(pool, *_events(1))
+    # A publisher that ignores its confirm time: the relay's own guard still ends the wait.
     relay = outbox.Relay(pool, hangs, publish_timeout=0.2, describe=lambda exc: type(exc).__name__)
     assert await relay.relay() == 0
     assert relay.problem == "TimeoutError"
@@ -132,10 +153,30 @@ async def test_a_running_relay_is_woken_by_the_commit(pool: asyncpg.Pool) -> Non
 async def test_stopping_drains_what_can_be_published(pool: asyncpg.Pool) -> None:
     broker = Broker()
     broker.down = ConnectionRefusedError("refused")
-    relay = outbox.Relay(pool, broker.publish, poll_seconds=60)
+    relay = outbox.Relay(pool, broker.publish, poll_seconds=60, max_backoff_seconds=60)
     await relay.start()
     events = _events(2)
     await _queue(pool, *events)
+    await asyncio.sleep(0.3)
+    assert broker.sent == [] and relay.problem, "the loop tried, failed and backs off"
     broker.down = None
     await relay.stop()
     assert [e for e, _, _ in broker.sent] == events
+
+
+async def test_an_event_that_cannot_be_read_holds_the_relay_which_says_why_and_runs_on(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(
+        "INSERT INTO outbox (order_id, message_id, body, trace_headers)"
+        " VALUES ('o', 'm', $1, '{}')",
+        b"not an event",
+    )
+    relay = outbox.Relay(pool, Broker().publish, poll_seconds=0.05)
+    await relay.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert relay.running
+        assert relay.problem is not None and "not JSON" in relay.problem
+    finally:
+        await relay.stop()

@@ -119,7 +119,7 @@ def test_service_process_reads_url_and_defaults_otel(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
     proc = service_process("crm", {"LOUPE_CRM_URL": "http://127.0.0.1:9999/"})
     assert proc.argv == [sys.executable, "-m", "loupe", "serve", "crm"]
-    assert proc.ready_urls == ("http://127.0.0.1:9999/healthz",)
+    assert proc.ready_urls == ("http://127.0.0.1:9999/readyz",)
     assert proc.listens_on == (9999,)
     assert proc.env is not None
     assert proc.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
@@ -128,7 +128,7 @@ def test_service_process_reads_url_and_defaults_otel(monkeypatch: pytest.MonkeyP
 
     monkeypatch.delenv("LOUPE_MES_URL", raising=False)
     mes = service_process("mes", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
-    assert mes.ready_urls == ("http://127.0.0.1:8083/healthz",)
+    assert mes.ready_urls == ("http://127.0.0.1:8083/readyz",)
     assert mes.env is not None
     assert mes.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
     with pytest.raises(StackError, match="unknown service 'erp'"):

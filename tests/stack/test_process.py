@@ -65,6 +65,7 @@ def test_the_child_gets_exactly_its_environment_and_a_fresh_log(
     # Not merged with ours: a stray variable of the test runner cannot change the child.
     assert "seen: given None" in process.log_tail()
     assert "from an earlier run" not in (tmp_path / "env.log").read_text()
+    assert (tmp_path / "env.previous.log").read_text() == "from an earlier run\n", "kept beside"
 
 
 def test_an_open_port_answering_404_is_not_ready_yet(spawn: Spawn, tmp_path: Path) -> None:

@@ -32,14 +32,17 @@ def report(results: list[DrillResult], seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loupe.drills", description=__doc__)
-    parser.add_argument("--only", help="run only the drills whose name contains this text")
+    parser.add_argument(
+        "--only", help="comma-separated; run only the drills whose name contains one of these"
+    )
     parser.add_argument("--root", type=Path, default=Path(".data/drills"))
     parser.add_argument("--report", type=Path, default=REPORT, help="where the table goes")
     parser.add_argument("--no-report", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
 
     console = Console()
-    faults = [f for f in all_faults() if not args.only or args.only.lower() in f.name.lower()]
+    wanted = [w.strip().lower() for w in (args.only or "").split(",") if w.strip()]
+    faults = [f for f in all_faults() if not wanted or any(w in f.name.lower() for w in wanted)]
     if not faults:
         parser.error(f"no drill matches {args.only!r}")
     began = datetime.now(UTC)

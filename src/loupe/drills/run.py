@@ -85,6 +85,8 @@ class DrillResult:
     ghosts: int
     requests: int
     answered_5xx: int
+    answered_500: int
+    """5xx other than 503: an error, where a 503 (with Retry-After) is a refusal by design."""
     unanswered: int
     broker_only: bool
     spans: SpanCounters
@@ -104,6 +106,8 @@ class DrillResult:
             self.lost == 0
             and self.ghosts == 0
             and not self.contradicted
+            and self.answered_500 == 0
+            and self.outbox_left == 0
             and not (self.broker_only and (self.answered_5xx or self.unanswered))
         )
 
@@ -148,10 +152,12 @@ def drill(loupe: LoupeUp, fault: Fault, console: Console) -> DrillResult:
     started = datetime.now(UTC)
     customer.start()
     began = time.time()
-    with console.status(f"drill: {fault.name}"):
-        fault.inject(loupe)
+    try:
+        with console.status(f"drill: {fault.name}"):
+            fault.inject(loupe)
+    finally:
+        customer.stop()
     ended = time.time()
-    customer.stop()
     console.print(f"[green]✓[/] {fault.name}: done in {ended - began:.0f} s; settling")
     settled = _settle(loupe, started)
     return asyncio.run(_audit(loupe, fault, customer, began, ended, started, spans_before, settled))
@@ -207,6 +213,7 @@ async def _audit(
         ghosts=len(orders.ghosts(shop_sourced)),
         requests=len(answers),
         answered_5xx=sum(1 for a in answers if a is not None and a >= 500),
+        answered_500=sum(1 for a in answers if a is not None and a >= 500 and a != 503),
         unanswered=answers.count(None),
         broker_only=fault.broker_only,
         spans=read_spans(loupe).since(spans_before),

@@ -6,6 +6,7 @@ relay (service/outbox.py) deletes an event only once it is safe in RabbitMQ.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -71,11 +72,14 @@ class Publisher:
         span_attributes: Mapping[str, Any] | None = None,
         expiration_ms: int | None = None,
         keep_trace_headers: bool = False,
+        confirm_seconds: float | None = None,
     ) -> str:
         """Publish one persistent message and wait for the broker's confirm.
 
         `keep_trace_headers` re-sends a message under its original producer's context
         (retries), so every delivery attempt stays a child of the span that first sent it.
+        `confirm_seconds`: how long to wait for the confirm before failing, inside the span so
+        the span says so (a broker blocked by an alarm never answers); None waits.
         """
         message_id = message_id or str(uuid.uuid4())
         attributes = producer_attributes(exchange.name, key, message_id, len(body), self._server)
@@ -100,7 +104,8 @@ class Publisher:
                 expiration=expiration_ms / 1000 if expiration_ms is not None else None,
             )
             try:
-                await exchange.publish(message, routing_key=key, mandatory=True)
+                async with asyncio.timeout(confirm_seconds):
+                    await exchange.publish(message, routing_key=key, mandatory=True)
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, describe_failure(exc, self._server)))
@@ -109,7 +114,11 @@ class Publisher:
         return message_id
 
     async def publish_event(
-        self, exchange: AbstractExchange, event: OrderEvent, message_id: str | None = None
+        self,
+        exchange: AbstractExchange,
+        event: OrderEvent,
+        message_id: str | None = None,
+        confirm_seconds: float | None = None,
     ) -> str:
         """Publish an order status event under its routing key, e.g. `order.shipped`."""
         return await self.publish(
@@ -117,5 +126,6 @@ class Publisher:
             event.to_json(),
             routing_key(event.status),
             message_id=message_id,
+            confirm_seconds=confirm_seconds,
             span_attributes={ORDER_ID: event.order_id, ORDER_SOURCE: event.source.value},
         )

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loupe.access import Access, TokenVerifier
 from loupe.config import SERVICE_NAMES
-from loupe.database import UNAVAILABLE
+from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import (
@@ -55,11 +55,7 @@ T = TypeVar("T")
 
 PROTOBUF = "application/x-protobuf"
 MAX_BODY = 64 * 1024 * 1024
-RETRY_AFTER = {"Retry-After": "5"}
-# What intake answers with 503 and Retry-After: OTLP senders retry a 503 and drop a batch
-# answered 500, so while PostgreSQL is away (or the pool closes as the monitor stops) the
-# spans wait in the collector's queue instead of being lost.
-RETRY_LATER = (*UNAVAILABLE, asyncpg.InterfaceError)
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 @dataclass
@@ -264,7 +260,9 @@ def create_app(
         spans, unstorable = screen(decoded)
         try:
             result = await store.ingest(monitor.db, spans, monitor.slo, total)
-        except RETRY_LATER as exc:
+        # OTLP senders retry a 503 and drop a batch answered 500: while PostgreSQL is away (or
+        # the pool closes as the monitor stops) the spans wait in the collector's queue.
+        except UNAVAILABLE as exc:
             log.warning(
                 "cannot store spans now, asking the sender to retry: %s: %s",
                 type(exc).__name__,

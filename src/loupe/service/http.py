@@ -16,14 +16,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from loupe.config import SERVICE_NAMES, Settings
-from loupe.database import UNAVAILABLE
+from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
 from loupe.objectstore import ObjectStore
 from loupe.orders import IllegalTransition
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderNotFound, OrderTable
 
 View = TypeVar("View", bound=BaseModel)
-RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +58,18 @@ def create_app(
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, 503)
         return JSONResponse({"status": "ok", "service": kernel.service_name})
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Accepting orders: the database answers (events wait in the outbox if RabbitMQ "
+        "does not)",
+    )
+    async def readyz() -> JSONResponse:
+        problems = await kernel.health()
+        if "database" in problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, 503)
+        return JSONResponse({"status": "ready", "service": kernel.service_name})
 
     @app.exception_handler(IllegalTransition)
     async def illegal(_: Request, exc: IllegalTransition) -> JSONResponse:
@@ -126,7 +137,7 @@ def order_view(view: type[View], row: Mapping[str, Any]) -> View:
     return view(**data)
 
 
-def serve(app: FastAPI, host: str, port: int, excluded_urls: str = "healthz") -> None:
+def serve(app: FastAPI, host: str, port: int, excluded_urls: str = "healthz,readyz") -> None:
     """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry.
 
     `excluded_urls` (comma-separated regular expressions) are served untraced.

@@ -50,7 +50,7 @@ class ServiceKernel:
         self._consumers: list[tuple[str, Handler, DeadLetterHook | None]] = []
         self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self._pool: asyncpg.Pool | None = None
-        self._connection: AbstractRobustConnection | None = None
+        self._connections: list[AbstractRobustConnection] = []
         self._exchanges: Exchanges | None = None
         self._relay: outbox.Relay | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -82,10 +82,12 @@ class ServiceKernel:
             raise RuntimeError("the service has not started")
         return self._exchanges
 
-    async def _publish(self, event: OrderEvent, message_id: str) -> None:
+    async def _publish(self, event: OrderEvent, message_id: str, confirm_seconds: float) -> None:
         if self._exchanges is None:
             raise ConnectionError("not connected yet")
-        await self.publisher.publish_event(self._exchanges.orders, event, message_id)
+        await self.publisher.publish_event(
+            self._exchanges.orders, event, message_id, confirm_seconds
+        )
 
     async def start(self) -> None:
         """Open the database (required: without it nothing can be accepted), then RabbitMQ.
@@ -124,21 +126,33 @@ class ServiceKernel:
                 return
 
     async def _connect(self) -> None:
-        connection = await aio_pika.connect_robust(
-            self.settings.amqp_url, client_properties={"connection_name": self.service_name}
-        )
+        # Two connections, as RabbitMQ advises: an alarm blocks a connection that publishes
+        # as a whole, and the consumers must still ack and take messages meanwhile.
+        connections: list[AbstractRobustConnection] = []
         try:
-            exchanges = await self._declare_and_consume(connection)
+            for role in ("publish", "consume"):
+                connections.append(
+                    await aio_pika.connect_robust(
+                        self.settings.amqp_url,
+                        client_properties={"connection_name": f"{self.service_name} {role}"},
+                    )
+                )
+            exchanges = await self._declare_and_consume(*connections)
         except BaseException:
             # A robust connection left open would keep reconnecting on its own.
-            await connection.close()
+            for connection in connections:
+                await connection.close()
             raise
-        self._connection, self._exchanges = connection, exchanges
+        self._connections, self._exchanges = connections, exchanges
+        if self._relay is not None:
+            self._relay.wake()
 
-    async def _declare_and_consume(self, connection: AbstractRobustConnection) -> Exchanges:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async def _declare_and_consume(
+        self, publishing: AbstractRobustConnection, consuming: AbstractRobustConnection
+    ) -> Exchanges:
+        channel = await publishing.channel(publisher_confirms=True, on_return_raises=True)
         exchanges = await declare_topology(channel)
-        consume_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        consume_channel = await consuming.channel(publisher_confirms=True, on_return_raises=True)
         await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
         for queue, handler, on_dead_letter in self._consumers:
             consumer = Consumer(
@@ -162,8 +176,8 @@ class ServiceKernel:
             await callback()
         if self._relay is not None:
             await self._relay.stop()
-        if self._connection is not None:
-            await self._connection.close()
+        for connection in self._connections:
+            await connection.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -175,8 +189,11 @@ class ServiceKernel:
                 await connection.fetchval("SELECT 1")
         except Exception as exc:
             problems["database"] = f"{type(exc).__name__}: {exc}"
-        if self._connection is None or self._connection.is_closed:
+        # A robust connection that is reconnecting is not closed, only not connected.
+        if not self._connections or not all(c.connected.is_set() for c in self._connections):
             problems["broker"] = "not connected to RabbitMQ"
         elif self._relay is not None and self._relay.problem:
             problems["broker"] = f"events wait in the outbox: {self._relay.problem}"
+        if self._relay is not None and not self._relay.running:
+            problems["outbox"] = "the outbox relay is not running"
         return problems

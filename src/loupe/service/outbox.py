@@ -20,12 +20,13 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from loupe.database import UNAVAILABLE
 from loupe.messaging.propagation import extract_context, inject_context
 from loupe.orders import OrderEvent
 
@@ -52,24 +53,19 @@ async def add(connection: asyncpg.Connection, event: OrderEvent) -> None:
     await connection.execute(f"NOTIFY {CHANNEL}")
 
 
-@dataclass(frozen=True)
-class Pending:
-    """One event waiting in the outbox."""
-
-    id: int
-    message_id: str
-    event: OrderEvent
-    trace_headers: dict[str, Any]
-
-
-Publish = Callable[[OrderEvent, str], Awaitable[None]]
-"""Publish one event under a message id, returning once the broker has confirmed it."""
+Publish = Callable[[OrderEvent, str, float], Awaitable[None]]
+"""Publish one event under a message id, returning once the broker has confirmed it; failing
+(inside its span, so the span says so) when the confirm takes longer than the seconds given."""
 
 
 class Relay:
     """Publishes what the outbox holds: woken by NOTIFY, and every `poll_seconds` anyway;
-    after a failure it backs off (doubling up to `max_backoff_seconds`) and starts again from
-    the oldest row, so events of one order are never published out of order."""
+    after a failure (of the broker or the database) it backs off, doubling up to
+    `max_backoff_seconds`, and starts again from the oldest row, so events of one order are
+    never published out of order.
+
+    Its own reads and deletes are not traced: polling would otherwise make a root trace a
+    second per service. Each publish is, as a child of the step that wrote the event."""
 
     def __init__(
         self,
@@ -91,28 +87,50 @@ class Relay:
         self._batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        # A pooled connection held for LISTEN; taken again if PostgreSQL closed it.
+        self._listener: asyncpg.pool.PoolConnectionProxy | None = None
         self.problem: str | None = None
-        """Why the last publish failed, while events wait; None when the outbox drains."""
+        """Why publishing fails while events wait; None once the outbox drains."""
 
     async def start(self) -> None:
-        self._listener = await self._pool.acquire()
-        await self._listener.add_listener(CHANNEL, self._notified)
+        with contextlib.suppress(*UNAVAILABLE):
+            await self._listen()
         self._task = asyncio.create_task(self._run(), name="outbox relay")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def wake(self) -> None:
+        """Relay now (e.g. the broker is back), not at the next poll."""
+        self._wake.set()
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Stop the loop, then publish what is left for up to `drain_seconds`; what cannot be
         published stays in the table for the next start."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.remove_listener(CHANNEL, self._notified)
-            await self._pool.release(self._listener)
-        with contextlib.suppress(TimeoutError):
+        await self._unlisten()
+        with contextlib.suppress(TimeoutError, *UNAVAILABLE):
             await asyncio.wait_for(self._drain(), drain_seconds)
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        await self._unlisten()
+        self._listener = await self._pool.acquire()
+        await self._listener.add_listener(CHANNEL, self._notified)
+
+    async def _unlisten(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        with contextlib.suppress(Exception):
+            await listener.remove_listener(CHANNEL, self._notified)
+        with contextlib.suppress(Exception):
+            await self._pool.release(listener)
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
@@ -121,17 +139,27 @@ class Relay:
         backoff = self._poll_seconds
         while True:
             self._wake.clear()
+            published = 0
             try:
-                await self.relay()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("outbox: cannot read the outbox table: %s", exc)
-            if self.problem is None:
-                backoff = self._poll_seconds
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-            else:
+                await self._listen()
+                published = await self.relay()
+                failed = self.problem is not None
+            except UNAVAILABLE as exc:
+                log.warning("outbox: cannot read the outbox table: %s: %s", type(exc).__name__, exc)
+                failed = True
+            except Exception as exc:
+                # Never the end of the loop: events would pile up unseen.
+                log.exception("outbox: relaying failed")
+                self.problem = f"the relay failed: {type(exc).__name__}: {exc}"
+                failed = True
+            if failed:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
+                continue
+            backoff = self._poll_seconds
+            if published < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
 
     async def _drain(self) -> None:
         while await self.relay() and self.problem is None:
@@ -140,6 +168,10 @@ class Relay:
     async def relay(self) -> int:
         """Publish waiting events, oldest first, until the outbox is empty, a batch is done or
         one fails; the number published."""
+        with suppress_instrumentation():
+            return await self._relay()
+
+    async def _relay(self) -> int:
         published = 0
         async with self._pool.acquire() as connection, connection.transaction():
             # Another replica relaying the same database would break the order per order.
@@ -150,33 +182,33 @@ class Relay:
                 self._batch,
             )
             for row in rows:
-                pending = Pending(
-                    row["id"],
-                    row["message_id"],
-                    OrderEvent.from_json(row["body"]),
-                    json.loads(row["trace_headers"]),
-                )
                 try:
-                    await asyncio.wait_for(self._send(pending), self._publish_timeout)
+                    await self._send(row)
                 except Exception as exc:
                     problem = self._describe(exc)
                     if problem != self.problem:
-                        log.warning("outbox: %d event(s) wait: %s", len(rows) - published, problem)
+                        waiting = await connection.fetchval("SELECT count(*) FROM outbox")
+                        log.warning("outbox: %d event(s) wait: %s", waiting, problem)
                     self.problem = problem
-                    break
-                await connection.execute("DELETE FROM outbox WHERE id = $1", pending.id)
+                    return published
+                await connection.execute("DELETE FROM outbox WHERE id = $1", row["id"])
                 published += 1
-            else:
-                if self.problem is not None:
-                    log.warning("outbox: publishing again; the waiting events are sent")
-                self.problem = None
+        if self.problem is not None and published < self._batch:
+            log.warning("outbox: the waiting events are published; publishing again")
+            self.problem = None
         return published
 
-    async def _send(self, pending: Pending) -> None:
-        parent, _ = extract_context(pending.trace_headers)
+    async def _send(self, row: asyncpg.Record) -> None:
+        event = OrderEvent.from_json(row["body"])
+        parent, _ = extract_context(json.loads(row["trace_headers"]))
         token = otel_context.attach(parent)
         try:
-            await self._publish(pending.event, pending.message_id)
+            # The publisher's own timeout fails its span; this one only guards against a
+            # publish that ignores it.
+            await asyncio.wait_for(
+                self._publish(event, row["message_id"], self._publish_timeout),
+                self._publish_timeout + 1.0,
+            )
         finally:
             otel_context.detach(token)
 

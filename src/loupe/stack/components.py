@@ -294,9 +294,10 @@ def _loupe_server(
     bind: tuple[str | None, int | None],
     logs_dir: Path,
     ready_timeout: float,
+    ready_path: str = "/healthz",
 ) -> Process:
     """`python -m loupe <command>`, named after its last word, serving HTTP at `url`: ready once
-    `<url>/healthz` answers. `bind` is the host and port it listens on; on this machine,
+    `<url><ready_path>` answers. `bind` is the host and port it listens on; on this machine,
     `start()` refuses a port already taken."""
     host, port = bind
     local = host in ("127.0.0.1", "localhost")
@@ -304,7 +305,7 @@ def _loupe_server(
         name=command[-1],
         argv=[sys.executable, "-m", "loupe", *command],
         env=child_env,
-        ready_urls=(f"{url}/healthz",),
+        ready_urls=(f"{url}{ready_path}",),
         listens_on=(port,) if local and port else (),
         ready_timeout=ready_timeout,
         logs_dir=logs_dir,
@@ -338,7 +339,11 @@ def service_process(
     url = urlsplit(service_url(service, child_env))
     # Generous (60 s): the first start creates and migrates the service's database.
     bind = url.hostname, url.port
-    return _loupe_server(("serve", service), child_env, url.geturl(), bind, logs_dir, ready_timeout)
+    # /readyz, not /healthz: a service restarted while RabbitMQ is away is ready (it accepts
+    # orders into its outbox) though not healthy, and must not count as failing to start.
+    return _loupe_server(
+        ("serve", service), child_env, url.geturl(), bind, logs_dir, ready_timeout, "/readyz"
+    )
 
 
 def actors_process(

@@ -72,6 +72,10 @@ class Process:
         return self.logs_dir / f"{self.name}.log"
 
     @property
+    def previous_log_path(self) -> Path:
+        return self.logs_dir / f"{self.name}.previous.log"
+
+    @property
     def pid(self) -> int | None:
         return self._popen.pid if self._popen else None
 
@@ -100,8 +104,11 @@ class Process:
                 f"a {self.name} left running; `ss -ltnp` shows which process holds it"
             )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        # The first start of a run truncates the log; restarts (tests stop and start Jaeger)
-        # append, so what happened before the restart stays readable.
+        # The first start of a run begins a new log and keeps the last run's beside it (what
+        # happened before a restart of the whole stack is what a post-mortem needs); restarts
+        # within a run append.
+        if not self._starts and self.log_path.exists():
+            self.log_path.replace(self.previous_log_path)
         mode = "ab" if self._starts else "wb"
         with self.log_path.open(mode) as log:
             stamp = datetime.now().isoformat(timespec="seconds")

@@ -69,6 +69,10 @@ def run_up(storage: Storage, rate: float, actors: bool, console: Console | None 
         console.print(f"[red bold]error:[/] {escape(str(exc))}", highlight=False)
         _stop(stack, console)
         return 1
+    except BaseException:
+        # The children run in sessions of their own: they would outlive an unexpected error.
+        _stop(stack, console)
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
