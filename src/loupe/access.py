@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -236,19 +237,17 @@ class Access:
             Jwks(settings.issuer), settings.client_id, settings.groups_claim
         )
 
-        async def reader(request: Request) -> Identity:
-            who = await self.identity(request)
-            self.require(who, "reader")
-            return who
-
-        async def operator(request: Request) -> Identity:
-            who = await self.identity(request)
-            self.require(who, "operator")
-            return who
-
         # The dependencies routes declare: a person allowed to read, or to act; else 403.
-        self.reader = Annotated[Identity, Depends(reader)]
-        self.operator = Annotated[Identity, Depends(operator)]
+        self.reader = Annotated[Identity, Depends(self._requiring("reader"))]
+        self.operator = Annotated[Identity, Depends(self._requiring("operator"))]
+
+    def _requiring(self, role: Role) -> Callable[[Request], Awaitable[Identity]]:
+        async def dependency(request: Request) -> Identity:
+            who = await self.identity(request)
+            self.require(who, role)
+            return who
+
+        return dependency
 
     async def identity(self, request: Request) -> Identity:
         """Who sent the request, from its ID token, or Unauthenticated."""

@@ -2,7 +2,9 @@
 
 Migrations are numbered SQL files (`001_orders.sql`, …) in the service's `migrations/`
 folder, applied in order, each in its own transaction, recorded in `schema_migrations`, under
-an advisory lock so two starting replicas never race.
+an advisory lock so two starting replicas never race. A set several databases share (every
+service's inbox and outbox, service/migrations/) is numbered on its own and recorded in
+`schema_migrations_<its package>`.
 """
 
 from __future__ import annotations
@@ -131,8 +133,9 @@ async def migrate(
 async def _keep_session(_: asyncpg.Connection) -> None:
     """Release a connection to the pool without asyncpg's reset query.
 
-    The services keep no session state (no LISTEN, no SET, advisory locks released where
-    taken), so the default reset would only add a round trip, and a span, to every request.
+    The services keep no session state (no SET, advisory locks released where taken; the
+    outbox relay's LISTEN is on a connection it holds and removes before giving it back), so
+    the default reset would only add a round trip, and a span, to every request.
     asyncpg still rolls back an unfinished transaction before calling this.
     """
 

@@ -1,8 +1,8 @@
 """Idempotent consumption: a delivery is applied at most once per consuming service.
 
-Each service keeps a `processed_messages` table (queue, message_id) in its own database,
-created by its first migration; claiming a message id
-inside the same transaction as the change it causes makes a redelivered message a no-op.
+Each service keeps a `processed_messages` table (queue, message_id) in its own database
+(service/migrations/); claiming a message id inside the same transaction as the change it
+causes makes a redelivered message, or an event the outbox relay published twice, a no-op.
 """
 
 from __future__ import annotations
