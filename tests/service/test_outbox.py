@@ -180,3 +180,30 @@ async def test_an_event_that_cannot_be_read_holds_the_relay_which_says_why_and_r
         assert relay.problem is not None and "not JSON" in relay.problem
     finally:
         await relay.stop()
+
+
+async def test_the_relay_goes_on_after_postgresql_closed_its_connections(
+    pool: asyncpg.Pool,
+) -> None:
+    broker = Broker()
+    relay = outbox.Relay(pool, broker.publish, poll_seconds=0.1, max_backoff_seconds=0.2)
+    await relay.start()
+    try:
+        await asyncio.sleep(0.2)
+        # As a restart of PostgreSQL does: every connection of this database ends.
+        async with pool.acquire() as connection:
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await asyncio.sleep(0.5)
+        events = _events(1)
+        await _queue(pool, *events)
+        for _ in range(100):
+            if broker.sent:
+                break
+            await asyncio.sleep(0.05)
+        assert [e for e, _, _ in broker.sent] == events
+        assert relay.running and relay.problem is None
+    finally:
+        await relay.stop()

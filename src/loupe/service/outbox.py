@@ -116,8 +116,17 @@ class Relay:
         with contextlib.suppress(TimeoutError, *UNAVAILABLE):
             await asyncio.wait_for(self._drain(), drain_seconds)
 
+    def _listening(self) -> bool:
+        if self._listener is None:
+            return False
+        try:
+            return not self._listener.is_closed()
+        except asyncpg.InterfaceError:
+            # asyncpg detached the proxy from a connection PostgreSQL closed.
+            return False
+
     async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
+        if self._listening():
             return
         await self._unlisten()
         self._listener = await self._pool.acquire()
