@@ -33,7 +33,8 @@ def test_no_order_is_lost_or_ghosted_and_no_finding_is_wrong(loupe: LoupeUp, fau
     assert result.contradicted == [], result.row()
     assert result.answered_500 == 0, "only a refusal by design (503) may answer an order"
     assert result.outbox_left == 0 and result.settled is not None, result.row()
-    assert result.submitted > 0, "the actors and the drill's customer kept ordering"
+    # (While the shop itself is down, nothing can be submitted; the customer keeps trying.)
+    assert result.requests > 0, "the drill's customer kept ordering"
     if fault.broker_only:
         assert (result.answered_5xx, result.unanswered) == (0, 0), result.row()
-        assert result.requests > 0
+        assert result.submitted > 0
