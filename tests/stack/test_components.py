@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from loupe.config import REPO_ROOT, Settings
+from loupe.stack import components
 from loupe.stack.components import (
     JAEGER_BASE_PATH,
     JAEGER_UI_ASSETS,
@@ -334,3 +335,13 @@ def test_monitor_process_defaults_and_remote_host(monkeypatch: pytest.MonkeyPatc
     remote = monitor_process({"LOUPE_MONITOR_URL": "http://monitor.internal:9000"})
     assert remote.ready_urls == ("http://monitor.internal:9000/healthz",)
     assert remote.listens_on == ()
+
+
+def test_the_forwarding_queue_is_read_from_jaegers_metrics() -> None:
+    metrics = (
+        "# TYPE otelcol_exporter_queue_size gauge\n"
+        'otelcol_exporter_queue_size{data_type="traces",exporter="jaeger_storage"} 9\n'
+        'otelcol_exporter_queue_size{data_type="traces",exporter="otlphttp/monitor"} 3\n'
+    )
+    assert components._forwarding_queue_size(metrics) == 3
+    assert components._forwarding_queue_size("") == 0, "before any span, nothing waits"

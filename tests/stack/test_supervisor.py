@@ -381,3 +381,12 @@ def test_only_deaths_within_the_window_make_a_crash_loop(
         (death,) = supervisor.tick()
         assert isinstance(death, Death) and supervisor.restarts["api"] == 2
         assert death.delay == 1, "back-off starts again once the old deaths have aged out"
+
+
+def test_a_process_is_drained_before_the_stack_stops_it(tmp_path: Path) -> None:
+    seen: list[tuple[str, bool]] = []
+    web = http_server("web", tmp_path)
+    web.drain = lambda: seen.append(("drained", web.running))
+    with Stack([web]):
+        assert seen == []
+    assert seen == [("drained", True)], "drained once, while it still ran"

@@ -6,11 +6,16 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from loupe.config import REPO_ROOT, SERVICE_URLS, SERVICES, Settings
 from loupe.environment import EnvSettings, Variable, file_path, port_number
@@ -119,6 +124,12 @@ class JaegerPorts(EnvSettings):
         return f"http://127.0.0.1:{self.health}/status"
 
 
+# The exporter in deploy/jaeger/monitor-pipeline.yaml; how long `loupe up` lets it empty its
+# queue before stopping Jaeger.
+MONITOR_EXPORTER = "otlphttp/monitor"
+FORWARDING_DRAIN_SECONDS = 20.0
+
+
 def jaeger_process(
     storage: Storage = "badger",
     ports: JaegerPorts | None = None,
@@ -177,7 +188,42 @@ def jaeger_process(
         listens_on=ports.all(),
         ready_timeout=ready_timeout,
         logs_dir=logs_dir,
+        drain=partial(drain_forwarding, ports) if monitor_endpoint is not None else None,
     )
+
+
+def drain_forwarding(ports: JaegerPorts, timeout: float = FORWARDING_DRAIN_SECONDS) -> bool:
+    """Wait until Jaeger's queue for the monitor is empty (items being retried count as in it),
+    at most `timeout` seconds; True once it is. Stopping Jaeger with spans still in that queue,
+    e.g. retried after the monitor was slow, loses them: orders would stay stuck."""
+    deadline = time.monotonic() + timeout
+    empty_since: float | None = None
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        if _forwarding_queue_size(text) == 0:
+            # Twice, a batch timeout apart: batch/monitor may still hold a few spans.
+            empty_since = empty_since or time.monotonic()
+            if time.monotonic() - empty_since >= 0.5:
+                return True
+        else:
+            empty_since = None
+        time.sleep(0.1)
+    return False
+
+
+def _forwarding_queue_size(metrics: str) -> float:
+    """The size of Jaeger's queue for the monitor in its Prometheus text (0 before any span)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if (
+                sample.name == "otelcol_exporter_queue_size"
+                and sample.labels.get("exporter") == MONITOR_EXPORTER
+            ):
+                return sample.value
+    return 0.0
 
 
 def _require_binary(binary: Path, what: str) -> None:

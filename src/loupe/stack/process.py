@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +62,8 @@ class Process:
     min_uptime: float = 1.0
     logs_dir: Path = DEFAULT_LOGS_DIR
     cwd: Path | None = None
+    drain: Callable[[], object] | None = None
+    """Called before a stack stops the process, to let it hand on what it still holds."""
 
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)

@@ -63,6 +63,8 @@ class Stack:
             if process.running:
                 if on_stop is not None:
                     on_stop(process)
+                if process.drain is not None:
+                    process.drain()
                 process.stop(self.stop_timeout)
                 stopped.append(process.name)
             else:
