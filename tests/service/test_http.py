@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import textwrap
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +30,7 @@ from loupe.service.http import (
     order_view,
 )
 from loupe.service.kernel import ServiceKernel
+from loupe.stack.process import Process, free_port
 from tests.support.service_fakes import FakeOrders
 
 
@@ -218,3 +224,30 @@ async def test_a_bug_is_still_a_500(
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
         assert (await client.get("/orders/o-1")).status_code == 500
+
+
+def test_on_sigterm_serve_flushes_telemetry_before_the_process_ends(tmp_path: Path) -> None:
+    # uvicorn raises SIGTERM again once it has shut down; the spans must be sent before that.
+    flushed, port = tmp_path / "flushed", free_port()
+    code = textwrap.dedent(
+        f"""
+        import pathlib, loupe.telemetry
+        loupe.telemetry.shutdown_telemetry = (
+            lambda: pathlib.Path({str(flushed)!r}).write_text("yes")
+        )
+        from fastapi import FastAPI
+        from loupe.service.http import serve
+        serve(FastAPI(), "127.0.0.1", {port})
+        """
+    )
+    child = Process("serve", [sys.executable, "-c", code], ready_port=port, logs_dir=tmp_path)
+    child.start()
+    try:
+        os.kill(child.pid or 0, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while child.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.returncode == 0, child.log_tail()
+        assert flushed.read_text() == "yes"
+    finally:
+        child.stop()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -154,10 +156,19 @@ def serve(app: FastAPI, host: str, port: int, excluded_urls: str = "healthz,read
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
+    # found. With the default one that kills the process before the `finally` below, and the
+    # spans of its last seconds were never sent (orders then looked stuck after a restart).
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         asyncio.run(uvicorn.Server(config).serve())
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutdown_telemetry()
+
+
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def run_service(service: str, port: int | None = None) -> None:
