@@ -60,6 +60,18 @@ async def _queue(pool: asyncpg.Pool, *events: OrderEvent) -> SpanContext:
     return step.get_span_context()
 
 
+async def _queued_and_sent(
+    pool: asyncpg.Pool, broker: Broker, events: list[OrderEvent]
+) -> list[OrderEvent]:
+    """Queue `events`, then what a running relay sent within 5 s."""
+    await _queue(pool, *events)
+    for _ in range(100):
+        if broker.sent:
+            break
+        await asyncio.sleep(0.05)
+    return [e for e, _, _ in broker.sent]
+
+
 def _events(n: int) -> list[OrderEvent]:
     """The first `n` moves of one order, in the order they happened."""
     order_id = str(uuid.uuid4())
@@ -140,12 +152,7 @@ async def test_a_running_relay_is_woken_by_the_commit(pool: asyncpg.Pool) -> Non
     try:
         await asyncio.sleep(0.2)
         events = _events(1)
-        await _queue(pool, *events)
-        for _ in range(100):
-            if broker.sent:
-                break
-            await asyncio.sleep(0.05)
-        assert [e for e, _, _ in broker.sent] == events
+        assert await _queued_and_sent(pool, broker, events) == events
     finally:
         await relay.stop()
 
@@ -198,12 +205,7 @@ async def test_the_relay_goes_on_after_postgresql_closed_its_connections(
             )
         await asyncio.sleep(0.5)
         events = _events(1)
-        await _queue(pool, *events)
-        for _ in range(100):
-            if broker.sent:
-                break
-            await asyncio.sleep(0.05)
-        assert [e for e, _, _ in broker.sent] == events
+        assert await _queued_and_sent(pool, broker, events) == events
         assert relay.running and relay.problem is None
     finally:
         await relay.stop()
