@@ -47,6 +47,7 @@ def test_the_monitor_document_has_its_api_and_only_that() -> None:
         ("GET", "/monitor/api/incidents"),
         ("GET", "/monitor/api/incidents/{incident_id}"),
         ("POST", "/monitor/api/incidents/{incident_id}/acknowledge"),
+        ("POST", "/monitor/api/findings/{finding_id}/dismiss"),
         ("GET", "/monitor/api/uptime"),
     }, "OTLP intake, /metrics and /healthz are not part of the API"
     findings = document["paths"]["/monitor/api/findings"]["get"]

@@ -59,7 +59,9 @@ def token(
         "email": "devops@example.com",
         "groups": ["devops"] if groups is None else groups,
         "iat": now,
-        "exp": now + 600,
+        # Hours, not minutes: tokens made once per session outlive the e2e tests and drills
+        # that run before the unit tests using them.
+        "exp": now + 6 * 3600,
         **overrides,
     }
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
