@@ -52,12 +52,14 @@ def test_a_ghost_is_a_shop_order_the_shop_does_not_hold() -> None:
 
 def test_only_a_finding_behind_the_databases_is_contradicted() -> None:
     stuck = [
-        StuckFinding("a", S.PRICE_CALCULATED),  # the databases say it moved on
-        StuckFinding("b", S.PRICE_CALCULATED),  # REJECTED since: moved on, to a final status
-        StuckFinding("p", S.SUBMITTED),  # true: MES still has it SUBMITTED
-        StuckFinding("unknown", S.SUBMITTED),  # nothing to contradict it
+        StuckFinding("a", S.PRICE_CALCULATED, T0),  # the databases say it moved on
+        StuckFinding("b", S.PRICE_CALCULATED, T0),  # REJECTED since: moved on, to a final status
+        StuckFinding("p", S.SUBMITTED, T0),  # true: MES still has it SUBMITTED
+        StuckFinding("unknown", S.SUBMITTED, T0),  # nothing to contradict it
     ]
     assert contradicted(_orders(), stuck) == {"a", "b"}
+    # A drill answers for the orders that moved since it began, not for an earlier drill's.
+    assert contradicted(_orders(), stuck, since=T0 + timedelta(seconds=1)) == set()
 
 
 def test_a_counter_that_went_down_restarted_and_counts_from_zero() -> None:

@@ -103,6 +103,8 @@ class Incident:
 class StuckFinding:
     order_id: str
     status: OrderStatus
+    since: datetime
+    """When the order reached `status` (by the monitor's spans)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ async def read_monitor(settings: Settings, since: datetime) -> MonitorView:
             since,
         )
         stuck = await connection.fetch(
-            "SELECT order_id, status FROM findings WHERE cleared_at IS NULL AND state = $1"
+            "SELECT order_id, status, since FROM findings WHERE cleared_at IS NULL AND state = $1"
             " AND order_id IS NOT NULL AND status IS NOT NULL",
             FindingKind.STUCK.value,
         )
@@ -141,15 +143,20 @@ async def read_monitor(settings: Settings, since: datetime) -> MonitorView:
         await connection.close()
     return MonitorView(
         [Incident(**dict(r)) for r in incidents],
-        [StuckFinding(r["order_id"], OrderStatus(r["status"])) for r in stuck],
+        [StuckFinding(r["order_id"], OrderStatus(r["status"]), r["since"]) for r in stuck],
         {r["order_id"]: OrderStatus(r["status"]) for r in statuses},
     )
 
 
-def contradicted(orders: Orders, stuck: list[StuckFinding]) -> set[str]:
-    """Orders reported stuck at a status the services' databases show they have left."""
+def contradicted(
+    orders: Orders, stuck: list[StuckFinding], since: datetime | None = None
+) -> set[str]:
+    """Orders reported stuck at a status the services' databases show they have left; with
+    `since`, only those that reached it since then (what one drill caused)."""
     found = set()
     for finding in stuck:
+        if since is not None and finding.since < since:
+            continue
         actual = orders.status(finding.order_id)
         if (
             actual is not None
