@@ -78,7 +78,8 @@ def bearer(email: str, groups: list[str]) -> dict[str, str]:
         "email": email,
         "groups": groups,
         "iat": now,
-        "exp": now + 600,
+        # Hours: these are made when the module is collected, long before its tests run.
+        "exp": now + 6 * 3600,
     }
     token = jwt.encode(claims, KEY, algorithm="RS256", headers={"kid": "k1"})
     return {"Authorization": f"Bearer {token}"}
