@@ -33,7 +33,9 @@ def test_no_order_is_lost_or_ghosted_and_no_finding_is_wrong(loupe: LoupeUp, fau
     if not fault.loses_spans:
         assert result.contradicted == [], result.row()
     assert result.answered_500 == 0, "only a refusal by design (503) may answer an order"
-    assert result.outbox_left == 0 and result.settled is not None, result.row()
+    # Settled: the outboxes drained after the fault (while the actors run, an event may sit
+    # there for milliseconds at any later moment, so the count at the audit proves nothing).
+    assert result.settled is not None, result.row()
     # (While the shop itself is down, nothing can be submitted; the customer keeps trying.)
     assert result.requests > 0, "the drill's customer kept ordering"
     if fault.broker_only:

@@ -109,7 +109,7 @@ class DrillResult:
             and self.ghosts == 0
             and (not self.contradicted or self.loses_spans)
             and self.answered_500 == 0
-            and self.outbox_left == 0
+            and self.settled is not None
             and not (self.broker_only and (self.answered_5xx or self.unanswered))
         )
 
