@@ -44,8 +44,8 @@ async def _fill(database: str) -> None:
             span = made.make(
                 service, "step", ago(seconds_ago), order_id=order_id, move=(status_from, status_to)
             )
-            kept, total = decode(otlp([span]))
-            await store.ingest(pool, kept, SLO, total)
+            kept, received = decode(otlp([span]))
+            await store.ingest(pool, kept, SLO, received.total())
         await detection.tick(pool, SLO, None)
     finally:
         await pool.close()

@@ -104,11 +104,11 @@ async def test_a_service_no_longer_broken_leaves_the_gauge() -> None:
 
 async def test_spans_and_transitions_are_counted_in_the_documented_buckets() -> None:
     metrics = FlowMetrics()
-    metrics.spans_received.inc(3)
+    metrics.spans_received.labels(service="mes-api").inc(3)
     metrics.spans_kept.inc(2)
     metrics.transition_seconds.labels("SUBMITTED", "PRICE_CALCULATED").observe(7)
     seen = await scraped(metrics)
-    assert seen[("loupe_monitor_spans_received_total", ())] == 3
+    assert seen[("loupe_monitor_spans_received_total", (("service", "mes-api"),))] == 3
     assert seen[("loupe_monitor_spans_kept_total", ())] == 2
     move = (("from_status", "SUBMITTED"), ("to_status", "PRICE_CALCULATED"))
     buckets = {
@@ -123,6 +123,7 @@ async def test_spans_and_transitions_are_counted_in_the_documented_buckets() -> 
 async def test_each_monitor_has_its_own_registry() -> None:
     # Several monitors in one process (tests, the benchmark) must not share or clash.
     first, second = FlowMetrics(), FlowMetrics()
-    first.spans_received.inc()
-    assert (await scraped(first))[("loupe_monitor_spans_received_total", ())] == 1
-    assert (await scraped(second))[("loupe_monitor_spans_received_total", ())] == 0
+    first.spans_received.labels(service="shop-api").inc()
+    received = ("loupe_monitor_spans_received_total", (("service", "shop-api"),))
+    assert (await scraped(first))[received] == 1
+    assert received not in await scraped(second)

@@ -141,7 +141,7 @@ async def test_a_span_postgresql_refuses_is_left_out_and_the_rest_stored(
     # Values spans.screen would have cleaned, sent past it: PostgreSQL itself refuses them
     # (a NUL byte; an index entry over its limit), and only they are left out.
     made = Spans()
-    spans, total = decode(
+    spans, received = decode(
         otlp(
             [made.happy_move(0, f"o-{n}", ago(5)) for n in range(5)]
             + [made.happy_move(1, "o-3", ago(1))]
@@ -151,7 +151,7 @@ async def test_a_span_postgresql_refuses_is_left_out_and_the_rest_stored(
     oversized = replace(spans[4], order_id=secrets.token_hex(2000))
     batch = [spans[0], nul, spans[2], spans[3], oversized, spans[5]]
 
-    result = await store.ingest(monitor_pool, batch, SLO, total)
+    result = await store.ingest(monitor_pool, batch, SLO, received.total())
 
     assert [(span.order_id, why.split(" ")[0]) for span, why in result.refused] == [
         (nul.order_id, "CharacterNotInRepertoireError"),

@@ -254,12 +254,12 @@ def create_app(
         if len(raw) > MAX_BODY:
             raise HTTPException(413, f"the request is over {MAX_BODY} bytes; send smaller batches")
         try:
-            decoded, total = decode(_body(raw, request.headers.get("content-encoding", "")))
+            decoded, received = decode(_body(raw, request.headers.get("content-encoding", "")))
         except MalformedSpans as exc:
             raise HTTPException(400, str(exc)) from None
         spans, unstorable = screen(decoded)
         try:
-            result = await store.ingest(monitor.db, spans, monitor.slo, total)
+            result = await store.ingest(monitor.db, spans, monitor.slo, received.total())
         # OTLP senders retry a 503 and drop a batch answered 500: while PostgreSQL is away (or
         # the pool closes as the monitor stops) the spans wait in the collector's queue.
         except UNAVAILABLE as exc:
@@ -275,7 +275,8 @@ def create_app(
             unstorable.append(UnstorableSpan(span, Unstorable.REFUSED, (), True, why))
         for bad in unstorable:
             _count_unstorable(monitor.metrics, bad)
-        monitor.metrics.spans_received.inc(total)
+        for service, count in received.items():
+            monitor.metrics.spans_received.labels(service=service).inc(count)
         monitor.metrics.spans_kept.inc(len(decoded))
         for status_from, status_to, seconds in result.durations:
             monitor.metrics.transition_seconds.labels(status_from, status_to).observe(seconds)

@@ -21,7 +21,9 @@ class FlowMetrics:
         self.registry = CollectorRegistry()
         self.spans_received = Counter(
             "loupe_monitor_spans_received",
-            "Spans received over OTLP, before the monitor's own filter.",
+            "Spans received over OTLP, before the monitor's own filter, by the service that"
+            " sent them (service.name).",
+            ["service"],
             registry=self.registry,
         )
         self.spans_kept = Counter(
