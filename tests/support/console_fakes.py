@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from loupe.monitor.models import Durations
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
 from loupe.telemetry import attributes as attr
@@ -262,12 +263,19 @@ class FakeBackends:
             return httpx.Response(200, json=found) if found else httpx.Response(404, json={})
         if path == "/incidents":
             resolved = [i for i in self.incidents if i["resolved_at"]]
+            counted = [i for i in self.incidents if not i.get("dismissed")]
+            detect = Durations.of([i["time_to_detect_seconds"] for i in counted])
+            resolve = Durations.of(
+                [i["time_to_resolve_seconds"] for i in counted if i["resolved_at"]]
+            )
             body = {
                 "window_seconds": float(request.url.params["window_hours"]) * 3600,
                 "open": len(self.incidents) - len(resolved),
                 "resolved": len(resolved),
-                "mttd_seconds": 12.0 if self.incidents else None,
-                "mttr_seconds": 95.0 if resolved else None,
+                "mttd_seconds": detect.mean_seconds,
+                "mttr_seconds": resolve.mean_seconds,
+                "time_to_detect": detect.model_dump(),
+                "time_to_resolve": resolve.model_dump(),
                 "incidents": self.incidents,
             }
             return httpx.Response(200, json=body)
