@@ -16,8 +16,15 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from loupe import cli
-from loupe.monitor import detection, report
-from loupe.monitor.models import AlertEvent, Durations, Finding, Incident, IncidentList
+from loupe.monitor import detection, report, rows
+from loupe.monitor.models import (
+    AlertEvent,
+    Durations,
+    Finding,
+    Incident,
+    IncidentList,
+    Journey,
+)
 from loupe.monitor.report import (
     Column,
     ago,
@@ -503,6 +510,26 @@ def test_a_journey_fits_one_move_per_line(width: int) -> None:
     # Lines under the table are cut, not folded.
     full = "error 6 min ago mes-api queue mes.order-submitted: " + JOURNEY["errors"][0]["message"]
     assert error == full if width >= len(full) else error == full[: width - 1] + "…"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_journey_shows_the_statuses_it_passed_unseen_in_their_place(width: int) -> None:
+    # PRICE_CALCULATED's and MANUFACTURING_APPROVED's spans never arrived.
+    transitions = [
+        move("SUBMITTED", "NEW", 400, "shop-api", "POST /orders"),
+        move("MANUFACTURING_STARTED", "MANUFACTURING_APPROVED", 300, "mes-api", "take order"),
+    ]
+    journey = Journey.model_validate(
+        {**JOURNEY, "transitions": transitions, "not_seen": [], "finding": None}
+    )
+    journey.not_seen = rows.not_seen(journey.transitions)
+    lines = rendered(width, report.print_journey, report.journey_json(journey), now=NOW)
+    _, _, submitted, priced, approved, started = lines[:6]
+    assert submitted.startswith("6 min ago ") and "NEW → SUBMITTED" in submitted
+    for line, status in ((priced, "PRICE_CALCULATED"), (approved, "MANUFACTURING_APPROVED")):
+        assert line.startswith("not seen ") and f"? → {status} " in line, line
+    assert started.startswith("5 min ago ") and "MANUFACTURING_APPROVED → M" in started
+    assert all(len(line) <= width for line in lines), lines
 
 
 def test_nothing_stuck_says_so() -> None:

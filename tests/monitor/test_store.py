@@ -261,3 +261,39 @@ async def test_figures_give_count_median_and_mean_and_leave_dismissed_incidents_
     assert report.time_to_resolve.median_seconds == pytest.approx(sum(resolve) / 2)
     assert report.time_to_resolve.mean_seconds == pytest.approx(sum(resolve) / 2)
     assert report.mttr_seconds == report.time_to_resolve.mean_seconds
+
+
+async def test_a_later_status_without_the_earlier_is_not_seen_not_stuck(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    # o-gap was submitted 100 s ago (its SLO there is 30 s); the spans of its pricing and its
+    # approval were lost, and MES taking it 5 s ago arrives: it never stopped.
+    await send(
+        monitor_pool,
+        [made.happy_move(0, "o-gap", ago(100)), made.happy_move(3, "o-gap", ago(5))],
+    )
+    # o-late: the same, but detection ran while only its submission had arrived.
+    await send(monitor_pool, [made.happy_move(0, "o-late", ago(100))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert [(f.order_id, f.status) for f in result.opened] == [("o-late", "SUBMITTED")]
+    await send(monitor_pool, [made.happy_move(3, "o-late", ago(4))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert result.opened == [] and result.cleared == 1
+    assert await store.findings(monitor_pool) == []
+
+    for order in ("o-gap", "o-late"):
+        journey = await store.journey(monitor_pool, order)
+        assert journey is not None and journey.status == OrderStatus.MANUFACTURING_STARTED
+        assert [m.status for m in journey.transitions] == ["SUBMITTED", "MANUFACTURING_STARTED"]
+        assert [(n.status, n.before) for n in journey.not_seen] == [
+            ("PRICE_CALCULATED", "MANUFACTURING_STARTED"),
+            ("MANUFACTURING_APPROVED", "MANUFACTURING_STARTED"),
+        ]
+
+    # A lost span that turns up after all takes its place: it is seen now.
+    await send(monitor_pool, [made.happy_move(1, "o-gap", ago(60))])
+    journey = await store.journey(monitor_pool, "o-gap")
+    assert journey is not None and journey.status == OrderStatus.MANUFACTURING_STARTED
+    assert [n.status for n in journey.not_seen] == ["MANUFACTURING_APPROVED"]
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []

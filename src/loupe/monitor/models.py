@@ -126,7 +126,9 @@ class Move(BaseModel):
     linked: list[LinkedSpan]
     seen_by: list[SeenBy]
     waited_seconds: float | None = Field(
-        None, description="time since the previous move the monitor saw"
+        None,
+        description="time since the move to the status it left; none when no span reported"
+        " that move",
     )
     slo_seconds: float | None = Field(
         None, description="how long the SLO lets an order wait at the status it left"
@@ -144,11 +146,24 @@ class JourneyError(BaseModel):
     span_id: str
 
 
+class NotSeen(BaseModel):
+    """A status the order must have had (a later move left it, or one after it) that no span
+    reported: its move's span was lost on the way (an exporter that could not reach Jaeger),
+    not a stuck order."""
+
+    status: str
+    before: str = Field(description="the first move seen after it")
+
+
 class Journey(BaseModel):
     order_id: str
     status: str | None
     source: str | None
     transitions: list[Move]
+    not_seen: list[NotSeen] = Field(
+        default_factory=list,
+        description="the statuses the order passed whose moves no span reported, in order",
+    )
     errors: list[JourneyError]
     finding: Finding | None
 
