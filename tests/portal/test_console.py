@@ -9,16 +9,12 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from loupe.access import AccessSettings
 from loupe.config import Settings
-from loupe.monitor import rows
-from loupe.monitor.models import Move
-from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
@@ -32,6 +28,7 @@ from tests.support.console_fakes import (
     finding,
     incident,
     iso,
+    order_with_lost_moves,
 )
 from tests.support.oidc import CLIENT, ISSUER, FakeProvider, token
 
@@ -331,20 +328,6 @@ async def test_the_figures_show_the_median_and_the_count_beside_the_mean(
     backends.incidents = []
     page = await console.get("/incidents", params={"window": "24h"}, headers=DEVELOPER)
     assert _figures(page.text) == {"detect": "- | no incident", "resolve": "- | no incident"}
-
-
-def order_with_lost_moves(
-    order_id: str, began: datetime
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """closed_order's journey and traces without the spans of its second and third moves (lost
-    on the way to Jaeger), and the statuses the monitor then lists as not seen."""
-    journey, traces = closed_order(order_id, began)
-    lost = {OrderStatus.PRICE_CALCULATED.value, OrderStatus.MANUFACTURING_APPROVED.value}
-    kept = [m for m in journey["transitions"] if m["status"] not in lost]
-    unseen = rows.not_seen([Move.model_validate(m) for m in kept])
-    journey |= {"transitions": kept, "not_seen": [n.model_dump() for n in unseen]}
-    traced = {m["trace_id"] for m in kept}
-    return journey, [t for t in traces if t["traceID"] in traced]
 
 
 async def test_an_order_page_shows_the_statuses_it_passed_unseen_in_their_place(

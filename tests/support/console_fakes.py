@@ -14,7 +14,8 @@ from urllib.parse import unquote
 
 import httpx
 
-from loupe.monitor.models import Durations
+from loupe.monitor import rows
+from loupe.monitor.models import Durations, Move
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
 from loupe.telemetry import attributes as attr
@@ -223,6 +224,20 @@ def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[d
         "finding": None,
     }
     return journey, traces
+
+
+def order_with_lost_moves(
+    order_id: str, began: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """closed_order's journey and traces without the spans of its second and third moves (lost
+    on the way to Jaeger), and the statuses the monitor then lists as not seen."""
+    journey, traces = closed_order(order_id, began)
+    lost = {OrderStatus.PRICE_CALCULATED.value, OrderStatus.MANUFACTURING_APPROVED.value}
+    kept = [m for m in journey["transitions"] if m["status"] not in lost]
+    unseen = rows.not_seen([Move.model_validate(m) for m in kept])
+    journey |= {"transitions": kept, "not_seen": [n.model_dump() for n in unseen]}
+    traced = {m["trace_id"] for m in kept}
+    return journey, [t for t in traces if t["traceID"] in traced]
 
 
 @dataclass
