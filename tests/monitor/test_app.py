@@ -444,6 +444,14 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert (incidents["open"], incidents["resolved"]) == (1, 0)
     assert incidents["mttd_seconds"] == pytest.approx(40, abs=3)
     assert incidents["mttr_seconds"] is None
+    detect = incidents["time_to_detect"]
+    assert detect["count"] == 1
+    assert detect["median_seconds"] == detect["mean_seconds"] == incidents["mttd_seconds"]
+    assert incidents["time_to_resolve"] == {
+        "count": 0,
+        "median_seconds": None,
+        "mean_seconds": None,
+    }
     (incident,) = incidents["incidents"]
     assert incident["status"] == "open" and incident["orders"] == 1
     assert (incident["state"], incident["service"], incident["where"]) == (
@@ -500,6 +508,8 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert seen[("loupe_orders_stuck", (("step", "SUBMITTED"),))] == 0
     assert seen[("loupe_incidents_open", ())] == 0
     assert seen[("loupe_mttr_seconds", ())] == pytest.approx(40, abs=3)
+    assert seen[("loupe_time_to_resolve_median_seconds", ())] == seen[("loupe_mttr_seconds", ())]
+    assert seen[("loupe_time_to_resolve_incidents", ())] == 1
 
 
 async def test_a_move_after_a_status_not_seen_is_not_judged_against_its_slo(
