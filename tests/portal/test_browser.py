@@ -16,14 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from loupe.access import AccessSettings
 from loupe.config import Settings
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
 from loupe.stack.process import free_port
-from tests.e2e.browser_support import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.e2e.browser_support import needs_chromium
 from tests.support.console_fakes import (
     JAEGER,
     MONITOR,
@@ -78,18 +78,6 @@ def portal(backends: FakeBackends, tmp_path_factory: pytest.TempPathFactory) -> 
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
