@@ -453,6 +453,14 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert (incidents["open"], incidents["resolved"]) == (1, 0)
     assert incidents["mttd_seconds"] == pytest.approx(40, abs=3)
     assert incidents["mttr_seconds"] is None
+    detect = incidents["time_to_detect"]
+    assert detect["count"] == 1
+    assert detect["median_seconds"] == detect["mean_seconds"] == incidents["mttd_seconds"]
+    assert incidents["time_to_resolve"] == {
+        "count": 0,
+        "median_seconds": None,
+        "mean_seconds": None,
+    }
     (incident,) = incidents["incidents"]
     assert incident["status"] == "open" and incident["orders"] == 1
     assert (incident["state"], incident["service"], incident["where"]) == (
@@ -509,6 +517,35 @@ async def test_a_stuck_order_is_found_journeyed_counted_and_acknowledged(client:
     assert seen[("loupe_orders_stuck", (("step", "SUBMITTED"),))] == 0
     assert seen[("loupe_incidents_open", ())] == 0
     assert seen[("loupe_mttr_seconds", ())] == pytest.approx(40, abs=3)
+    assert seen[("loupe_time_to_resolve_median_seconds", ())] == seen[("loupe_mttr_seconds", ())]
+    assert seen[("loupe_time_to_resolve_incidents", ())] == 1
+
+
+async def test_a_move_after_a_status_not_seen_is_not_judged_against_its_slo(
+    client: Api,
+) -> None:
+    # Submitted 100 s ago; the move to PRICE_CALCULATED was never reported. The 95 s until the
+    # seller approved it span two steps: not a missed 30 s SLO of pricing's.
+    made = Spans()
+    await send(client, [made.happy_move(0, "o-gap", ago(100)), made.happy_move(2, "o-gap", ago(5))])
+    journey = await client.read("/monitor/api/orders/o-gap/journey")
+    assert journey["not_seen"] == [
+        {"status": "PRICE_CALCULATED", "before": "MANUFACTURING_APPROVED"}
+    ]
+    _, approved = journey["transitions"]
+    assert approved["from"] == "PRICE_CALCULATED"
+    judged = (approved["waited_seconds"], approved["slo_seconds"], approved["slo_met"])
+    assert judged == (None, 30.0, None)
+    assert (await client.monitor.detect_once()).opened == []
+
+    # Its pricing's span turns up after all: each wait is known now, and judged.
+    await send(client, [made.happy_move(1, "o-gap", ago(60))])
+    journey = await client.read("/monitor/api/orders/o-gap/journey")
+    assert journey["not_seen"] == []
+    _, priced, approved = journey["transitions"]
+    assert priced["waited_seconds"] == pytest.approx(40, abs=0.5)
+    assert approved["waited_seconds"] == pytest.approx(55, abs=0.5)
+    assert (priced["slo_met"], approved["slo_met"]) == (False, False)
 
 
 async def test_devops_dismiss_a_finding_saying_why_and_it_counts_toward_nothing(

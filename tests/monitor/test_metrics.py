@@ -8,7 +8,6 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, cast
 
 import asyncpg
@@ -27,14 +26,14 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @dataclass
 class FakeDatabase:
     """Answers refresh()'s queries from memory: open findings per status and per service
-    (broken orders and broken places apart), the incidents' summary row (avg() gives
-    PostgreSQL numerics: Decimal) and the last probes."""
+    (broken orders and broken places apart), the incidents' summary row (with each counted
+    incident's times as arrays) and the last probes."""
 
     stuck: dict[str, int] = field(default_factory=dict)
     broken: dict[str, int] = field(default_factory=dict)
     places: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] = field(
-        default_factory=lambda: {"open": 0, "resolved": 0, "mttd": None, "mttr": None}
+        default_factory=lambda: {"open": 0, "resolved": 0, "ttd": None, "ttr": None}
     )
     probes: dict[str, bool] = field(default_factory=dict)
 
@@ -72,7 +71,8 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
         stuck={"SUBMITTED": 2, "CLOSED": 5},
         broken={"crm-api": 1},
         places={"shop-api": 1},
-        summary={"open": 3, "resolved": 1, "mttd": Decimal("12.5"), "mttr": None},
+        # Each incident's time to detect (array_agg: None over no incident); one found late.
+        summary={"open": 3, "resolved": 1, "ttd": [10.0, 11.0, 600.0], "ttr": None},
         probes={"shop-api": True, "mes-api": False},
     )
     seen = await scraped(FlowMetrics(), database)
@@ -84,9 +84,13 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
     assert seen[("loupe_places_broken", (("service", "shop-api"),))] == 1
     assert ("loupe_orders_broken", (("service", "shop-api"),)) not in seen
     assert seen[("loupe_incidents_open", ())] == 3
-    assert seen[("loupe_mttd_seconds", ())] == 12.5
-    # No incident resolved in the window: not a made-up 0 s mean time to resolve.
+    assert seen[("loupe_mttd_seconds", ())] == 207.0
+    assert seen[("loupe_time_to_detect_median_seconds", ())] == 11.0
+    assert seen[("loupe_time_to_detect_incidents", ())] == 3
+    # No incident resolved in the window: not a made-up 0 s time to resolve.
     assert math.isnan(seen[("loupe_mttr_seconds", ())])
+    assert math.isnan(seen[("loupe_time_to_resolve_median_seconds", ())])
+    assert seen[("loupe_time_to_resolve_incidents", ())] == 0
     assert seen[("loupe_service_up", (("service", "shop-api"),))] == 1
     assert seen[("loupe_service_up", (("service", "mes-api"),))] == 0
 

@@ -386,11 +386,15 @@ def _found(value: T | None, missing: str) -> T:
 
 
 def _judge(moves: list[Move], slo: Slo) -> None:
-    """Adds to each move how long the order waited since the move before it, what the SLO of
-    the status it left allows, and whether that was met."""
-    previous: datetime | None = None
+    """Adds to each move how long the order waited at the status it left (since the move to
+    that status), what the SLO of that status allows, and whether that was met. When no span
+    reported the move to the status it left (Journey.not_seen), how long it waited there is
+    unknown: the time since an earlier move spans several steps and would make a missed SLO
+    up."""
+    arrived = {move.status: move.at for move in moves}
     for move in moves:
         step = slo.step(move.from_)
+        previous = arrived.get(move.from_)
         waited = (move.at - previous).total_seconds() if previous else None
         move.waited_seconds = waited
         move.slo_seconds = step.within.total_seconds() if step else None
@@ -399,7 +403,6 @@ def _judge(moves: list[Move], slo: Slo) -> None:
             if waited is not None and move.slo_seconds is not None
             else None
         )
-        previous = move.at
 
 
 def run_monitor() -> None:
