@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -15,11 +16,20 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from loupe.messaging import Delivery
 from loupe.messaging.propagation import span_context_from_text, span_context_to_text
+from loupe.monitor.spans import decode
 from loupe.orders import IllegalTransition, OrderEvent, OrderSource, OrderStatus
 from loupe.service.kernel import open_service_database
 from loupe.service.orders_table import OrderNotFound, OrderTable, order_sql
-from loupe.telemetry.attributes import LINK_REASON, PREVIOUS_STEP
+from loupe.telemetry.attributes import (
+    LINK_REASON,
+    ORDER_ID,
+    ORDER_SOURCE,
+    ORDER_STATUS_TO,
+    PREVIOUS_STEP,
+    STATUS_RESTATED,
+)
 from tests.support.integration import MIGRATIONS, POSTGRES_DSN
+from tests.support.otlp_spans import otlp
 from tests.support.service_fakes import status_event
 
 pytestmark = pytest.mark.integration
@@ -197,6 +207,34 @@ async def test_a_resumed_step_is_a_span_linked_to_the_previous_step(
         await table.resume(order_id, S.CLOSED, "close order", updates={})
     (refused,) = [s for s in spans.get_finished_spans() if s.name == "close order"]
     assert (refused.attributes or {})["error.type"] == IllegalTransition.__name__
+
+
+async def test_recently_changed_orders_are_restated_as_spans_of_their_status(
+    table: OrderTable, recorder: Recorder, spans: InMemorySpanExporter
+) -> None:
+    # What a service says as it starts, for the moves whose spans it may have lost when it
+    # was killed: each order changed within the window, at the status it is at.
+    recent = await _insert(recorder, S.PRICE_CALCULATED)
+    older = await _insert(recorder, S.SUBMITTED)
+    await recorder.pool.execute(
+        "UPDATE orders SET updated_at = now() - interval '10 minutes' WHERE id = $1", older
+    )
+    spans.clear()
+
+    assert await table.restate_recent(timedelta(minutes=2)) >= 1
+
+    restated = [
+        dict(s.attributes or {})
+        for s in spans.get_finished_spans()
+        if s.name == STATUS_RESTATED and (s.attributes or {}).get(ORDER_ID) in (recent, older)
+    ]
+    assert restated == [
+        {ORDER_ID: recent, ORDER_SOURCE: "b2b", ORDER_STATUS_TO: "PRICE_CALCULATED"}
+    ]
+    (facts,), _ = decode(
+        otlp([s for s in spans.get_finished_spans() if s.name == STATUS_RESTATED][-1:])
+    )
+    assert facts.transition and facts.status_from is None, "a status the monitor can follow"
 
 
 # -- mirror: views only move forward ------------------------------------------------------------

@@ -40,6 +40,10 @@ class FakeOrders:
             raise OrderNotFound(order_id)
         return self.rows[order_id]
 
+    async def restate_recent(self) -> int:
+        self.calls.append(("restate_recent", {}))
+        return len(self.rows)
+
     async def submit(
         self, source: OrderSource, columns: dict[str, Any], event_fields: dict[str, Any]
     ) -> OrderEvent:

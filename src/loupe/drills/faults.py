@@ -30,10 +30,6 @@ class Fault:
     """Causes the fault and returns once it has run its course (or is undone)."""
     broker_only: bool = False
     """Only RabbitMQ is affected: customers must not see a single 5xx."""
-    loses_spans: bool = False
-    """A process dies without flushing: the spans it had not exported yet (its last
-    OTEL_BSP_SCHEDULE_DELAY) are lost, and the monitor, which learns only from spans, may
-    report an order stuck that moved on (the telemetry-gap work is what will tell it)."""
 
 
 def _run(*argv: str) -> None:
@@ -113,7 +109,7 @@ def all_faults(broker_seconds: float = 20.0, frozen_seconds: float = 60.0) -> li
             True,
         ),
         Fault("PostgreSQL restarted", postgres_restarted),
-        *(Fault(f"kill -9 {name}", killed(name), loses_spans=True) for name in SERVICES),
+        *(Fault(f"kill -9 {name}", killed(name)) for name in SERVICES),
         Fault("kill -9 monitor", killed("monitor")),
         Fault(f"Jaeger frozen {frozen_seconds:g} s", frozen("jaeger", frozen_seconds)),
         Fault(f"monitor frozen {frozen_seconds:g} s", frozen("monitor", frozen_seconds)),

@@ -97,7 +97,6 @@ class DrillResult:
     """5xx other than 503: an error, where a 503 (with Retry-After) is a refusal by design."""
     unanswered: int
     broker_only: bool
-    loses_spans: bool
     spans: SpanCounters
     monitor_behind: int
     """Orders submitted during the fault whose last move the monitor has not seen."""
@@ -117,7 +116,7 @@ class DrillResult:
             and self.spans.lost == 0
             and not self.spans.unreceived
             and self.ghosts == 0
-            and (not self.contradicted or self.loses_spans)
+            and not self.contradicted
             and self.answered_500 == 0
             and self.settled is not None
             and not (self.broker_only and (self.answered_5xx or self.unanswered))
@@ -233,7 +232,6 @@ async def _audit(
         answered_500=sum(1 for a in answers if a is not None and a >= 500 and a != 503),
         unanswered=answers.count(None),
         broker_only=fault.broker_only,
-        loses_spans=fault.loses_spans,
         spans=spans_since(loupe, spans_before),
         incidents=[i.describe() for i in monitor.incidents],
         monitor_behind=len(monitor.behind(orders, submitted)),

@@ -44,6 +44,13 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await kernel.start()
         try:
+            restated = await orders.restate_recent()
+        except UNAVAILABLE as exc:
+            # Best effort: the orders are safe whatever the monitor believes.
+            log.warning("%s: could not restate recent orders: %s", kernel.service_name, exc)
+        else:
+            log.info("%s: restated %d recently changed orders", kernel.service_name, restated)
+        try:
             yield
         finally:
             await kernel.stop()

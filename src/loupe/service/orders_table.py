@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -25,12 +26,26 @@ from loupe.orders import OrderEvent, OrderSource, OrderStatus, check_transition
 from loupe.orders.lifecycle import is_behind
 from loupe.service import outbox
 from loupe.telemetry import OrderAttributes, set_order_attributes
-from loupe.telemetry.attributes import LINK_REASON, ORDER_FAILURE_REASON, PREVIOUS_STEP
+from loupe.telemetry.attributes import (
+    LINK_REASON,
+    ORDER_FAILURE_REASON,
+    ORDER_ID,
+    ORDER_SOURCE,
+    ORDER_STATUS_TO,
+    PREVIOUS_STEP,
+    STATUS_RESTATED,
+)
 
 log = logging.getLogger(__name__)
 # The steps' spans have carried this scope since the rules lived in one module; Jaeger
 # searches by it.
 _tracer = trace.get_tracer("loupe.orders")
+
+# Covers what a process killed outright may not have exported: its last
+# OTEL_BSP_SCHEDULE_DELAY (5 s) of moves, a restart's backoff, and some held through a
+# collector's outage (telemetry/delivery.py); longer outages than that are the monitor's
+# telemetry gap to report.
+RESTATE_WINDOW = timedelta(minutes=2)
 
 
 class OrderNotFound(Exception):
@@ -80,6 +95,28 @@ class OrderTable:
     @property
     def pool(self) -> asyncpg.Pool:
         return self._connections.pool
+
+    async def restate_recent(self, window: timedelta = RESTATE_WINDOW) -> int:
+        """A span for each order changed in the last `window`, saying the status it is at.
+
+        A process killed outright (`kill -9`, the OOM killer) loses the spans it had not
+        exported yet; the monitor, which learns only from spans, would then report those
+        orders stuck at a status they have left. Said at every start: after a clean stop these
+        spans repeat what was sent, and began after the moves they repeat, so the monitor
+        takes them as copies and changes nothing."""
+        rows = await self.pool.fetch(
+            "SELECT id, source, status FROM orders WHERE updated_at > now() - $1::interval"
+            " ORDER BY updated_at",
+            window,
+        )
+        for row in rows:
+            attributes = {
+                ORDER_ID: row["id"],
+                ORDER_SOURCE: row["source"],
+                ORDER_STATUS_TO: row["status"],
+            }
+            _tracer.start_span(STATUS_RESTATED, attributes=attributes).end()
+        return len(rows)
 
     async def row(self, order_id: str) -> asyncpg.Record:
         row = await self.pool.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)

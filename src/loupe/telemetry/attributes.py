@@ -23,6 +23,9 @@ DUPLICATE_DELIVERY = "loupe.messaging.duplicate"
 # The span event a consumer adds when it moves a message to the dead-letter queue, with why.
 DEAD_LETTERED_EVENT = "dead-lettered"
 DEAD_LETTER_REASON = "loupe.messaging.reason"
+# The span a service starts with for each order it changed just before (orders_table): the
+# status the order is at, with order.status.to and no order.status.from.
+STATUS_RESTATED = "order status restated"
 # On the link from a person's step to the order's previous step (a trace of its own).
 LINK_REASON = "loupe.link.reason"
 PREVIOUS_STEP = "previous order step"
