@@ -266,6 +266,56 @@ async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
     assert [s.service for s in failed.seen_by] == ["crm-api"]
 
 
+async def test_a_broken_finding_follows_its_move_when_the_origin_arrives_after_a_copy(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    reason = "poison message: field occurred_at is missing or not a string"
+    failed = ("SUBMITTED", "FAILED")
+    # CRM's spans are exported first: its dead-lettered copy and its copy of the move.
+    await send(
+        monitor_pool,
+        [
+            made.consumed(
+                "crm.order-status", ago(2.1), order_id="q", error=reason, dead_lettered=True
+            ),
+            made.consumed("crm.order-status", ago(1.5), order_id="q", move=failed),
+        ],
+    )
+    first = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(monitor_pool)
+    assert (finding.service, finding.where) == ("crm-api", "queue crm.order-status")
+    (wrong,) = first.incidents_opened
+
+    # MES's span, which failed the order, arrives seconds later.
+    await send(
+        monitor_pool,
+        [
+            made.consumed(
+                "mes.order-submitted",
+                ago(1),
+                lasted=2,
+                order_id="q",
+                move=failed,
+                error=reason,
+                dead_lettered=True,
+                attributes={"order.failure.reason": reason},
+            )
+        ],
+    )
+    second = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    (finding,) = await store.findings(monitor_pool)
+    assert (finding.service, finding.where) == ("mes-api", "queue mes.order-submitted")
+    assert finding.evidence == f"FAILED: {reason}"
+    (right,) = second.incidents_opened
+    assert (right.service, right.where) == ("mes-api", "queue mes.order-submitted")
+    assert finding.incident_id == right.id
+    # The incident opened on the copy's account held nothing: it resolves, and counts nowhere.
+    (resolved,) = second.incidents_resolved
+    assert (resolved.id, resolved.dismissed) == (wrong.id, True)
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).incidents_opened == []
+
+
 DAY = 24 * 3600.0
 
 

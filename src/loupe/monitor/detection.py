@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STUCK_HORIZON = timedelta(hours=STUCK_HORIZON_HOURS.default)
 PLACE = "place:"
+# How long after an order's row last changed its broken finding may still follow the move's
+# origin: the services export within seconds of each other (OTEL_BSP_SCHEDULE_DELAY, 5 s).
+ORIGIN_GRACE = timedelta(minutes=1)
 """A broken place's finding's subject starts so, then its place key (projection.place_key)."""
 # Failed requests that named no order (or only the order they failed to create), per place:
 # how many since a request last passed there ($2: the place subject's prefix). Only places
@@ -244,9 +247,10 @@ async def _broken(connection: asyncpg.Connection, order: asyncpg.Record) -> _Fin
     )
 
 
-async def _record(
+async def _incident_for(
     connection: asyncpg.Connection, finding: _Finding, now: datetime, result: TickResult
-) -> None:
+) -> asyncpg.Record:
+    """The open incident at the finding's place, opened now if there is none."""
     incident = await connection.fetchrow(
         "SELECT * FROM incidents WHERE state = $1 AND service = $2 AND place = $3"
         " AND resolved_at IS NULL",
@@ -276,6 +280,13 @@ async def _record(
             finding.since,
             finding.deadline,
         )
+    return incident
+
+
+async def _record(
+    connection: asyncpg.Connection, finding: _Finding, now: datetime, result: TickResult
+) -> None:
+    incident = await _incident_for(connection, finding, now, result)
     row = await connection.fetchrow(
         "INSERT INTO findings (subject, order_id, state, status, since, deadline, service, place,"
         " trace_id, evidence, settled, detected_at, incident_id, last_step)"
@@ -298,6 +309,63 @@ async def _record(
     )
     result.opened.append(rows.finding(row))
     result.latencies.append(max((now - finding.deadline).total_seconds(), 0.0))
+
+
+async def _follow_origins(
+    connection: asyncpg.Connection, now: datetime, result: TickResult
+) -> None:
+    """A broken order is reported from the first span of its final status to arrive, which
+    may be a copy following the move (a view mirroring MES's FAILED, its span exported first).
+    When the move's own span arrives, the order's row changes and the finding follows it to the
+    place that failed; an incident left with no finding resolves as one that never was."""
+    moved = await connection.fetch(
+        "SELECT o.*, f.id AS finding_id, f.incident_id AS finding_incident,"
+        " f.service AS finding_service, f.place AS finding_place,"
+        " f.trace_id AS finding_trace_id, f.evidence AS finding_evidence"
+        " FROM findings f JOIN orders o ON o.order_id = f.order_id"
+        " WHERE f.cleared_at IS NULL AND f.settled AND f.state = $1"
+        " AND o.updated_at > f.detected_at AND o.updated_at > $2",
+        FindingKind.BROKEN,
+        now - ORIGIN_GRACE,
+    )
+    for row in moved:
+        finding = await _broken(connection, row)
+        was = (
+            row["finding_service"],
+            row["finding_place"],
+            row["finding_trace_id"],
+            row["finding_evidence"],
+        )
+        if (finding.service, finding.place, finding.trace_id, finding.evidence) == was:
+            continue
+        incident = await _incident_for(connection, finding, now, result)
+        await connection.execute(
+            "UPDATE findings SET service = $2, place = $3, trace_id = $4, evidence = $5,"
+            " incident_id = $6 WHERE id = $1",
+            row["finding_id"],
+            finding.service,
+            finding.place,
+            finding.trace_id,
+            finding.evidence,
+            incident["id"],
+        )
+        log.info(
+            "the finding of order %s follows its origin to %s / %s",
+            finding.order_id,
+            finding.service,
+            finding.place,
+        )
+        emptied = await connection.fetchrow(
+            "UPDATE incidents i SET resolved_at = $2, dismissed = true"
+            " WHERE i.id = $1 AND i.id <> $3 AND i.resolved_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.incident_id = i.id)"
+            " RETURNING i.*",
+            row["finding_incident"],
+            now,
+            incident["id"],
+        )
+        if emptied is not None:
+            result.incidents_resolved.append(rows.incident(emptied, 0))
 
 
 def webhook_body(event: AlertEvent, incident: Incident, console_url: str) -> Alert:
@@ -391,6 +459,7 @@ async def tick(
                 else await _stuck(connection, order, slo, queues, now)
             )
             await _record(connection, finding, now, result)
+        await _follow_origins(connection, now, result)
 
         # A dead letter no order can be named for (a message that did not parse): it is
         # reported once, under the queue it came from, until someone acknowledges it.
@@ -449,7 +518,7 @@ async def tick(
             " RETURNING i.*, (SELECT count(*) FROM findings f WHERE f.incident_id = i.id) AS n",
             now,
         )
-        result.incidents_resolved = [rows.incident(r, r["n"]) for r in resolved]
+        result.incidents_resolved += [rows.incident(r, r["n"]) for r in resolved]
 
         events = [(AlertEvent.OPENED, i) for i in result.incidents_opened] + [
             (AlertEvent.RESOLVED, i) for i in result.incidents_resolved

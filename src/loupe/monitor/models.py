@@ -187,7 +187,8 @@ class Incident(BaseModel):
     acknowledged_at: datetime | None
     dismissed: bool = Field(
         False,
-        description="every finding it held was dismissed: it resolved, and counts toward"
+        description="every finding it held was dismissed (or followed its order to the place"
+        " that failed, when a copy's span had arrived first): it resolved, and counts toward"
         " neither MTTD nor MTTR",
     )
 
