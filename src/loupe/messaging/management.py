@@ -4,10 +4,13 @@ its messages without consuming them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
+
+from loupe.messaging.consumer import order_id_of
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,33 @@ class QueueStats:
         return (
             f"queue {self.name}: {self.ready} ready, {self.unacknowledged} unacknowledged, "
             f"{self.consumers} consumer(s)"
+        )
+
+
+@dataclass(frozen=True)
+class Peeked:
+    """One message as a look at its queue (`Management.peek`) shows it: where it was published,
+    by which app, when (where its publisher said), and the order it names, if any."""
+
+    exchange: str
+    routing_key: str
+    app_id: str | None
+    message_id: str | None
+    published_at: datetime | None
+    order_id: str | None
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Peeked:
+        properties = item.get("properties") or {}
+        stamp = properties.get("timestamp")
+        body = item.get("payload") if item.get("payload_encoding") == "string" else None
+        return cls(
+            exchange=str(item.get("exchange") or ""),
+            routing_key=str(item.get("routing_key") or ""),
+            app_id=properties.get("app_id") or None,
+            message_id=properties.get("message_id") or None,
+            published_at=datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int) else None,
+            order_id=order_id_of(properties.get("headers") or {}, body),
         )
 
 
