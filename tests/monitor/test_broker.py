@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from loupe.messaging.consumer import ORDER_HEADER
 from loupe.messaging.management import Peeked
 from loupe.monitor.broker import (
+    DEAD_LETTERED,
     UNCONSUMED,
     UNKNOWN_APP,
     UNROUTABLE,
@@ -22,7 +23,7 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 def _item(
-    key: str, app: str | None, body: object, stamp: int | None = None, **headers: str
+    key: str, app: str | None, body: object, stamp: int | None = None, **headers: object
 ) -> dict[str, object]:
     properties: dict[str, object] = {"headers": headers, "message_id": "m"}
     if app:
@@ -115,3 +116,29 @@ def test_a_work_queue_with_messages_and_no_consumer_is_stuck_at_its_place() -> N
     assert (found.service, found.place) == ("crm-api", "queue crm.order-status")
     assert found.order_id is None and found.since is None
     assert found.evidence.startswith("queue crm.order-status: 4 ready, 0 consumers")
+
+
+def test_messages_rabbitmq_dead_lettered_itself_are_broken_at_their_queue() -> None:
+    died = int(T0.timestamp())
+    broker_made = {
+        "x-first-death-queue": "mes.order-submitted",
+        "x-first-death-reason": "delivery_limit",
+        "x-death": [{"queue": "mes.order-submitted", "reason": "delivery_limit", "time": died}],
+    }
+    letter = _item("order.submitted", "shop-api", {"order_id": "o-1"}, **broker_made)
+    # loupe's consumer dead-letters with its own headers and no x-death: its span says so.
+    ours = _item("order.submitted", "shop-api", {"order_id": "o-2"}, **{ORDER_HEADER: "o-2"})
+    view = BrokerView((), 0, (), dead_letters=(Peeked.of(letter), Peeked.of(ours)))
+    (found,) = conditions(view)
+    assert found.subject == f"{DEAD_LETTERED}mes.order-submitted|delivery_limit|o-1"
+    assert found.state == FindingKind.BROKEN
+    assert (found.service, found.place, found.order_id) == (
+        "mes-api",
+        "queue mes.order-submitted",
+        "o-1",
+    )
+    assert found.since == T0
+    assert found.evidence.startswith(
+        "1 message dead-lettered by RabbitMQ from mes.order-submitted, about order o-1"
+        " (delivered past the queue's delivery limit without an ack: mes-api fails on it"
+    )

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from loupe.messaging.management import Management
-from loupe.messaging.topology import QUEUES, UNROUTABLE_QUEUE
+from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES, UNROUTABLE_QUEUE
 from loupe.monitor import detection, store
 from loupe.monitor.broker import BrokerWatch
 from loupe.monitor.models import FindingKind, IncidentState
@@ -163,3 +163,46 @@ async def test_while_the_broker_cannot_be_asked_its_findings_stay(
     assert result.cleared == 0 and result.opened == []
     assert [f.id for f in await store.findings(monitor_pool)] == [finding.id]
     assert (await _tick(monitor_pool, watch)).cleared == 1
+
+
+async def test_a_message_rabbitmq_dead_letters_itself_is_broken_until_handled(
+    monitor_pool: asyncpg.Pool, broker: Broker, watch: BrokerWatch
+) -> None:
+    order_id = str(uuid.uuid4())
+    event = OrderEvent.now(
+        order_id=order_id,
+        status=OrderStatus.SUBMITTED,
+        previous_status=None,
+        source=OrderSource.SHOP,
+    )
+    await broker.publisher.publish_event(broker.exchanges.orders, event)
+    # A consumer that never acks it (it crashes on it each time): past the delivery limit
+    # RabbitMQ dead-letters it, and no span says so.
+    queue = await broker.channel.get_queue("mes.order-submitted", ensure=False)
+    returned = 0
+    while (message := await queue.get(no_ack=False, fail=False)) is not None:
+        await message.nack(requeue=True)
+        returned += 1
+    assert returned > 1
+    # The views' copies are consumed, as they would be: nothing else is wrong.
+    for name in ("crm.order-status", "shop.order-status"):
+        await (await broker.channel.get_queue(name, ensure=False)).purge()
+
+    result = await _tick(monitor_pool, watch)
+    (finding,) = result.opened
+    assert (finding.state, finding.service, finding.where, finding.order_id) == (
+        FindingKind.BROKEN,
+        "mes-api",
+        "queue mes.order-submitted",
+        order_id,
+    )
+    assert "dead-lettered by RabbitMQ from mes.order-submitted" in finding.evidence
+    assert "delivery limit" in finding.evidence
+    (incident,) = result.incidents_opened
+    assert (incident.state, incident.where) == (FindingKind.BROKEN, "queue mes.order-submitted")
+
+    # Handled (requeued from the console, or taken off): the finding clears.
+    await broker.get(DEAD_LETTER_QUEUE, "the dead letter")
+    result = await _tick(monitor_pool, watch)
+    assert result.cleared == 1 and await store.findings(monitor_pool) == []
+    assert [i.id for i in result.incidents_resolved] == [incident.id]

@@ -1,14 +1,16 @@
 """Broker-side evidence: the faults RabbitMQ knows of at once and no span tells. A message no
-queue is bound for is kept in `loupe.unroutable`, and a work queue whose consumers are gone
-fills up; neither makes a span. Detection asks the broker every tick (`BrokerWatch.look`) and
+queue is bound for is kept in `loupe.unroutable`, a work queue whose consumers are gone fills
+up, and a message RabbitMQ dead-lettered itself (past the quorum queue's delivery limit: its
+consumer never acked it) lands in `loupe.dead-letter` without loupe's consumer saying so; none
+of them makes a span. Detection asks the broker every tick (`BrokerWatch.look`) and
 turns what it shows into conditions (`conditions`), each a finding while it holds.
 
 The counts come over AMQP: a passive queue.declare is answered by the queue itself, at once.
 The management API's queue figures are sampled every `collect_statistics_interval` (5 s by
 default; a consumer's leaving showed there 5 to 8.5 s late), too late for a finding within
-seconds. The unroutable messages themselves are read through the management API
-(`Management.peek`, each put straight back), and only when their count has changed: every look
-counts as a redelivery in the quorum queue.
+seconds. The messages of the unroutable and dead-letter queues are read through the
+management API (`Management.peek`, each put straight back), and only when the queue's count
+has changed: every look counts as a redelivery in the quorum queue.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from loupe.config import SERVICE_NAMES
 from loupe.messaging.management import Management, Peeked
-from loupe.messaging.topology import QUEUES, UNROUTABLE_QUEUE
+from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES, UNROUTABLE_QUEUE
 from loupe.monitor.models import FindingKind
 from loupe.monitor.spans import queue_place
 
@@ -35,8 +37,12 @@ UNROUTABLE = "unroutable:"
 """An unroutable finding's subject starts so, then its exchange, routing key, app and order."""
 UNCONSUMED = "queue:"
 """A work queue's no-consumer finding's subject starts so, then the queue."""
-SUBJECTS = (UNROUTABLE, UNCONSUMED)
-# How many unroutable messages one look reads; any more are counted, not described.
+DEAD_LETTERED = "dead-lettered:"
+"""A finding of messages RabbitMQ dead-lettered starts so, then their queue, reason and order."""
+SUBJECTS = (UNROUTABLE, UNCONSUMED, DEAD_LETTERED)
+# The queues whose messages are read; their other queues are only counted.
+READ = (UNROUTABLE_QUEUE, DEAD_LETTER_QUEUE)
+# How many messages one look at a queue reads; any more are counted, not described.
 PEEK_LIMIT = 200
 UNKNOWN_APP = "unknown app"
 """The publisher of a message that carries no app_id."""
@@ -55,11 +61,13 @@ class QueueLevel:
 @dataclass(frozen=True)
 class BrokerView:
     """What the broker holds now: each work queue's level (a queue that does not exist is left
-    out), how many messages wait in the unroutable queue, and up to PEEK_LIMIT of them read."""
+    out), how many messages wait in the unroutable queue, and up to PEEK_LIMIT of them read;
+    the dead letters read (up to PEEK_LIMIT)."""
 
     queues: tuple[QueueLevel, ...]
     unroutable: int
     peeked: tuple[Peeked, ...]
+    dead_letters: tuple[Peeked, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,8 @@ def _plural(n: int, word: str) -> str:
 def conditions(view: BrokerView) -> list[Condition]:
     """The findings `view` calls for: one per publishing app, exchange, routing key and order
     among the unroutable messages (one more for those not read); one per work queue with
-    messages ready and no consumer."""
+    messages ready and no consumer; one per queue, reason and order among the dead letters
+    RabbitMQ made itself (loupe's own consumer's are reported from its spans)."""
     found: list[Condition] = []
     groups: dict[tuple[str, str, str, str | None], list[Peeked]] = {}
     for message in view.peeked:
@@ -121,11 +130,11 @@ def conditions(view: BrokerView) -> list[Condition]:
                 f" {UNROUTABLE_QUEUE}, not read yet",
             )
         )
+    found += _dead_lettered(view.dead_letters)
     for level in view.queues:
-        spec = QUEUES.get(level.name)
-        if spec is None or level.consumers or not level.ready:
+        if level.name not in QUEUES or level.consumers or not level.ready:
             continue
-        service = SERVICE_NAMES.get(spec.service, spec.service)
+        service = _service(level.name)
         found.append(
             Condition(
                 subject=f"{UNCONSUMED}{level.name}",
@@ -140,48 +149,97 @@ def conditions(view: BrokerView) -> list[Condition]:
     return found
 
 
+def _service(queue: str) -> str:
+    """The service that consumes `queue` (its span name), or the queue's name."""
+    spec = QUEUES.get(queue)
+    return SERVICE_NAMES.get(spec.service, spec.service) if spec else queue
+
+
+def _dead_lettered(letters: Iterable[Peeked]) -> list[Condition]:
+    groups: dict[tuple[str, str, str | None], list[Peeked]] = {}
+    for letter in letters:
+        if letter.died_in:
+            key = (letter.died_in, letter.died_for or "unknown reason", letter.order_id)
+            groups.setdefault(key, []).append(letter)
+    found = []
+    for (queue, reason, order_id), messages in sorted(
+        groups.items(), key=lambda item: tuple(part or "" for part in item[0])
+    ):
+        service = _service(queue)
+        why = (
+            f"delivered past the queue's delivery limit without an ack: {service} fails on it"
+            " before acking (it crashes, or cannot forward it)"
+            if reason == "delivery_limit"
+            else reason
+        )
+        about = f", about order {order_id}" if order_id else ""
+        stamps = [m.died_at for m in messages if m.died_at is not None]
+        found.append(
+            Condition(
+                subject=f"{DEAD_LETTERED}{queue}|{reason}|{order_id or ''}",
+                state=FindingKind.BROKEN,
+                service=service,
+                place=queue_place(queue),
+                order_id=order_id,
+                evidence=f"{_plural(len(messages), 'message')} dead-lettered by RabbitMQ from"
+                f" {queue}{about} ({why}); kept in {DEAD_LETTER_QUEUE}",
+                since=min(stamps) if stamps else None,
+            )
+        )
+    return found
+
+
 class BrokerWatch:
-    """Looks at the unroutable queue and every work queue (topology.QUEUES) over one AMQP
-    connection of its own, opened again after a failure; the unroutable messages are read
-    through `management`."""
+    """Looks at the unroutable and dead-letter queues and every work queue (topology.QUEUES)
+    over one AMQP connection of its own, opened again after a failure; the messages of the
+    first two are read through `management`."""
 
     def __init__(self, amqp_url: str, management: Management) -> None:
         self._amqp_url = amqp_url
         self._management = management
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._peeked: tuple[Peeked, ...] = ()
-        self._peeked_at_count = 0
+        # Per queue read: its count when last read, and what was read.
+        self._read: dict[str, tuple[int, tuple[Peeked, ...]]] = {}
         self._problem: str | None = None
 
     async def look(self) -> BrokerView | None:
         """What the broker holds now; None when it cannot be asked (then no finding of it
         opens or clears: no news is not good news)."""
         try:
-            levels = await self._levels([UNROUTABLE_QUEUE, *QUEUES])
+            levels = await self._levels([*READ, *QUEUES])
         except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
             self._report(f"RabbitMQ cannot be asked for its queues ({type(exc).__name__})")
             await self.close()
             return None
         self._report(None)
-        unroutable = levels.pop(UNROUTABLE_QUEUE, QueueLevel(UNROUTABLE_QUEUE, 0, 0)).ready
-        if unroutable == 0:
-            self._peeked, self._peeked_at_count = (), 0
-        elif unroutable != self._peeked_at_count:
-            try:
-                items = await self._management.peek(UNROUTABLE_QUEUE, min(unroutable, PEEK_LIMIT))
-            except httpx.HTTPError as exc:
-                # What was read before still stands; the rest shows as not read, and the next
-                # tick tries again.
-                log.warning("cannot read %s: %s", UNROUTABLE_QUEUE, type(exc).__name__)
-            else:
-                self._peeked = tuple(Peeked.of(item) for item in items)
-                self._peeked_at_count = unroutable
+        counts = {name: levels.pop(name, QueueLevel(name, 0, 0)).ready for name in READ}
+        read = {name: await self._read_queue(name, counts[name]) for name in READ}
         return BrokerView(
             queues=tuple(levels.values()),
-            unroutable=unroutable,
-            peeked=self._peeked[:unroutable],
+            unroutable=counts[UNROUTABLE_QUEUE],
+            peeked=read[UNROUTABLE_QUEUE],
+            dead_letters=read[DEAD_LETTER_QUEUE],
         )
+
+    async def _read_queue(self, name: str, count: int) -> tuple[Peeked, ...]:
+        """Up to PEEK_LIMIT of the queue's `count` messages: read again only when the count
+        changed since the last read."""
+        last_count, last = self._read.get(name, (0, ()))
+        if count == 0:
+            self._read.pop(name, None)
+            return ()
+        if count != last_count:
+            try:
+                items = await self._management.peek(name, min(count, PEEK_LIMIT))
+            except httpx.HTTPError as exc:
+                # What was read before still stands (the rest shows as not read), and the next
+                # tick tries again.
+                log.warning("cannot read %s: %s", name, type(exc).__name__)
+            else:
+                last = tuple(Peeked.of(item) for item in items)
+                self._read[name] = (count, last)
+        return last[:count]
 
     async def _levels(self, names: Iterable[str]) -> dict[str, QueueLevel]:
         levels: dict[str, QueueLevel] = {}

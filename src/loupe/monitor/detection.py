@@ -322,10 +322,10 @@ async def _broker_findings(
     )
     gone = await connection.fetch(
         "UPDATE findings f SET cleared_at = $1 WHERE f.cleared_at IS NULL"
-        " AND (starts_with(f.subject, $2) OR starts_with(f.subject, $3))"
-        " AND NOT (f.subject = ANY($4::text[])) RETURNING f.service, f.place",
+        " AND EXISTS (SELECT 1 FROM unnest($2::text[]) p WHERE starts_with(f.subject, p))"
+        " AND NOT (f.subject = ANY($3::text[])) RETURNING f.service, f.place",
         now,
-        *broker.SUBJECTS,
+        list(broker.SUBJECTS),
         subjects,
     )
     result.cleared += len(gone)
