@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 import aio_pika
 import asyncpg
 import pytest
+from prometheus_client import generate_latest
 
 from loupe.messaging.management import Management
 from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES, UNROUTABLE_QUEUE
 from loupe.monitor import detection, store
 from loupe.monitor.broker import BrokerWatch
+from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import FindingKind, IncidentState
 from loupe.orders import OrderEvent, OrderSource, OrderStatus
 from tests.support.integration import AMQP_URL, Broker
@@ -121,6 +123,12 @@ async def test_a_work_queue_with_messages_and_no_consumer_is_stuck_there_at_once
         (FindingKind.STUCK, "crm-api", "queue crm.order-status"),
         (FindingKind.STUCK, "shop-api", "queue shop.order-status"),
     }
+    metrics = FlowMetrics()
+    await metrics.refresh(monitor_pool, SLO)
+    scraped = generate_latest(metrics.registry).decode()
+    assert 'loupe_queues_unconsumed{service="crm-api"} 1.0' in scraped
+    # Not stuck orders: no status to wait at.
+    assert 'loupe_orders_stuck{step="PRICE_CALCULATED"} 0.0' in scraped
 
     # Devops dismiss the shop's: not made again while its queue stays unconsumed.
     shop = found["queue shop.order-status"]
