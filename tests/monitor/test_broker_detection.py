@@ -5,6 +5,7 @@ condition gone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 
 import aio_pika
 import asyncpg
+import httpx
 import pytest
 from prometheus_client import generate_latest
 
@@ -214,3 +216,39 @@ async def test_a_message_rabbitmq_dead_letters_itself_is_broken_until_handled(
     result = await _tick(monitor_pool, watch)
     assert result.cleared == 1 and await store.findings(monitor_pool) == []
     assert [i.id for i in result.incidents_resolved] == [incident.id]
+
+
+async def test_the_watch_connects_again_after_its_connection_is_closed(
+    broker: Broker, watch: BrokerWatch
+) -> None:
+    assert await watch.look() is not None
+    management = MANAGEMENT
+    async with httpx.AsyncClient(auth=management.credentials, timeout=10) as client:
+
+        async def own() -> list[str]:
+            listed = (await client.get(f"{management.url}/api/connections")).json()
+            return [
+                c["name"]
+                for c in listed
+                if c.get("vhost") == management.vhost
+                and (c.get("client_properties") or {}).get("connection_name")
+                == "loupe-monitor broker watch"
+            ]
+
+        for _ in range(100):
+            if names := await own():
+                break
+            await asyncio.sleep(0.1)
+        for name in names:
+            await client.delete(f"{management.url}/api/connections/{name}")
+    # Its client has seen the connection close (aio_pika then raises RuntimeError on its use).
+    await asyncio.sleep(1)
+    # As when RabbitMQ restarts: a look may find it unanswered, none raises, and the watch
+    # soon answers again on a connection of its own.
+    looks = [await watch.look() for _ in range(3)]
+    for _ in range(20):
+        if looks[-1] is not None:
+            break
+        looks.append(await watch.look())
+        await asyncio.sleep(0.1)
+    assert looks[-1] is not None and looks[-1].queues

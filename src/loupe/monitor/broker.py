@@ -46,7 +46,10 @@ READ = (UNROUTABLE_QUEUE, DEAD_LETTER_QUEUE)
 PEEK_LIMIT = 200
 UNKNOWN_APP = "unknown app"
 """The publisher of a message that carries no app_id."""
-AMQP_TIMEOUT = 5.0
+AMQP_TIMEOUT = 2.0  # a passive declare takes about a millisecond
+# What asking the broker raises when it cannot answer: unreachable, timed out, or the
+# connection closed under us (aio_pika then raises RuntimeError on every use of its channel).
+UNANSWERED = (OSError, TimeoutError, RuntimeError, aio_pika.exceptions.AMQPError)
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,7 @@ class BrokerWatch:
         opens or clears: no news is not good news)."""
         try:
             levels = await self._levels([*READ, *QUEUES])
-        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        except UNANSWERED as exc:
             self._report(f"RabbitMQ cannot be asked for its queues ({type(exc).__name__})")
             await self.close()
             return None
@@ -282,5 +285,5 @@ class BrokerWatch:
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
-            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            except UNANSWERED as exc:
                 log.debug("closing the broker watch's connection: %s", exc)
