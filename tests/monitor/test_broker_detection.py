@@ -25,7 +25,8 @@ from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import FindingKind, IncidentState
 from loupe.orders import OrderEvent, OrderSource, OrderStatus
 from tests.support.integration import AMQP_URL, Broker
-from tests.support.monitor import MANAGEMENT, SLO
+from tests.support.monitor import MANAGEMENT, SLO, send
+from tests.support.otlp_spans import Spans, ago
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,11 @@ async def test_unroutable_messages_are_found_at_once_and_clear_when_handled(
         "partner-gateway",
         "exchange loupe.orders, routing key ordr.shipped",
     )
+
+    # The order is one the monitor follows: its own findings' rules leave this one alone.
+    await send(monitor_pool, [Spans().happy_move(0, order_id, ago(1))])
+    assert (await _tick(monitor_pool, watch)).cleared == 0
+    assert [f.id for f in await store.findings(monitor_pool)] == [finding.id]
 
     # Another of the same: counted in the open finding, no new one; another key is another.
     await _misroute(broker, "ordr.shipped", "partner-gateway", order_id)

@@ -408,7 +408,7 @@ async def tick(
         now: datetime = await connection.fetchval("SELECT clock_timestamp()")
         cleared = await connection.fetch(
             "UPDATE findings f SET cleared_at = $1 FROM orders o"
-            " WHERE f.cleared_at IS NULL AND NOT f.settled AND f.order_id = o.order_id AND ("
+            " WHERE f.cleared_at IS NULL AND NOT f.settled AND f.subject = o.order_id AND ("
             "   o.status IS DISTINCT FROM f.status"
             "   OR (f.state = $2 AND (o.deadline IS NULL OR o.deadline > $1"
             "       OR o.broken_at <= $1))"
