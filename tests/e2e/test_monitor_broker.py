@@ -2,7 +2,8 @@
 real stack with the simulated workshop running. An unroutable publish is reported within 5 s
 with its routing key and publisher, and resolves when the message is handled; CRM's consumer
 gone (the process frozen and its connection closed, as the broker does when its heartbeats
-stop) is a no-consumer finding at `crm.order-status` within 5 s, long before any SLO."""
+stop) is a no-consumer finding at `crm.order-status` within 5 s, long before any SLO; the
+orders stuck there when their SLOs run out join its incident."""
 
 from __future__ import annotations
 
@@ -172,6 +173,19 @@ def test_crms_consumer_gone_is_found_at_its_queue_long_before_any_slo(
             "queue crm.order-status",
         )
         assert incident["time_to_detect_seconds"] <= DETECTION_BOUND
+
+        # The orders waiting there meanwhile run out of SLO: stuck at the same place, in the
+        # same incident, which was detected long before them.
+        def stuck_order() -> dict[str, Any] | None:
+            rows = monitored.query(
+                "SELECT * FROM findings WHERE cleared_at IS NULL AND order_id IS NOT NULL"
+                " AND state = 'stuck' AND place = 'queue crm.order-status'"
+            )
+            return rows[0] if rows else None
+
+        order = wait_for(stuck_order, SLO_SECONDS + 15, "an order stuck at crm.order-status")
+        assert order["incident_id"] == finding["incident_id"]
+        assert order["detected_at"] > finding["detected_at"]
     finally:
         monitored.stack.signal_process("crm", signal.SIGCONT)
     resumed = time.monotonic()
