@@ -44,8 +44,8 @@ async def _fill(database: str) -> None:
             span = made.make(
                 service, "step", ago(seconds_ago), order_id=order_id, move=(status_from, status_to)
             )
-            kept, total = decode(otlp([span]))
-            await store.ingest(pool, kept, SLO, total)
+            kept, received = decode(otlp([span]))
+            await store.ingest(pool, kept, SLO, received.total())
         await detection.tick(pool, SLO, None)
     finally:
         await pool.close()
@@ -105,7 +105,10 @@ def test_stuck_and_incidents_piped_fit_columns_and_link_to_the_console(
     code, out, _ = loupe({**monitored, "COLUMNS": "120"}, "incidents")
     assert code == 0
     print(out)
-    assert out.splitlines()[0].startswith("Incidents (last 7 days): 2 open, 0 resolved; MTTD ")
+    summary, detect, resolve, *_ = out.splitlines()
+    assert summary == "Incidents (last 7 days): 2 open, 0 resolved"
+    assert detect.startswith("Time to detect (TTD): median ") and detect.endswith(" 2 incidents")
+    assert resolve == "Time to resolve (TTR): no incident"
     assert all(len(line) <= 120 for line in out.splitlines())
     code, out, _ = loupe(monitored, "incidents", "--json")
     incidents = json.loads(out)["incidents"]

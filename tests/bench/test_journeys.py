@@ -39,8 +39,8 @@ def test_a_submission_that_mes_never_prices_stops_at_submitted() -> None:
     assert moves == [("NEW", "SUBMITTED"), ("NEW", "SUBMITTED")]
     assert {spec.service for spec in SUBMISSION} == {"shop-api", "crm-api"}
     batch, ids = submissions(Journeys(1), 3, 1_000_000_000_000)
-    kept, total = decode(batch.body)
-    assert total == batch.spans == 3 * len(SUBMISSION)
+    kept, received = decode(batch.body)
+    assert received.total() == batch.spans == 3 * len(SUBMISSION)
     assert len(kept) == batch.kept == 3 * sum(s.has_order for s in SUBMISSION)
     assert {f.order_id for f in kept} == set(ids)
     assert {f.status_to for f in kept if f.transition} == {"SUBMITTED"}
@@ -59,7 +59,8 @@ def test_the_steady_flow_is_what_the_monitor_sees_in_the_services_spans() -> Non
     moves: Counter[str] = Counter()
     statuses: dict[str, list[str]] = {}
     for batch in batches:
-        kept, total = decode(batch.body)
+        kept, received = decode(batch.body)
+        total = received.total()
         assert (total, len(kept)) == (batch.spans, batch.kept)
         assert {f.service for f in kept} == (
             {"shop-api", "crm-api", "mes-api"} if total >= full else {f.service for f in kept}

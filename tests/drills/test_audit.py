@@ -62,10 +62,42 @@ def test_only_a_finding_behind_the_databases_is_contradicted() -> None:
     assert contradicted(_orders(), stuck, since=T0 + timedelta(seconds=1)) == set()
 
 
-def test_a_counter_that_went_down_restarted_and_counts_from_zero() -> None:
-    before = SpanCounters(forwarded=100, dropped=2, received=100)
-    after = SpanCounters(forwarded=150, dropped=2, received=30)
-    assert after.since(before) == SpanCounters(forwarded=50, dropped=0, received=30)
+def test_a_counter_that_went_down_restarted_and_counts_from_zero_each_process_apart() -> None:
+    before = SpanCounters(
+        sent={"shop-api": 100, "mes-api": 500},
+        given_up={"shop-api": 0, "mes-api": 3},
+        forwarded=600,
+        dropped=2,
+        received={"shop-api": 95, "mes-api": 500},
+    )
+    # mes-api was killed and restarted: its own counters start again, not the others'.
+    after = SpanCounters(
+        sent={"shop-api": 150, "mes-api": 40},
+        given_up={"shop-api": 1, "mes-api": 0},
+        forwarded=700,
+        dropped=2,
+        received={"shop-api": 150, "mes-api": 590},
+    )
+    since = after.since(before)
+    assert since == SpanCounters(
+        sent={"shop-api": 50, "mes-api": 40},
+        given_up={"shop-api": 1, "mes-api": 0},
+        forwarded=100,
+        dropped=0,
+        received={"shop-api": 55, "mes-api": 90},
+    )
+    assert (since.lost, since.unreceived) == (1, [])
+
+
+def test_a_service_whose_spans_the_monitor_did_not_all_receive_is_named() -> None:
+    counters = SpanCounters(
+        sent={"shop-api": 10, "crm-api": 7},
+        given_up={"shop-api": 0, "crm-api": 0},
+        forwarded=0,
+        dropped=4,
+        received={"shop-api": 12, "crm-api": 6},
+    )
+    assert (counters.lost, counters.unreceived) == (4, ["crm-api"])
 
 
 def test_the_monitor_is_behind_where_it_missed_an_orders_last_move() -> None:

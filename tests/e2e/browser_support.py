@@ -2,17 +2,19 @@
 
 Playwright never downloads a browser here; `scripts/setup-infra.sh` installs the `chromium`
 package, and the browser tests are skipped (`needs_chromium`) when /usr/bin/chromium is
-missing. The `browser` fixture is in tests/e2e/conftest.py.
+missing. The `browser` fixture is here, for tests/e2e/conftest.py to offer every e2e module
+and for the console's browser checks over fakes (tests/portal/test_browser.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Page, Response
+from playwright.sync_api import Browser, Page, Response, sync_playwright
 
 if TYPE_CHECKING:
     from .gateway_support import Gateway
@@ -34,6 +36,19 @@ needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason="needs Debian's chromium (scripts/setup-infra.sh installs it)",
 )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium; a test module using it is marked `needs_chromium`."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def sign_in_with_browser(

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
 
 from loupe.config import SERVICES
 from loupe.stack.components import (
@@ -24,7 +23,8 @@ from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
 from loupe.stack.supervisor import Stack
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS
+# A real browser for every e2e module that asks for one.
+from .browser_support import browser  # noqa: F401
 from .gateway_support import GATEWAY_SERVICES, Gateway, export_span
 from .pipeline_support import Pipeline
 
@@ -85,19 +85,3 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 break
             time.sleep(0.2)
         yield Gateway(settings, files, jaeger, password)
-
-
-# -- a real browser (tests/e2e/browser_support.py) ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium; a test module using it is marked `needs_chromium`."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()

@@ -243,6 +243,10 @@ def test_the_incidents_page_shows_the_resolved_incident(
     row = page.locator("tr[data-incident]", has_text="queue mes.order-submitted").first
     assert "resolved" in row.inner_text()
     assert page.locator("svg rect.bar").count() >= 1, "the MTTR chart has the resolution"
+    # Each time is its median, with its mean and how many incidents it is over.
+    for timed in ("detect", "resolve"):
+        figures = page.locator(f'[data-figures="{timed}"]').inner_text()
+        assert f"median time to {timed}" in figures.lower() and " incident" in figures, figures
     assert page.locator(".uptime .row").count() == 3
     developer.shot("console-incidents.png", full_page=True)
 

@@ -32,6 +32,9 @@ def test_no_order_is_lost_or_ghosted_and_no_finding_is_wrong(loupe: LoupeUp, fau
     assert result.ghosts == 0, result.row()
     if not fault.loses_spans:
         assert result.contradicted == [], result.row()
+    # Every span the services' exporters sent reached the monitor (a kill -9 loses only what
+    # the killed process had not sent yet, which no counter can see).
+    assert (result.spans.lost, result.spans.unreceived) == (0, []), result.row()
     assert result.answered_500 == 0, "only a refusal by design (503) may answer an order"
     # Settled: the outboxes drained after the fault (while the actors run, an event may sit
     # there for milliseconds at any later moment, so the count at the audit proves nothing).

@@ -139,8 +139,8 @@ async def move(
         move=(status_from, status_to),
         error=error,
     )
-    kept, total = decode(otlp([span]))
-    await store.ingest(pool, kept, SLO, total)
+    kept, received = decode(otlp([span]))
+    await store.ingest(pool, kept, SLO, received.total())
 
 
 async def deliveries(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -8,7 +8,6 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, cast
 
 import asyncpg
@@ -29,7 +28,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 class FakeDatabase:
     """Answers refresh()'s queries from memory: open findings per status and per service
     (broken orders and broken places apart; unroutable ones and queues with no consumer apart),
-    the incidents' summary row (avg() gives PostgreSQL numerics: Decimal) and the last
+    the incidents' summary row (with each counted incident's times as arrays) and the last
     probes."""
 
     stuck: dict[str, int] = field(default_factory=dict)
@@ -38,7 +37,7 @@ class FakeDatabase:
     unroutable: dict[str, int] = field(default_factory=dict)
     unconsumed: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] = field(
-        default_factory=lambda: {"open": 0, "resolved": 0, "mttd": None, "mttr": None}
+        default_factory=lambda: {"open": 0, "resolved": 0, "ttd": None, "ttr": None}
     )
     probes: dict[str, bool] = field(default_factory=dict)
 
@@ -80,7 +79,8 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
         stuck={"SUBMITTED": 2, "CLOSED": 5},
         broken={"crm-api": 1},
         places={"shop-api": 1},
-        summary={"open": 3, "resolved": 1, "mttd": Decimal("12.5"), "mttr": None},
+        # Each incident's time to detect (array_agg: None over no incident); one found late.
+        summary={"open": 3, "resolved": 1, "ttd": [10.0, 11.0, 600.0], "ttr": None},
         probes={"shop-api": True, "mes-api": False},
         unroutable={"partner-gateway": 2},
         unconsumed={"crm-api": 1},
@@ -94,9 +94,13 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
     assert seen[("loupe_places_broken", (("service", "shop-api"),))] == 1
     assert ("loupe_orders_broken", (("service", "shop-api"),)) not in seen
     assert seen[("loupe_incidents_open", ())] == 3
-    assert seen[("loupe_mttd_seconds", ())] == 12.5
-    # No incident resolved in the window: not a made-up 0 s mean time to resolve.
+    assert seen[("loupe_mttd_seconds", ())] == 207.0
+    assert seen[("loupe_time_to_detect_median_seconds", ())] == 11.0
+    assert seen[("loupe_time_to_detect_incidents", ())] == 3
+    # No incident resolved in the window: not a made-up 0 s time to resolve.
     assert math.isnan(seen[("loupe_mttr_seconds", ())])
+    assert math.isnan(seen[("loupe_time_to_resolve_median_seconds", ())])
+    assert seen[("loupe_time_to_resolve_incidents", ())] == 0
     assert seen[("loupe_service_up", (("service", "shop-api"),))] == 1
     assert seen[("loupe_service_up", (("service", "mes-api"),))] == 0
     # What the broker shows, apart from the orders.
@@ -122,11 +126,11 @@ async def test_a_service_no_longer_broken_leaves_the_gauge() -> None:
 
 async def test_spans_and_transitions_are_counted_in_the_documented_buckets() -> None:
     metrics = FlowMetrics()
-    metrics.spans_received.inc(3)
+    metrics.spans_received.labels(service="mes-api").inc(3)
     metrics.spans_kept.inc(2)
     metrics.transition_seconds.labels("SUBMITTED", "PRICE_CALCULATED").observe(7)
     seen = await scraped(metrics)
-    assert seen[("loupe_monitor_spans_received_total", ())] == 3
+    assert seen[("loupe_monitor_spans_received_total", (("service", "mes-api"),))] == 3
     assert seen[("loupe_monitor_spans_kept_total", ())] == 2
     move = (("from_status", "SUBMITTED"), ("to_status", "PRICE_CALCULATED"))
     buckets = {
@@ -141,6 +145,7 @@ async def test_spans_and_transitions_are_counted_in_the_documented_buckets() -> 
 async def test_each_monitor_has_its_own_registry() -> None:
     # Several monitors in one process (tests, the benchmark) must not share or clash.
     first, second = FlowMetrics(), FlowMetrics()
-    first.spans_received.inc()
-    assert (await scraped(first))[("loupe_monitor_spans_received_total", ())] == 1
-    assert (await scraped(second))[("loupe_monitor_spans_received_total", ())] == 0
+    first.spans_received.labels(service="shop-api").inc()
+    received = ("loupe_monitor_spans_received_total", (("service", "shop-api"),))
+    assert (await scraped(first))[received] == 1
+    assert received not in await scraped(second)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from loupe.monitor.models import (
     Alert,
     AlertEvent,
+    Durations,
     Finding,
     FindingKind,
     Incident,
@@ -95,3 +96,14 @@ def test_a_webhook_alert_is_the_event_name_and_the_linked_incident() -> None:
     assert body["incident"]["status"] == "resolved"
     assert body["incident"]["console_url"] == "https://x.org/incidents/5"
     assert Alert.model_validate_json(alert.model_dump_json()) == alert
+
+
+def test_durations_give_the_median_beside_the_mean_so_an_outlier_shows() -> None:
+    # Four incidents found in about 30 s and a forged test order found after 600 s.
+    usual = [28.0, 31.0, 30.0, 33.0]
+    figures = Durations.of([*usual, 600.0])
+    assert figures.count == 5
+    assert figures.median_seconds == 31.0, "the usual case"
+    assert figures.mean_seconds == pytest.approx((sum(usual) + 600.0) / 5)
+    assert Durations.of(usual).median_seconds == 30.5, "an even count: the middle two's mean"
+    assert Durations.of([]) == Durations(count=0, median_seconds=None, mean_seconds=None)

@@ -16,8 +16,15 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from loupe import cli
-from loupe.monitor import detection, report
-from loupe.monitor.models import AlertEvent, Finding, Incident, IncidentList
+from loupe.monitor import detection, report, rows
+from loupe.monitor.models import (
+    AlertEvent,
+    Durations,
+    Finding,
+    Incident,
+    IncidentList,
+    Journey,
+)
 from loupe.monitor.report import (
     Column,
     ago,
@@ -152,8 +159,11 @@ INCIDENTS = {
     "window_seconds": 7 * 86400,
     "open": 3,
     "resolved": 1,
-    "mttd_seconds": 31.4,
+    # One incident found late (a forged test order) pulls the mean far from the median.
+    "mttd_seconds": 181.4,
     "mttr_seconds": 443.0,
+    "time_to_detect": {"count": 4, "median_seconds": 31.0, "mean_seconds": 181.4},
+    "time_to_resolve": {"count": 1, "median_seconds": 443.0, "mean_seconds": 443.0},
     "incidents": [
         incident(6, "broken", "crm-api", "queue crm.order-status", 7, 1),
         incident(
@@ -445,12 +455,22 @@ def test_the_link_column_when_wide_a_hint_line_when_not() -> None:
     assert open_hint(None, 80) is None
 
 
+def test_figures_name_their_count_and_say_when_there_is_none() -> None:
+    assert report.figures("TTR", Durations.of([]).model_dump()) == "TTR: no incident"
+    one = Durations.of([90.0]).model_dump()
+    assert report.figures("TTR", one) == "TTR: median 1 min 30 s, mean 1 min 30 s, over 1 incident"
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_incidents_fit_one_per_line(width: int) -> None:
     lines = incidents_lines(width)
     assert all(len(line) <= width for line in lines), lines
-    summary, header, *rows = lines
-    assert summary == "Incidents (last 7 days): 3 open, 1 resolved; MTTD 31.4 s, MTTR 7 min 23 s"
+    summary, detect, resolve, header, *rows = lines
+    assert summary == "Incidents (last 7 days): 3 open, 1 resolved"
+    assert [detect, resolve] == [
+        clip("Time to detect (TTD): median 31.0 s, mean 3 min 1 s, over 4 incidents", width),
+        clip("Time to resolve (TTR): median 7 min 23 s, mean 7 min 23 s, over 1 incident", width),
+    ]
     assert header.split()[-1] == "where"
     link_shown = "link" in header.split()
     assert len(rows) == len(INCIDENTS["incidents"]) + (0 if link_shown else 1)
@@ -470,7 +490,8 @@ def test_incidents_fit_one_per_line(width: int) -> None:
     ],
 )
 def test_incidents_columns_by_width(width: int, dropped: set[str]) -> None:
-    assert columns(incidents_lines(width)) == [c for c in INCIDENT_COLUMNS if c not in dropped]
+    # Under the summary and its two lines of figures.
+    assert columns(incidents_lines(width)[2:]) == [c for c in INCIDENT_COLUMNS if c not in dropped]
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -489,6 +510,26 @@ def test_a_journey_fits_one_move_per_line(width: int) -> None:
     # Lines under the table are cut, not folded.
     full = "error 6 min ago mes-api queue mes.order-submitted: " + JOURNEY["errors"][0]["message"]
     assert error == full if width >= len(full) else error == full[: width - 1] + "…"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_journey_shows_the_statuses_it_passed_unseen_in_their_place(width: int) -> None:
+    # PRICE_CALCULATED's and MANUFACTURING_APPROVED's spans never arrived.
+    transitions = [
+        move("SUBMITTED", "NEW", 400, "shop-api", "POST /orders"),
+        move("MANUFACTURING_STARTED", "MANUFACTURING_APPROVED", 300, "mes-api", "take order"),
+    ]
+    journey = Journey.model_validate(
+        {**JOURNEY, "transitions": transitions, "not_seen": [], "finding": None}
+    )
+    journey.not_seen = rows.not_seen(journey.transitions)
+    lines = rendered(width, report.print_journey, report.journey_json(journey), now=NOW)
+    _, _, submitted, priced, approved, started = lines[:6]
+    assert submitted.startswith("6 min ago ") and "NEW → SUBMITTED" in submitted
+    for line, status in ((priced, "PRICE_CALCULATED"), (approved, "MANUFACTURING_APPROVED")):
+        assert line.startswith("not seen ") and f"? → {status} " in line, line
+    assert started.startswith("5 min ago ") and "MANUFACTURING_APPROVED → M" in started
+    assert all(len(line) <= width for line in lines), lines
 
 
 def test_nothing_stuck_says_so() -> None:

@@ -129,3 +129,50 @@ def test_a_journey_keeps_the_first_span_of_each_status_and_lists_the_followers()
     assert [(e.where, e.dead_lettered) for e in journey.errors] == [("process loupe.orders", True)]
     assert journey.finding is not None and journey.finding.incident_id == 4
     assert (journey.status, journey.source) == ("PRICE_CALCULATED", "shop")
+
+
+def _moves(*steps: tuple[str, str, float]) -> list[dict[str, Any]]:
+    """Transition rows of (from, to, seconds), each its first span."""
+    return [transition(to, "mes-api", seconds, status_from=from_) for from_, to, seconds in steps]
+
+
+@pytest.mark.parametrize(
+    ("steps", "missing"),
+    [
+        # Every move seen: nothing is missing.
+        (
+            [("NEW", "SUBMITTED", 0), ("SUBMITTED", "PRICE_CALCULATED", 5)],
+            [],
+        ),
+        # Two moves lost between: both listed, before the move that came after them.
+        (
+            [("NEW", "SUBMITTED", 0), ("MANUFACTURING_APPROVED", "MANUFACTURING_STARTED", 9)],
+            [
+                ("PRICE_CALCULATED", "MANUFACTURING_STARTED"),
+                ("MANUFACTURING_APPROVED", "MANUFACTURING_STARTED"),
+            ],
+        ),
+        # The very first move lost: the order was SUBMITTED, whatever came first.
+        ([("SUBMITTED", "PRICE_CALCULATED", 5)], [("SUBMITTED", "PRICE_CALCULATED")]),
+        # A failure from a status never seen; the later gap is named for the first move after.
+        (
+            [
+                ("SUBMITTED", "PRICE_CALCULATED", 5),
+                ("MANUFACTURING_STARTED", "FAILED", 9),
+                ("NEW", "SUBMITTED", 0),
+            ],
+            [
+                ("MANUFACTURING_APPROVED", "FAILED"),
+                ("MANUFACTURING_STARTED", "FAILED"),
+            ],
+        ),
+    ],
+    ids=["all-seen", "two-lost", "first-lost", "failed-from-unseen"],
+)
+def test_a_journey_lists_the_statuses_it_passed_unseen(
+    steps: list[tuple[str, str, float]], missing: list[tuple[str, str]]
+) -> None:
+    journey = rows.journey(ORDER, _moves(*steps), [], None)
+    assert [(n.status, n.before) for n in journey.not_seen] == missing
+    # The moves themselves are as reported: nothing is made up for the missing ones.
+    assert sorted(m.status for m in journey.transitions) == sorted(to for _, to, _ in steps)

@@ -35,8 +35,8 @@ class Made(Spans):
 
 
 def one(span: ReadableSpan) -> SpanFacts:
-    kept, total = decode(otlp([span]))
-    assert total == 1
+    kept, received = decode(otlp([span]))
+    assert received.total() == 1
     (facts,) = kept
     return facts
 
@@ -44,7 +44,7 @@ def one(span: ReadableSpan) -> SpanFacts:
 ERROR = Status(StatusCode.ERROR)
 
 
-def test_keeps_spans_of_an_order_or_failed_skips_the_rest_counts_all() -> None:
+def test_keeps_spans_of_an_order_or_failed_skips_the_rest_counts_all_by_service() -> None:
     made = Made()
     spans = [
         made.span("POST /orders", service="shop-api", attributes={"order.id": "o-1"}),
@@ -54,8 +54,8 @@ def test_keeps_spans_of_an_order_or_failed_skips_the_rest_counts_all() -> None:
         made.span("fine", service="mes-api", status=Status(StatusCode.OK)),
         made.span("empty id", service="mes-api", attributes={"order.id": ""}),
     ]
-    kept, total = decode(otlp(spans))
-    assert total == 6
+    kept, received = decode(otlp(spans))
+    assert received == {"shop-api": 2, "mes-api": 4}
     assert [(f.service, f.name, f.order_id, f.error) for f in kept] == [
         ("shop-api", "POST /orders", "o-1", False),
         ("mes-api", "publish", None, True),
@@ -63,7 +63,7 @@ def test_keeps_spans_of_an_order_or_failed_skips_the_rest_counts_all() -> None:
 
 
 def test_an_empty_request_holds_nothing() -> None:
-    assert decode(b"") == ([], 0)
+    assert decode(b"") == ([], {})
 
 
 def test_ids_are_hex_and_times_utc() -> None:

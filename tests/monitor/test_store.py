@@ -141,7 +141,7 @@ async def test_a_span_postgresql_refuses_is_left_out_and_the_rest_stored(
     # Values spans.screen would have cleaned, sent past it: PostgreSQL itself refuses them
     # (a NUL byte; an index entry over its limit), and only they are left out.
     made = Spans()
-    spans, total = decode(
+    spans, received = decode(
         otlp(
             [made.happy_move(0, f"o-{n}", ago(5)) for n in range(5)]
             + [made.happy_move(1, "o-3", ago(1))]
@@ -151,7 +151,7 @@ async def test_a_span_postgresql_refuses_is_left_out_and_the_rest_stored(
     oversized = replace(spans[4], order_id=secrets.token_hex(2000))
     batch = [spans[0], nul, spans[2], spans[3], oversized, spans[5]]
 
-    result = await store.ingest(monitor_pool, batch, SLO, total)
+    result = await store.ingest(monitor_pool, batch, SLO, received.total())
 
     assert [(span.order_id, why.split(" ")[0]) for span, why in result.refused] == [
         (nul.order_id, "CharacterNotInRepertoireError"),
@@ -206,3 +206,94 @@ async def test_a_dismissed_finding_leaves_its_incident_s_times_to_the_others(
     )
     report = await store.incidents(monitor_pool)
     assert report.mttr_seconds == pytest.approx(resolved.time_to_resolve_seconds)
+
+
+async def test_figures_give_count_median_and_mean_and_leave_dismissed_incidents_out(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    # Three places, each an incident: orders waiting about 40 s, 45 s and (a forged test
+    # order nobody looked at) 600 s when detection first runs.
+    spans = [made.happy_move(0, "o-usual", ago(40))]
+    spans += [made.happy_move(step, "o-also", ago(50 - step * 5)) for step in range(2)]
+    spans += [made.happy_move(step, "o-forged", ago(610 - step * 5)) for step in range(3)]
+    await send(monitor_pool, spans)
+    opened = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    by_order = {f.order_id: f for f in opened}
+    assert sorted(by_order) == ["o-also", "o-forged", "o-usual"]
+    assert len({f.incident_id for f in opened}) == 3
+    detect = {order: (f.detected_at - f.since).total_seconds() for order, f in by_order.items()}
+
+    report = await store.incidents(monitor_pool)
+    figures = report.time_to_detect
+    assert figures.count == 3
+    assert figures.median_seconds == pytest.approx(detect["o-also"]), "the middle one"
+    assert figures.mean_seconds == pytest.approx(sum(detect.values()) / 3)
+    assert report.mttd_seconds == figures.mean_seconds
+    assert figures.mean_seconds > 4 * figures.median_seconds, "the outlier moves the mean only"
+    assert report.time_to_resolve.count == 0 and report.time_to_resolve.median_seconds is None
+
+    # Dismissed, the forged order leaves the figures at once, before detection resolves its
+    # incident (which it then does, without a time to resolve).
+    await store.dismiss(monitor_pool, by_order["o-forged"].id, "devops@example.com", "forged")
+    for _ in range(2):
+        report = await store.incidents(monitor_pool)
+        assert report.time_to_detect.count == 2
+        assert report.time_to_detect.median_seconds == pytest.approx(
+            (detect["o-usual"] + detect["o-also"]) / 2
+        )
+        assert report.open + report.resolved == 3, "it is still listed"
+        result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    (resolved,) = [i for i in report.incidents if i.dismissed]
+    assert resolved.id == by_order["o-forged"].incident_id
+    assert resolved.time_to_resolve_seconds is None and result.opened == []
+
+    # The others resolve as their orders move on: each counts toward the time to resolve.
+    await send(
+        monitor_pool,
+        [made.happy_move(1, "o-usual", ago(1)), made.happy_move(2, "o-also", ago(1))],
+    )
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert len(result.incidents_resolved) == 2
+    resolve = sorted(i.time_to_resolve_seconds or 0.0 for i in result.incidents_resolved)
+    report = await store.incidents(monitor_pool)
+    assert report.time_to_resolve.count == 2
+    assert report.time_to_resolve.median_seconds == pytest.approx(sum(resolve) / 2)
+    assert report.time_to_resolve.mean_seconds == pytest.approx(sum(resolve) / 2)
+    assert report.mttr_seconds == report.time_to_resolve.mean_seconds
+
+
+async def test_a_later_status_without_the_earlier_is_not_seen_not_stuck(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    # o-gap was submitted 100 s ago (its SLO there is 30 s); the spans of its pricing and its
+    # approval were lost, and MES taking it 5 s ago arrives: it never stopped.
+    await send(
+        monitor_pool,
+        [made.happy_move(0, "o-gap", ago(100)), made.happy_move(3, "o-gap", ago(5))],
+    )
+    # o-late: the same, but detection ran while only its submission had arrived.
+    await send(monitor_pool, [made.happy_move(0, "o-late", ago(100))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert [(f.order_id, f.status) for f in result.opened] == [("o-late", "SUBMITTED")]
+    await send(monitor_pool, [made.happy_move(3, "o-late", ago(4))])
+    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    assert result.opened == [] and result.cleared == 1
+    assert await store.findings(monitor_pool) == []
+
+    for order in ("o-gap", "o-late"):
+        journey = await store.journey(monitor_pool, order)
+        assert journey is not None and journey.status == OrderStatus.MANUFACTURING_STARTED
+        assert [m.status for m in journey.transitions] == ["SUBMITTED", "MANUFACTURING_STARTED"]
+        assert [(n.status, n.before) for n in journey.not_seen] == [
+            ("PRICE_CALCULATED", "MANUFACTURING_STARTED"),
+            ("MANUFACTURING_APPROVED", "MANUFACTURING_STARTED"),
+        ]
+
+    # A lost span that turns up after all takes its place: it is seen now.
+    await send(monitor_pool, [made.happy_move(1, "o-gap", ago(60))])
+    journey = await store.journey(monitor_pool, "o-gap")
+    assert journey is not None and journey.status == OrderStatus.MANUFACTURING_STARTED
+    assert [n.status for n in journey.not_seen] == ["MANUFACTURING_APPROVED"]
+    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []

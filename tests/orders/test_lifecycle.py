@@ -8,7 +8,7 @@ import pytest
 
 from loupe.messaging.topology import QUEUES
 from loupe.orders import IllegalTransition, OrderStatus, check_transition, routing_key
-from loupe.orders.lifecycle import allowed_next, is_behind
+from loupe.orders.lifecycle import allowed_next, had_by_leaving, is_behind
 
 S = OrderStatus
 
@@ -180,3 +180,14 @@ def test_every_key_a_queue_binds_is_a_status_routing_key() -> None:
     for spec in QUEUES.values():
         for binding in spec.bindings:
             assert binding == "order.*" or binding in keys, (spec.name, binding)
+
+
+@pytest.mark.parametrize("index", range(len(HAPPY)))
+def test_an_order_leaving_a_happy_status_has_had_every_one_before_it(index: int) -> None:
+    assert had_by_leaving(HAPPY[index]) == tuple(HAPPY[: index + 1])
+
+
+@pytest.mark.parametrize("final", [S.REJECTED, S.FAILED])
+def test_a_final_status_off_the_happy_path_is_never_left(final: OrderStatus) -> None:
+    assert had_by_leaving(final) == ()
+    assert allowed_next(final) == frozenset()

@@ -28,6 +28,7 @@ from tests.support.console_fakes import (
     finding,
     incident,
     iso,
+    order_with_lost_moves,
 )
 from tests.support.oidc import CLIENT, ISSUER, FakeProvider, token
 
@@ -62,6 +63,17 @@ def backends() -> FakeBackends:
         incident(4, now - timedelta(hours=3), resolved_after=30.0),
     ]
     return fake
+
+
+def _figures(html: str) -> dict[str, str]:
+    """The incidents page's tiles of figures: median, then mean and count, by what they time."""
+    tiles = re.findall(
+        r'data-figures="(\w+)"><div class="n">([^<]*)</div>'
+        r'.*?<div class="muted small">([^<]*)</div>',
+        html,
+        re.S,
+    )
+    return {name: f"{median} | {rest}" for name, median, rest in tiles}
 
 
 @pytest.fixture
@@ -313,3 +325,55 @@ def test_loupe_up_points_links_at_the_gateway_unless_told_otherwise() -> None:
     assert access_environment(gateway, {})["LOUPE_CONSOLE_URL"] == "http://127.0.0.1:14180"
     told = {"LOUPE_CONSOLE_URL": "https://loupe.example.org"}
     assert access_environment(gateway, told)["LOUPE_CONSOLE_URL"] == "https://loupe.example.org"
+
+
+async def test_the_figures_show_the_median_and_the_count_beside_the_mean(
+    console: httpx.AsyncClient, backends: FakeBackends
+) -> None:
+    page = await console.get("/incidents", params={"window": "24h"}, headers=DEVELOPER)
+    assert _figures(page.text) == {
+        "detect": "12 s | mean 12 s · over 3 incidents",
+        "resolve": "60 s | mean 60 s · over 2 incidents",
+    }
+    # A forged test order found after 10 min and resolved after 50: the medians stay put.
+    now = datetime.now(UTC)
+    backends.incidents.append(
+        incident(5, now - timedelta(hours=1), resolved_after=3000.0, time_to_detect_seconds=600.0)
+    )
+    page = await console.get("/incidents", params={"window": "24h"}, headers=DEVELOPER)
+    assert _figures(page.text) == {
+        "detect": "12 s | mean 3 min · over 4 incidents",
+        "resolve": "90 s | mean 17 min · over 3 incidents",
+    }
+    # Dismissed, it leaves the figures (the monitor leaves it out; the page shows its figures).
+    backends.incidents[-1]["dismissed"] = True
+    page = await console.get("/incidents", params={"window": "24h"}, headers=DEVELOPER)
+    assert _figures(page.text)["resolve"] == "60 s | mean 60 s · over 2 incidents"
+    backends.incidents = []
+    page = await console.get("/incidents", params={"window": "24h"}, headers=DEVELOPER)
+    assert _figures(page.text) == {"detect": "- | no incident", "resolve": "- | no incident"}
+
+
+async def test_an_order_page_shows_the_statuses_it_passed_unseen_in_their_place(
+    console: httpx.AsyncClient, backends: FakeBackends
+) -> None:
+    journey, traces = order_with_lost_moves("order-gap", datetime.now(UTC) - timedelta(minutes=9))
+    backends.journeys["order-gap"], backends.traces["order-gap"] = journey, traces
+    page = await console.get("/orders/order-gap", headers=DEVELOPER)
+    assert page.status_code == 200
+    rows_shown = re.findall(r'data-(move|not-seen)="([A-Z_]+)"', page.text)
+    assert rows_shown == [
+        ("move", "SUBMITTED"),
+        ("not-seen", "PRICE_CALCULATED"),
+        ("not-seen", "MANUFACTURING_APPROVED"),
+        ("move", "MANUFACTURING_STARTED"),
+        ("move", "MANUFACTURING_COMPLETED"),
+        ("move", "SHIPPED"),
+        ("move", "CLOSED"),
+    ]
+    assert page.text.count(">not seen<") == 2
+    assert "on its way to MANUFACTURING_STARTED" in page.text
+    assert len(re.findall(r'class="band-head"', page.text)) == 5, "the traces that did arrive"
+    # A journey with every move seen has no such row.
+    whole = await console.get("/orders/order-closed", headers=DEVELOPER)
+    assert "data-not-seen" not in whole.text

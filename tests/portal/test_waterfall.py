@@ -72,16 +72,22 @@ def test_a_huge_trace_is_cut_and_says_how_many_spans_are_left_out() -> None:
     assert band.hidden == 21
 
 
-def test_mttr_chart_has_one_bar_per_period_with_the_mean() -> None:
+def test_mttr_chart_has_one_bar_per_period_its_median_with_a_mark_at_its_mean() -> None:
     now = T0
+    # (hours ago it started, seconds to resolve): the first three resolved within one hour,
+    # one of them after 50 min.
+    timed = [(5.0, 60.0), (5.01, 120.0), (5.8, 3000.0), (1.0, 30.0), (30.0, 10.0)]
     resolved = [
         Incident.model_validate(incident(n, now - timedelta(hours=h), resolved_after=ttr))
-        for n, (h, ttr) in enumerate([(5.0, 60.0), (5.01, 120.0), (1.0, 30.0), (30.0, 10.0)])
+        for n, (h, ttr) in enumerate(timed)
     ]
     still_open = Incident.model_validate(incident(9, now - timedelta(minutes=5)))
     chart = charts.mttr_chart([*resolved, still_open], timedelta(hours=24), now, buckets=24)
-    assert chart.resolved == 3, "the one resolved before the window and the open one are out"
-    tall, short = sorted(chart.bars, key=lambda b: -b.height)
-    assert tall.height == chart.height and chart.top_seconds == 90.0
-    assert short.height == round(chart.height * 30 / 90, 2)
-    assert "2 resolved" in tall.title and "mean time to resolve 90 s" in tall.title
+    assert chart.resolved == 4, "the one resolved before the window and the open one are out"
+    slow, quick = sorted(chart.bars, key=lambda b: b.x)
+    # The axis reaches the slow period's mean, (60 + 120 + 3000) / 3 s; its bar is its median.
+    assert chart.top_seconds == 1060.0 and slow.mean_y == 0.0
+    assert slow.height == round(chart.height * 120 / 1060, 2)
+    assert "3 resolved" in slow.title and "median 2 min, mean 18 min" in slow.title
+    assert quick.height == round(chart.height * 30 / 1060, 2)
+    assert quick.mean_y == quick.y, "one incident: its median is its mean"

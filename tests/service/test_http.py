@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from loupe.config import Settings
@@ -31,6 +33,7 @@ from loupe.service.http import (
 )
 from loupe.service.kernel import ServiceKernel
 from loupe.stack.process import Process, free_port
+from loupe.telemetry.delivery import SPANS_EXPORTED, SPANS_EXPORTED_METRIC, Exported, Kind
 from tests.support.service_fakes import FakeOrders
 
 
@@ -251,3 +254,21 @@ def test_on_sigterm_serve_flushes_telemetry_before_the_process_ends(tmp_path: Pa
         assert flushed.read_text() == "yes"
     finally:
         child.stop()
+
+
+async def test_metrics_show_how_the_processs_spans_fared_on_their_way_to_jaeger(
+    client: httpx.AsyncClient,
+) -> None:
+    SPANS_EXPORTED.labels(result=Exported.SENT, kind=Kind.ORDER).inc(0)  # the sample exists
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    labels = {"result": "sent", "kind": "order"}
+    assert samples[
+        (SPANS_EXPORTED_METRIC, tuple(sorted(labels.items())))
+    ] == REGISTRY.get_sample_value(SPANS_EXPORTED_METRIC, labels)

@@ -14,6 +14,8 @@ from urllib.parse import unquote
 
 import httpx
 
+from loupe.monitor import rows
+from loupe.monitor.models import Durations, Move
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
 from loupe.telemetry import attributes as attr
@@ -224,6 +226,20 @@ def closed_order(order_id: str, began: datetime) -> tuple[dict[str, Any], list[d
     return journey, traces
 
 
+def order_with_lost_moves(
+    order_id: str, began: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """closed_order's journey and traces without the spans of its second and third moves (lost
+    on the way to Jaeger), and the statuses the monitor then lists as not seen."""
+    journey, traces = closed_order(order_id, began)
+    lost = {OrderStatus.PRICE_CALCULATED.value, OrderStatus.MANUFACTURING_APPROVED.value}
+    kept = [m for m in journey["transitions"] if m["status"] not in lost]
+    unseen = rows.not_seen([Move.model_validate(m) for m in kept])
+    journey |= {"transitions": kept, "not_seen": [n.model_dump() for n in unseen]}
+    traced = {m["trace_id"] for m in kept}
+    return journey, [t for t in traces if t["traceID"] in traced]
+
+
 @dataclass
 class FakeBackends:
     """What the monitor and Jaeger hold; `down` names the ones that do not answer."""
@@ -262,12 +278,19 @@ class FakeBackends:
             return httpx.Response(200, json=found) if found else httpx.Response(404, json={})
         if path == "/incidents":
             resolved = [i for i in self.incidents if i["resolved_at"]]
+            counted = [i for i in self.incidents if not i.get("dismissed")]
+            detect = Durations.of([i["time_to_detect_seconds"] for i in counted])
+            resolve = Durations.of(
+                [i["time_to_resolve_seconds"] for i in counted if i["resolved_at"]]
+            )
             body = {
                 "window_seconds": float(request.url.params["window_hours"]) * 3600,
                 "open": len(self.incidents) - len(resolved),
                 "resolved": len(resolved),
-                "mttd_seconds": 12.0 if self.incidents else None,
-                "mttr_seconds": 95.0 if resolved else None,
+                "mttd_seconds": detect.mean_seconds,
+                "mttr_seconds": resolve.mean_seconds,
+                "time_to_detect": detect.model_dump(),
+                "time_to_resolve": resolve.model_dump(),
                 "incidents": self.incidents,
             }
             return httpx.Response(200, json=body)

@@ -21,5 +21,5 @@ HAPPY = list(HAPPY_MOVES)
 
 async def send(pool: asyncpg.Pool, spans: Sequence[ReadableSpan]) -> store.IngestResult:
     """`spans` through OTLP encoding and the monitor's decoder into the store."""
-    kept, total = decode(otlp(spans))
-    return await store.ingest(pool, kept, SLO, total)
+    kept, received = decode(otlp(spans))
+    return await store.ingest(pool, kept, SLO, received.total())

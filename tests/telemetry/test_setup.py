@@ -18,6 +18,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from loupe.monitor.spans import decode
 from loupe.telemetry import setup
+from loupe.telemetry.delivery import Exported
+from tests.telemetry.test_delivery import exported
 
 VARIABLES = (
     "OTEL_SDK_DISABLED",
@@ -26,6 +28,7 @@ VARIABLES = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
@@ -96,13 +99,28 @@ def _trace_one_span(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
 def test_spans_are_sent_to_the_otlp_endpoint_with_its_headers_by_shutdown(
     made: list[TracerProvider], collector: Received, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sent = exported(Exported.SENT)
     _trace_one_span(monkeypatch, OTEL_EXPORTER_OTLP_HEADERS="x-tenant=workshop")
     assert len(made) == 1, "the provider is made the global one"
     ((path, headers, body),) = collector
     assert (path, headers["x-tenant"]) == ("/v1/traces", "workshop")
-    (span,), total = decode(body)
-    assert (total, span.name, span.order_id) == (1, "price order", "o-1")
+    (span,), received = decode(body)
+    assert (received.total(), span.name, span.order_id) == (1, "price order", "o-1")
     assert b"ada@example.com" not in body, "spans are redacted on the way out"
+    assert exported(Exported.SENT) - sent == 1, "counted as sent for the drills' audit"
+
+
+def test_spans_the_collector_never_took_are_counted_as_dropped_at_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dropped = exported(Exported.DROPPED)
+    # Nothing listens on port 9 (discard) here: the connection is refused at once.
+    _trace_one_span(
+        monkeypatch,
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+    )
+    assert exported(Exported.DROPPED) - dropped == 1
 
 
 def test_the_services_name_wins_over_the_environments(

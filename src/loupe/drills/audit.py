@@ -1,9 +1,10 @@
 """What a drill left behind, read from the ground truth: the services' own databases, the
-monitor's database, and the counters Jaeger and the monitor publish."""
+monitor's database, and the span counters the services, Jaeger and the monitor publish."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import reduce
 
@@ -11,12 +12,13 @@ import asyncpg
 import httpx
 
 from loupe.bench.measure import metric_sum
-from loupe.config import SERVICES, Settings
+from loupe.config import SERVICE_NAMES, SERVICES, Settings
 from loupe.database import dsn_for
 from loupe.drills.stack import LoupeUp
 from loupe.monitor.models import FindingKind
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import is_behind
+from loupe.telemetry.delivery import SPANS_EXPORTED_METRIC, Exported, Kind
 
 MONITOR_EXPORTER = {"exporter": "otlphttp/monitor"}
 
@@ -167,33 +169,89 @@ def contradicted(
     return found
 
 
+PerService = dict[str, float]
+
+
+def _delta(now: float, then: float) -> float:
+    # A counter lower than before belongs to a restarted process: count it from zero.
+    return now - then if now >= then else now
+
+
 @dataclass(frozen=True)
 class SpanCounters:
-    """Order spans Jaeger forwarded to the monitor (sent, and lost on the way: failed to send or
-    to queue), and what the monitor received. Counters restart with their process."""
+    """The services' order spans (those Jaeger forwards to the monitor) on each hop: sent by
+    their exporters (or given up after holding them through a collector outage), forwarded by
+    Jaeger to the monitor (or dropped: failed to send or to queue), and received by the monitor
+    from those services. Each counter restarts with its process, so the services' are kept
+    apart."""
 
+    sent: PerService
+    given_up: PerService
     forwarded: float
     dropped: float
-    received: float
+    received: PerService
+    """By the service that sent them."""
+
+    @property
+    def lost(self) -> float:
+        return sum(self.given_up.values()) + self.dropped
+
+    @property
+    def unreceived(self) -> list[str]:
+        """Services that sent more spans than the monitor received from them."""
+        return [s for s, n in self.sent.items() if self.received.get(s, 0.0) < n]
 
     def since(self, before: SpanCounters) -> SpanCounters:
-        # A counter lower than before belongs to a restarted process: count it from zero.
-        def delta(now: float, then: float) -> float:
-            return now - then if now >= then else now
+        def each(now: PerService, then: PerService) -> PerService:
+            return {s: _delta(n, then.get(s, 0.0)) for s, n in now.items()}
 
         return SpanCounters(
-            delta(self.forwarded, before.forwarded),
-            delta(self.dropped, before.dropped),
-            delta(self.received, before.received),
+            each(self.sent, before.sent),
+            each(self.given_up, before.given_up),
+            _delta(self.forwarded, before.forwarded),
+            _delta(self.dropped, before.dropped),
+            each(self.received, before.received),
         )
 
 
 def read_spans(loupe: LoupeUp) -> SpanCounters:
+    settings = loupe.sandbox.settings
+    exported = {
+        SERVICE_NAMES[s]: httpx.get(f"{settings.service_urls[s]}/metrics", timeout=5).text
+        for s in SERVICES
+    }
     jaeger = httpx.get(f"http://127.0.0.1:{loupe.jaeger.metrics}/metrics", timeout=5).text
     monitor = httpx.get(f"{loupe.sandbox.monitor_url}/metrics", timeout=5).text
+
+    def by_result(result: Exported) -> PerService:
+        # Order spans only: Jaeger forwards no others to the monitor.
+        labels = {"result": result.value, "kind": Kind.ORDER.value}
+        return {
+            name: metric_sum(text, SPANS_EXPORTED_METRIC, labels) for name, text in exported.items()
+        }
+
     return SpanCounters(
+        sent=by_result(Exported.SENT),
+        given_up=by_result(Exported.DROPPED),
         forwarded=metric_sum(jaeger, "otelcol_exporter_sent_spans_total", MONITOR_EXPORTER),
         dropped=metric_sum(jaeger, "otelcol_exporter_send_failed_spans_total", MONITOR_EXPORTER)
         + metric_sum(jaeger, "otelcol_exporter_enqueue_failed_spans_total", MONITOR_EXPORTER),
-        received=metric_sum(monitor, "loupe_monitor_spans_received_total"),
+        received={
+            name: metric_sum(monitor, "loupe_monitor_spans_received_total", {"service": name})
+            for name in exported
+        },
     )
+
+
+def spans_since(loupe: LoupeUp, before: SpanCounters, patience: float = 20.0) -> SpanCounters:
+    """The counters since `before`, with the monitor given up to `patience` seconds to receive
+    what the services had sent when first read: spans keep flowing, and those a service had
+    just sent are still in Jaeger's batch or on their way."""
+    sent = read_spans(loupe).since(before)
+    deadline = time.monotonic() + patience
+    while True:
+        later = read_spans(loupe).since(before)
+        caught_up = all(later.received.get(s, 0.0) >= n for s, n in sent.sent.items())
+        if caught_up or time.monotonic() > deadline:
+            return replace(later, sent=sent.sent, given_up=sent.given_up)
+        time.sleep(1)

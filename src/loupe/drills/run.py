@@ -17,7 +17,14 @@ from rich.console import Console
 
 from loupe.actors import Workshop
 from loupe.bench.slo import slo_toml
-from loupe.drills.audit import SpanCounters, contradicted, read_monitor, read_orders, read_spans
+from loupe.drills.audit import (
+    SpanCounters,
+    contradicted,
+    read_monitor,
+    read_orders,
+    read_spans,
+    spans_since,
+)
 from loupe.drills.faults import Fault
 from loupe.drills.stack import LoupeUp
 from loupe.orders import OrderStatus
@@ -102,10 +109,13 @@ class DrillResult:
 
     @property
     def passed(self) -> bool:
-        """What the drills promise: nothing lost, no ghost, no finding the databases
-        contradict, and no 5xx while only the broker was away."""
+        """What the drills promise: nothing lost, no ghost, every span the services sent
+        received by the monitor, no finding the databases contradict, and no 5xx while only the
+        broker was away."""
         return (
             self.lost == 0
+            and self.spans.lost == 0
+            and not self.spans.unreceived
             and self.ghosts == 0
             and (not self.contradicted or self.loses_spans)
             and self.answered_500 == 0
@@ -120,14 +130,15 @@ class DrillResult:
             f"| {self.fault} | {self.lasted:.0f} s | {self.submitted} | {self.closed} / "
             f"{self.moving} / {self.failed} | **{self.lost}** | **{self.ghosts}** | "
             f"{self.answered_5xx} / {self.unanswered} of {self.requests} | "
-            f"{self.spans.forwarded:.0f} / {self.spans.received:.0f} / {self.spans.dropped:.0f} "
+            f"{sum(self.spans.sent.values()):.0f} / {sum(self.spans.received.values()):.0f} / "
+            f"{self.spans.lost:.0f} "
             f"| {self.monitor_behind} | {incidents} | **{len(self.contradicted)}** | {settled} |"
         )
 
 
 TABLE_HEADER = (
     "| drill | lasted | orders submitted | closed / moving / failed | lost | ghosts "
-    "| customer 5xx / no answer | spans forwarded / received / dropped | monitor behind "
+    "| customer 5xx / no answer | services' spans sent / received / lost | monitor behind "
     "| incidents | findings contradicted | settled in |\n"
     "|---|---:|---:|---|---:|---:|---|---|---:|---|---:|---:|"
 )
@@ -223,7 +234,7 @@ async def _audit(
         unanswered=answers.count(None),
         broker_only=fault.broker_only,
         loses_spans=fault.loses_spans,
-        spans=read_spans(loupe).since(spans_before),
+        spans=spans_since(loupe, spans_before),
         incidents=[i.describe() for i in monitor.incidents],
         monitor_behind=len(monitor.behind(orders, submitted)),
         contradicted=[

@@ -263,12 +263,12 @@ def create_app(
         if len(raw) > MAX_BODY:
             raise HTTPException(413, f"the request is over {MAX_BODY} bytes; send smaller batches")
         try:
-            decoded, total = decode(_body(raw, request.headers.get("content-encoding", "")))
+            decoded, received = decode(_body(raw, request.headers.get("content-encoding", "")))
         except MalformedSpans as exc:
             raise HTTPException(400, str(exc)) from None
         spans, unstorable = screen(decoded)
         try:
-            result = await store.ingest(monitor.db, spans, monitor.slo, total)
+            result = await store.ingest(monitor.db, spans, monitor.slo, received.total())
         # OTLP senders retry a 503 and drop a batch answered 500: while PostgreSQL is away (or
         # the pool closes as the monitor stops) the spans wait in the collector's queue.
         except UNAVAILABLE as exc:
@@ -284,7 +284,8 @@ def create_app(
             unstorable.append(UnstorableSpan(span, Unstorable.REFUSED, (), True, why))
         for bad in unstorable:
             _count_unstorable(monitor.metrics, bad)
-        monitor.metrics.spans_received.inc(total)
+        for service, count in received.items():
+            monitor.metrics.spans_received.labels(service=service).inc(count)
         monitor.metrics.spans_kept.inc(len(decoded))
         for status_from, status_to, seconds in result.durations:
             monitor.metrics.transition_seconds.labels(status_from, status_to).observe(seconds)
@@ -398,11 +399,15 @@ def _found(value: T | None, missing: str) -> T:
 
 
 def _judge(moves: list[Move], slo: Slo) -> None:
-    """Adds to each move how long the order waited since the move before it, what the SLO of
-    the status it left allows, and whether that was met."""
-    previous: datetime | None = None
+    """Adds to each move how long the order waited at the status it left (since the move to
+    that status), what the SLO of that status allows, and whether that was met. When no span
+    reported the move to the status it left (Journey.not_seen), how long it waited there is
+    unknown: the time since an earlier move spans several steps and would make a missed SLO
+    up."""
+    arrived = {move.status: move.at for move in moves}
     for move in moves:
         step = slo.step(move.from_)
+        previous = arrived.get(move.from_)
         waited = (move.at - previous).total_seconds() if previous else None
         move.waited_seconds = waited
         move.slo_seconds = step.within.total_seconds() if step else None
@@ -411,7 +416,6 @@ def _judge(moves: list[Move], slo: Slo) -> None:
             if waited is not None and move.slo_seconds is not None
             else None
         )
-        previous = move.at
 
 
 def run_monitor() -> None:

@@ -22,7 +22,9 @@ class FlowMetrics:
         self.registry = CollectorRegistry()
         self.spans_received = Counter(
             "loupe_monitor_spans_received",
-            "Spans received over OTLP, before the monitor's own filter.",
+            "Spans received over OTLP, before the monitor's own filter, by the service that"
+            " sent them (service.name).",
+            ["service"],
             registry=self.registry,
         )
         self.spans_kept = Counter(
@@ -95,6 +97,27 @@ class FlowMetrics:
             "Mean time to detect, over incidents opened in the last 7 days.",
             registry=self.registry,
         )
+        # The medians and counts beside the means: one outlier moves a mean, not a median.
+        self.ttr_median = Gauge(
+            "loupe_time_to_resolve_median_seconds",
+            "Median time to resolve, over incidents resolved in the last 7 days.",
+            registry=self.registry,
+        )
+        self.ttd_median = Gauge(
+            "loupe_time_to_detect_median_seconds",
+            "Median time to detect, over incidents opened in the last 7 days.",
+            registry=self.registry,
+        )
+        self.ttr_incidents = Gauge(
+            "loupe_time_to_resolve_incidents",
+            "How many incidents the time to resolve is over (resolved in the last 7 days).",
+            registry=self.registry,
+        )
+        self.ttd_incidents = Gauge(
+            "loupe_time_to_detect_incidents",
+            "How many incidents the time to detect is over (opened in the last 7 days).",
+            registry=self.registry,
+        )
         self.service_up = Gauge(
             "loupe_service_up",
             "1 when the service's last health probe passed.",
@@ -142,10 +165,15 @@ class FlowMetrics:
             gauge = self.unroutable if row["unroutable"] else self.queues_unconsumed
             gauge.labels(service=row["service"]).set(row["n"])
         self.incidents_open.set(summary.open)
+        detect, resolve = summary.time_to_detect, summary.time_to_resolve
         for gauge, seconds in (
-            (self.mttr, summary.mttr_seconds),
-            (self.mttd, summary.mttd_seconds),
+            (self.mttr, resolve.mean_seconds),
+            (self.mttd, detect.mean_seconds),
+            (self.ttr_median, resolve.median_seconds),
+            (self.ttd_median, detect.median_seconds),
         ):
             gauge.set(float("nan") if seconds is None else seconds)
+        self.ttr_incidents.set(resolve.count)
+        self.ttd_incidents.set(detect.count)
         for row in probes:
             self.service_up.labels(service=row["service"]).set(1 if row["ok"] else 0)

@@ -9,6 +9,8 @@ or resolved) is an IncidentState, a different thing from an order's `status` (an
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 
@@ -130,7 +132,9 @@ class Move(BaseModel):
     linked: list[LinkedSpan]
     seen_by: list[SeenBy]
     waited_seconds: float | None = Field(
-        None, description="time since the previous move the monitor saw"
+        None,
+        description="time since the move to the status it left; none when no span reported"
+        " that move",
     )
     slo_seconds: float | None = Field(
         None, description="how long the SLO lets an order wait at the status it left"
@@ -148,11 +152,24 @@ class JourneyError(BaseModel):
     span_id: str
 
 
+class NotSeen(BaseModel):
+    """A status the order must have had (a later move left it, or one after it) that no span
+    reported: its move's span was lost on the way (an exporter that could not reach Jaeger),
+    not a stuck order."""
+
+    status: str
+    before: str = Field(description="the first move seen after it")
+
+
 class Journey(BaseModel):
     order_id: str
     status: str | None
     source: str | None
     transitions: list[Move]
+    not_seen: list[NotSeen] = Field(
+        default_factory=list,
+        description="the statuses the order passed whose moves no span reported, in order",
+    )
     errors: list[JourneyError]
     finding: Finding | None
 
@@ -185,12 +202,42 @@ class IncidentDetail(Incident):
     findings: list[Finding]
 
 
+class Durations(BaseModel):
+    """Times to detect or to resolve of a window's incidents: how many, their median and their
+    mean. The median is the usual case; the mean alone lets one outlier (a forged test order
+    found after 10 min) hide it."""
+
+    count: int = Field(description="how many incidents the figures are over")
+    median_seconds: float | None = Field(description="none without any incident")
+    mean_seconds: float | None = Field(description="none without any incident")
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Durations:
+        if not seconds:
+            return cls(count=0, median_seconds=None, mean_seconds=None)
+        return cls(
+            count=len(seconds),
+            median_seconds=statistics.median(seconds),
+            mean_seconds=statistics.fmean(seconds),
+        )
+
+
 class IncidentList(BaseModel):
     window_seconds: float
     open: int
     resolved: int
-    mttd_seconds: float | None = Field(description="over the incidents not dismissed")
-    mttr_seconds: float | None = Field(description="over the resolved incidents not dismissed")
+    mttd_seconds: float | None = Field(
+        description="the mean time to detect (time_to_detect.mean_seconds)"
+    )
+    mttr_seconds: float | None = Field(
+        description="the mean time to resolve (time_to_resolve.mean_seconds)"
+    )
+    time_to_detect: Durations = Field(
+        description="over the incidents not dismissed: open ones and those of the window"
+    )
+    time_to_resolve: Durations = Field(
+        description="over the resolved incidents of the window not dismissed"
+    )
     incidents: list[Incident]
 
 

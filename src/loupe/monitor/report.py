@@ -376,11 +376,37 @@ def print_findings(found: list[Row], console: Console, now: datetime | None = No
     _hint_if_dropped(layout, found, console)
 
 
+NOT_SEEN = "not seen"
+"""The `when` of a status the order passed that no span reported (Journey.not_seen)."""
+
+
+def journey_rows(journey: Row) -> list[Row]:
+    """The journey's moves, each status it passed unseen as a row of its own just before the
+    first move seen after it (no time, service or trace: nothing reported it)."""
+    rows: list[Row] = []
+    for move in journey["transitions"]:
+        for missing in journey.get("not_seen", ()):
+            if missing["before"] == move["status"]:
+                rows.append(
+                    {
+                        "at": None,
+                        "from": "?",
+                        "status": missing["status"],
+                        "service": None,
+                        "trace_id": None,
+                        "seen_by": [],
+                        "operation": "no span reported this move",
+                    }
+                )
+        rows.append(move)
+    return rows
+
+
 def journey_columns(now: datetime) -> list[Column]:
     """`loupe journey`'s columns. As the width shrinks: the trace id goes first, then who
     followed each move (seen by) and the UTC time; the operation is always last."""
     return [
-        Column("when", lambda m: ago(m["at"], now)),
+        Column("when", lambda m: ago(m["at"], now) if m["at"] else NOT_SEEN),
         Column("at (UTC)", lambda m: utc(m["at"]), drop=3),
         Column("move", lambda m: f"{m['from']} → {m['status']}"),
         Column("service", _or_dash("service")),
@@ -401,7 +427,7 @@ def print_journey(
             f": {journey['status'] or '?'} ({journey['source'] or 'source unknown'})",
         ),
     )
-    moves = journey["transitions"]
+    moves = journey_rows(journey)
     if moves:
         console.print(table(choose(journey_columns(now), moves, console.width), moves))
     for error in journey["errors"]:
@@ -451,13 +477,28 @@ def incident_columns(now: datetime) -> list[Column]:
     ]
 
 
+def figures(name: str, durations: Row) -> str:
+    """A line of `durations` (a Durations), the median first: "time to detect: median 31.0 s,
+    mean 2 min 10 s, over 5 incidents". A mean alone would let one outlier hide the usual
+    case."""
+    count = durations["count"]
+    if not count:
+        return f"{name}: no incident"
+    return (
+        f"{name}: median {duration(durations['median_seconds'])},"
+        f" mean {duration(durations['mean_seconds'])},"
+        f" over {count} incident{'s' if count != 1 else ''}"
+    )
+
+
 def print_incidents(report: Row, console: Console, now: datetime | None = None) -> None:
     line(
         console,
         f"Incidents (last {window(report['window_seconds'])}): "
-        f"{report['open']} open, {report['resolved']} resolved; "
-        f"MTTD {duration(report['mttd_seconds'])}, MTTR {duration(report['mttr_seconds'])}",
+        f"{report['open']} open, {report['resolved']} resolved",
     )
+    line(console, figures("Time to detect (TTD)", report["time_to_detect"]))
+    line(console, figures("Time to resolve (TTR)", report["time_to_resolve"]))
     found = report["incidents"]
     if not found:
         return

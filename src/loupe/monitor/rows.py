@@ -15,9 +15,12 @@ from loupe.monitor.models import (
     JourneyError,
     LastStep,
     Move,
+    NotSeen,
     SeenBy,
 )
 from loupe.monitor.projection import rank
+from loupe.orders import OrderStatus
+from loupe.orders.lifecycle import had_by_leaving
 
 Row = Mapping[str, Any]
 
@@ -69,6 +72,23 @@ def incident(row: Row, orders: int) -> Incident:
     )
 
 
+def not_seen(moves: Sequence[Move]) -> list[NotSeen]:
+    """The statuses the order must have had that none of `moves` reached: each status a move
+    left, and those before it (lifecycle.had_by_leaving), that no move is to. Each is listed
+    once, before the first move seen after it, in the lifecycle's order."""
+    seen = {move.status for move in moves}
+    missing: dict[str, NotSeen] = {}
+    for move in sorted(moves, key=lambda m: rank(m.status)):
+        try:
+            left = OrderStatus(move.from_)
+        except ValueError:  # NEW, the first move's `from`: no status before it
+            continue
+        for status in had_by_leaving(left):
+            if status not in seen and status not in missing:
+                missing[status] = NotSeen(status=status, before=move.status)
+    return sorted(missing.values(), key=lambda n: rank(n.status))
+
+
 def journey(
     order: Row, transitions: Sequence[Row], errors: Sequence[Row], open_finding: Row | None
 ) -> Journey:
@@ -96,6 +116,7 @@ def journey(
         status=order["status"],
         source=order["source"],
         transitions=sorted(moves.values(), key=lambda m: (m.at, rank(m.status))),
+        not_seen=not_seen(list(moves.values())),
         errors=[JourneyError.model_validate({**e, "where": e["place"]}) for e in errors],
         finding=finding(open_finding) if open_finding else None,
     )

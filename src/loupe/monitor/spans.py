@@ -6,6 +6,7 @@ so the monitor works behind a collector that sends it everything.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -247,22 +248,23 @@ def _facts(span: Span, service: str) -> SpanFacts | None:
     )
 
 
-def decode(body: bytes) -> tuple[list[SpanFacts], int]:
-    """The spans worth keeping from one OTLP/protobuf request, and how many it held in all."""
+def decode(body: bytes) -> tuple[list[SpanFacts], Counter[str]]:
+    """The spans worth keeping from one OTLP/protobuf request, and how many it held from each
+    service (service.name): the last hop of the count that every span sent arrived."""
     request = ExportTraceServiceRequest()
     try:
         request.ParseFromString(body)
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
         raise MalformedSpans(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
     kept: list[SpanFacts] = []
-    total = 0
+    received: Counter[str] = Counter()
     for resource_spans in request.resource_spans:
         resource = _attributes(list(resource_spans.resource.attributes))
         service = _text(resource.get("service.name")) or "unknown_service"
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                total += 1
+                received[service] += 1
                 facts = _facts(span, service)
                 if facts is not None:
                     kept.append(facts)
-    return kept, total
+    return kept, received

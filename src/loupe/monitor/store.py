@@ -21,6 +21,7 @@ import asyncpg
 from loupe.database import open_database
 from loupe.monitor import projection, rows
 from loupe.monitor.models import (
+    Durations,
     Finding,
     FindingKind,
     Incident,
@@ -347,8 +348,10 @@ async def incidents(
         window_seconds=window.total_seconds(),
         open=summary.open,
         resolved=summary.resolved,
-        mttd_seconds=summary.mttd_seconds,
-        mttr_seconds=summary.mttr_seconds,
+        mttd_seconds=summary.time_to_detect.mean_seconds,
+        mttr_seconds=summary.time_to_resolve.mean_seconds,
+        time_to_detect=summary.time_to_detect,
+        time_to_resolve=summary.time_to_resolve,
         incidents=[rows.incident(r, r["n"]) for r in found],
     )
 
@@ -371,28 +374,34 @@ async def incident(pool: asyncpg.Pool, incident_id: int) -> IncidentDetail | Non
 class IncidentSummary:
     open: int
     resolved: int
-    mttd_seconds: float | None
-    mttr_seconds: float | None
+    time_to_detect: Durations
+    time_to_resolve: Durations
 
 
 async def incident_summary(connection: asyncpg.Connection, window: timedelta) -> IncidentSummary:
     """Over the incidents opened within `window` and every open one: how many are open and
-    resolved, and their MTTD and MTTR in seconds (None without any), leaving out incidents
+    resolved, and their times to detect and to resolve (Durations), leaving out incidents
     whose every finding was dismissed."""
+    # Counted: not every finding dismissed. Tested on the findings, not only on the
+    # incident's `dismissed` flag, which is set when it resolves: between a dismissal and the
+    # next detection pass the incident is still open, and must not count meanwhile.
+    counts = f"NOT i.dismissed AND NOT {ALL_DISMISSED}"
     row = await connection.fetchrow(
         "SELECT count(*) FILTER (WHERE resolved_at IS NULL) AS open,"
         " count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,"
-        " avg(extract(epoch FROM opened_at - started_at)) FILTER (WHERE NOT dismissed) AS mttd,"
-        " avg(extract(epoch FROM resolved_at - started_at))"
-        "   FILTER (WHERE resolved_at IS NOT NULL AND NOT dismissed) AS mttr"
-        " FROM incidents WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
+        " array_agg(extract(epoch FROM opened_at - started_at)::float8)"
+        f"   FILTER (WHERE {counts}) AS ttd,"
+        " array_agg(extract(epoch FROM resolved_at - started_at)::float8)"
+        f"   FILTER (WHERE resolved_at IS NOT NULL AND {counts}) AS ttr"
+        " FROM incidents i WHERE resolved_at IS NULL OR opened_at >= now() - $1::interval",
         window,
     )
     return IncidentSummary(
         open=row["open"],
         resolved=row["resolved"],
-        mttd_seconds=float(row["mttd"]) if row["mttd"] is not None else None,
-        mttr_seconds=float(row["mttr"]) if row["mttr"] is not None else None,
+        # array_agg over no row is NULL
+        time_to_detect=Durations.of(row["ttd"] or []),
+        time_to_resolve=Durations.of(row["ttr"] or []),
     )
 
 

@@ -94,6 +94,15 @@ def is_behind(current: OrderStatus, incoming: OrderStatus) -> bool:
     return False
 
 
+def had_by_leaving(status: OrderStatus) -> tuple[OrderStatus, ...]:
+    """Every status an order has had by the time it leaves `status`, in order: `status` and
+    the happy path before it. Every status an order can leave is on the happy path (REJECTED
+    and FAILED are final), and each is reached only from the one before it."""
+    if status not in HAPPY_PATH:
+        return ()
+    return HAPPY_PATH[: HAPPY_PATH.index(status) + 1]
+
+
 def routing_key(status: OrderStatus) -> str:
     """The topic routing key a status event is published under, e.g. `order.price_calculated`."""
     return f"order.{status.value.lower()}"

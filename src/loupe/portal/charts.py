@@ -1,12 +1,13 @@
 """Chart geometry for the incidents page, drawn as inline SVG by the template: the time to
-resolve of incidents over the chosen window, one bar per time bucket."""
+resolve of incidents over the chosen window, one bar per time bucket: its median, with a
+mark at its mean (one slow incident moves the mark, not the bar)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from loupe.monitor.models import Incident
+from loupe.monitor.models import Durations, Incident
 from loupe.portal.render import seconds
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
@@ -20,6 +21,7 @@ class Bar:
     y: float
     width: float
     height: float
+    mean_y: float  # where the mark of the mean is
     title: str
 
 
@@ -43,8 +45,8 @@ def mttr_chart(
     width: int = 640,
     height: int = 140,
 ) -> MttrChart:
-    """Mean time to resolve of the incidents resolved in each of `buckets` slices of the
-    window ending `now`; an empty slice has no bar."""
+    """Time to resolve of the incidents resolved in each of `buckets` slices of the window
+    ending `now`: the median's bar and the mean's mark; an empty slice has no bar."""
     start = now - window
     size = window / buckets
     totals: list[list[float]] = [[] for _ in range(buckets)]
@@ -55,14 +57,18 @@ def mttr_chart(
             continue
         slot = min(int((incident.resolved_at - start) / size), buckets - 1)
         totals[slot].append(incident.time_to_resolve_seconds)
-    means = [sum(t) / len(t) if t else None for t in totals]
-    top = max((m for m in means if m is not None), default=0.0) or 1.0
+    # (slot, count, median, mean) of each slice with a resolution
+    timed = [
+        (slot, f.count, f.median_seconds, f.mean_seconds)
+        for slot, f in enumerate(Durations.of(t) for t in totals)
+        if f.median_seconds is not None and f.mean_seconds is not None
+    ]
+    # A median can be above its mean, too: the axis reaches the higher of the two.
+    top = max((max(median, mean) for _, _, median, mean in timed), default=0.0) or 1.0
     slot_width = width / buckets
     bars = []
-    for slot, mean in enumerate(means):
-        if mean is None:
-            continue
-        bar_height = max(height * mean / top, 2.0)
+    for slot, count, median, mean in timed:
+        bar_height = max(height * median / top, 2.0)
         began = start + size * slot
         bars.append(
             Bar(
@@ -70,9 +76,10 @@ def mttr_chart(
                 y=round(height - bar_height, 2),
                 width=round(slot_width - 2, 2),
                 height=round(bar_height, 2),
+                mean_y=round(height - height * mean / top, 2),
                 title=(
-                    f"{len(totals[slot])} resolved from {began:%Y-%m-%d %H:%M} UTC, "
-                    f"mean time to resolve {seconds(mean)}"
+                    f"{count} resolved from {began:%Y-%m-%d %H:%M} UTC: time to resolve"
+                    f" median {seconds(median)}, mean {seconds(mean)}"
                 ),
             )
         )

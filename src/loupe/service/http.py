@@ -14,7 +14,8 @@ from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
 from loupe.config import SERVICE_NAMES, Settings
@@ -97,6 +98,12 @@ def create_app(
     async def missing(_: Request, exc: OrderNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 404)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # Prometheus text: how this process's spans fared on their way to Jaeger, and the
+        # process's own figures.
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     for router in routers:
         app.include_router(router)
     return app
@@ -139,7 +146,9 @@ def order_view(view: type[View], row: Mapping[str, Any]) -> View:
     return view(**data)
 
 
-def serve(app: FastAPI, host: str, port: int, excluded_urls: str = "healthz,readyz") -> None:
+def serve(
+    app: FastAPI, host: str, port: int, excluded_urls: str = "healthz,readyz,metrics"
+) -> None:
     """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry.
 
     `excluded_urls` (comma-separated regular expressions) are served untraced.

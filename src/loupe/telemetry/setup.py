@@ -3,8 +3,8 @@
 Everything honours the standard OTEL_* variables (OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER,
 OTEL_TRACES_SAMPLER[_ARG], OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT/PROTOCOL/HEADERS/TIMEOUT,
 OTEL_BSP_*, OTEL_RESOURCE_ATTRIBUTES, OTEL_PROPAGATORS). Export happens on the batch
-processor's thread with a bounded queue, so a stopped or slow Jaeger costs dropped spans,
-never blocked or failed orders.
+processor's thread with a bounded queue, so a stopped or slow Jaeger never blocks or fails an
+order; what it did not take is held and sent when it is back (telemetry/delivery.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from loupe.telemetry.delivery import RetryingSpanExporter
 from loupe.telemetry.logs import configure_logging
 from loupe.telemetry.redaction import RedactingSpanExporter
 from loupe.telemetry.sampling import configured_sampler
@@ -81,7 +82,9 @@ def configure_telemetry(service_name: str, service_version: str = "0.1.0") -> Tr
     provider = TracerProvider(resource=resource, sampler=configured_sampler())
     exporter = _exporter()
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(exporter)))
+        provider.add_span_processor(
+            BatchSpanProcessor(RedactingSpanExporter(RetryingSpanExporter(exporter)))
+        )
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

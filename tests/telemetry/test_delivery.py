@@ -1,0 +1,159 @@
+"""RetryingSpanExporter: a batch the collector did not take is held and sent again, oldest
+first, before the next; it is given up only past its bounds or at shutdown; every span is
+counted as sent or dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
+from prometheus_client import REGISTRY
+
+from loupe.telemetry.delivery import (
+    SPANS_EXPORTED_METRIC,
+    SPANS_HELD_METRIC,
+    Exported,
+    Kind,
+    RetryingSpanExporter,
+    kind,
+)
+
+OK, FAIL = SpanExportResult.SUCCESS, SpanExportResult.FAILURE
+
+
+def exported(result: Exported, *kinds: Kind) -> float:
+    """Spans counted as `result`, of `kinds` (all when none are named)."""
+    return sum(
+        REGISTRY.get_sample_value(SPANS_EXPORTED_METRIC, {"result": result, "kind": kind}) or 0.0
+        for kind in kinds or tuple(Kind)
+    )
+
+
+def held() -> float | None:
+    return REGISTRY.get_sample_value(SPANS_HELD_METRIC)
+
+
+class Collector(SpanExporter):
+    """Takes or refuses each export as `up` says (or raises `error`); keeps what it took."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.error: Exception | None = None
+        self.took: list[list[str]] = []
+        self.shut = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.error is not None:
+            raise self.error
+        if not self.up:
+            return FAIL
+        self.took.append([span.name for span in spans])
+        return OK
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def batch(*names: str) -> list[ReadableSpan]:
+    return [ReadableSpan(name=name) for name in names]
+
+
+def test_order_spans_are_those_jaegers_filter_forwards_to_the_monitor(
+    collector: Collector,
+) -> None:
+    # deploy/jaeger/monitor-pipeline.yaml: dropped when order.id is nil and not an error.
+    spans = [
+        ReadableSpan(name="step", attributes={"order.id": "o-1"}),
+        ReadableSpan(name="empty id", attributes={"order.id": ""}),
+        ReadableSpan(name="failed", status=Status(StatusCode.ERROR, "broker gone")),
+        ReadableSpan(name="SELECT", attributes={"db.system.name": "postgresql"}),
+        ReadableSpan(name="fine", status=Status(StatusCode.OK)),
+    ]
+    assert [kind(span) for span in spans] == [Kind.ORDER] * 3 + [Kind.OTHER] * 2
+    orders, others = exported(Exported.SENT, Kind.ORDER), exported(Exported.SENT, Kind.OTHER)
+    RetryingSpanExporter(collector).export(spans)
+    assert exported(Exported.SENT, Kind.ORDER) - orders == 3
+    assert exported(Exported.SENT, Kind.OTHER) - others == 2
+
+
+@pytest.fixture
+def collector() -> Collector:
+    return Collector()
+
+
+def test_what_the_collector_refused_is_sent_first_once_it_is_back(collector: Collector) -> None:
+    sent, dropped = exported(Exported.SENT), exported(Exported.DROPPED)
+    exporter = RetryingSpanExporter(collector)
+    assert exporter.export(batch("a1", "a2")) is OK
+    collector.up = False
+    assert exporter.export(batch("b1")) is FAIL
+    assert exporter.export(batch("c1", "c2")) is FAIL
+    assert (exporter.held, held()) == (3, 3)
+
+    collector.up = True
+    assert exporter.export(batch("d1")) is OK
+    assert collector.took == [["a1", "a2"], ["b1"], ["c1", "c2"], ["d1"]]
+    assert (exporter.held, held()) == (0, 0)
+    assert (exported(Exported.SENT) - sent, exported(Exported.DROPPED) - dropped) == (6, 0)
+
+
+def test_an_exporter_that_raises_is_a_refusal_not_a_crash(collector: Collector) -> None:
+    exporter = RetryingSpanExporter(collector)
+    collector.error = ConnectionError("collector gone")
+    assert exporter.export(batch("a")) is FAIL
+    collector.error = None
+    assert exporter.export(batch("b")) is OK
+    assert collector.took == [["a"], ["b"]]
+
+
+def test_past_its_bounds_the_oldest_is_given_up_and_counted(collector: Collector) -> None:
+    clock = Clock()
+    dropped = exported(Exported.DROPPED)
+    exporter = RetryingSpanExporter(collector, max_spans=4, max_seconds=60, clock=clock)
+    collector.up = False
+    exporter.export(batch("a1", "a2"))
+    exporter.export(batch("b1", "b2"))
+    exporter.export(batch("c1"))  # five held: over four, the oldest batch goes
+    assert exporter.held == 3
+    assert exported(Exported.DROPPED) - dropped == 2
+
+    clock.now += 61  # b and c are now held longer than a minute
+    exporter.export(batch("d1"))
+    assert exporter.held == 1
+    collector.up = True
+    exporter.export(())
+    assert collector.took == [["d1"]]
+    assert exported(Exported.DROPPED) - dropped == 5
+
+
+def test_flush_tries_again_and_shutdown_gives_up_what_is_still_held(
+    collector: Collector,
+) -> None:
+    exporter = RetryingSpanExporter(collector)
+    collector.up = False
+    exporter.export(batch("a"))
+    collector.up = True
+    assert exporter.force_flush(100)
+    assert collector.took == [["a"]]
+
+    collector.up = False
+    exporter.export(batch("b", "c"))
+    assert not exporter.force_flush(100)
+    dropped = exported(Exported.DROPPED)
+    exporter.shutdown()
+    assert (exporter.held, held(), collector.shut) == (0, 0, True)
+    assert exported(Exported.DROPPED) - dropped == 2
