@@ -97,15 +97,18 @@ JSON_OPTION = typer.Option(
 @app.command()
 def stuck(
     as_json: bool = JSON_OPTION,
-    state: str = typer.Option("", help="Only `stuck` or only `broken` (default: both)."),
+    state: str = typer.Option(
+        "", help="Only `stuck`, only `broken` or only `unroutable` (default: all)."
+    ),
 ) -> None:
-    """Orders stuck or broken now: where, since when, the evidence; the trace and the console
-    link when the terminal is wide enough."""
+    """Orders stuck or broken now, queues nobody consumes and unroutable messages: where,
+    since when, the evidence; the trace and the console link when the terminal is wide
+    enough."""
     from loupe.monitor import report, store
     from loupe.monitor.models import FindingKind
 
     if state not in ("", *FindingKind):
-        raise typer.BadParameter("--state must be stuck or broken")
+        raise typer.BadParameter(f"--state must be one of {', '.join(FindingKind)}")
 
     async def action(pool: Any, console_url: str) -> Any:
         found = await store.findings(pool, FindingKind(state) if state else None)

@@ -14,6 +14,7 @@ import asyncpg
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loupe.monitor.broker import UNCONSUMED
 from loupe.monitor.detection import PLACE
 from loupe.monitor.metrics import DURATION_BUCKETS, FlowMetrics
 from loupe.monitor.models import FindingKind
@@ -26,12 +27,15 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @dataclass
 class FakeDatabase:
     """Answers refresh()'s queries from memory: open findings per status and per service
-    (broken orders and broken places apart), the incidents' summary row (with each counted
-    incident's times as arrays) and the last probes."""
+    (broken orders and broken places apart; unroutable ones and queues with no consumer apart),
+    the incidents' summary row (with each counted incident's times as arrays) and the last
+    probes."""
 
     stuck: dict[str, int] = field(default_factory=dict)
     broken: dict[str, int] = field(default_factory=dict)
     places: dict[str, int] = field(default_factory=dict)
+    unroutable: dict[str, int] = field(default_factory=dict)
+    unconsumed: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] = field(
         default_factory=lambda: {"open": 0, "resolved": 0, "ttd": None, "ttr": None}
     )
@@ -46,6 +50,10 @@ class FakeDatabase:
             return [{"service": s, "ok": ok} for s, ok in self.probes.items()]
         if args == (FindingKind.STUCK,):
             return [{"status": s, "n": n} for s, n in self.stuck.items()]
+        if args == (FindingKind.UNROUTABLE, UNCONSUMED):
+            return [
+                {"service": s, "unroutable": True, "n": n} for s, n in self.unroutable.items()
+            ] + [{"service": s, "unroutable": False, "n": n} for s, n in self.unconsumed.items()]
         assert args == (FindingKind.BROKEN, PLACE), query
         return [{"service": s, "place": False, "n": n} for s, n in self.broken.items()] + [
             {"service": s, "place": True, "n": n} for s, n in self.places.items()
@@ -74,6 +82,8 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
         # Each incident's time to detect (array_agg: None over no incident); one found late.
         summary={"open": 3, "resolved": 1, "ttd": [10.0, 11.0, 600.0], "ttr": None},
         probes={"shop-api": True, "mes-api": False},
+        unroutable={"partner-gateway": 2},
+        unconsumed={"crm-api": 1},
     )
     seen = await scraped(FlowMetrics(), database)
     stuck = {labels: v for (name, labels), v in seen.items() if name == "loupe_orders_stuck"}
@@ -93,6 +103,10 @@ async def test_refresh_sets_the_gauges_from_the_database() -> None:
     assert seen[("loupe_time_to_resolve_incidents", ())] == 0
     assert seen[("loupe_service_up", (("service", "shop-api"),))] == 1
     assert seen[("loupe_service_up", (("service", "mes-api"),))] == 0
+    # What the broker shows, apart from the orders.
+    assert seen[("loupe_unroutable_findings", (("service", "partner-gateway"),))] == 2
+    assert seen[("loupe_queues_unconsumed", (("service", "crm-api"),))] == 1
+    assert ("loupe_queues_unconsumed", (("service", "partner-gateway"),)) not in seen
 
 
 async def test_a_service_no_longer_broken_leaves_the_gauge() -> None:
@@ -100,7 +114,11 @@ async def test_a_service_no_longer_broken_leaves_the_gauge() -> None:
     database = FakeDatabase(broken={"crm-api": 2, "mes-api": 1}, stuck={"SUBMITTED": 4})
     await scraped(metrics, database)
     database.broken, database.stuck = {"mes-api": 1}, {}
+    database.unconsumed = {"crm-api": 1}
+    await scraped(metrics, database)
+    database.unconsumed = {}
     seen = await scraped(metrics, database)
+    assert not [name for name, _ in seen if name == "loupe_queues_unconsumed"]
     broken = {labels for name, labels in seen if name == "loupe_orders_broken"}
     assert broken == {(("service", "mes-api"),)}, "crm-api's old count must not linger"
     assert seen[("loupe_orders_stuck", (("step", "SUBMITTED"),))] == 0

@@ -123,6 +123,30 @@ async def test_now_groups_findings_by_place_oldest_first(
     assert asked and all(r.headers["authorization"] == DEVELOPER["Authorization"] for r in asked)
 
 
+async def test_now_shows_unroutable_messages_as_a_place_of_their_own(
+    console: httpx.AsyncClient, backends: FakeBackends
+) -> None:
+    assert 'data-count="unroutable"' not in (await console.get("/", headers=DEVELOPER)).text
+    backends.findings.append(
+        finding(
+            None,
+            datetime.now(UTC) - timedelta(hours=1),
+            state="unroutable",
+            service="partner-gateway",
+            where="exchange loupe.orders, routing key ordr.shipped",
+            incident_id=5,
+            evidence="1 message published by partner-gateway to exchange loupe.orders with"
+            " routing key ordr.shipped: no queue is bound to it; kept in loupe.unroutable",
+        )
+    )
+    page = await console.get("/", headers=DEVELOPER)
+    assert _places(page.text)[0] == (
+        "unroutable|partner-gateway|exchange loupe.orders, routing key ordr.shipped"
+    )
+    assert 'data-count="unroutable">1<' in page.text
+    assert 'class="badge unroutable"' in page.text and "routing key ordr.shipped" in page.text
+
+
 @pytest.mark.parametrize(
     ("down", "path", "named", "still_shown"),
     [

@@ -10,6 +10,7 @@ So a message is never lost and never loops forever.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +47,20 @@ SERVICE_HEADER = "x-loupe-service"
 ORDER_HEADER = "x-loupe-order-id"
 # The broker's own dead-lettering and redelivery history: meaningless on a re-sent copy.
 BROKER_HISTORY_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+
+def order_id_of(headers: dict[str, Any], body: str | bytes | None) -> str | None:
+    """The order a message is about, where it says: loupe's header on a copy it re-sent, else
+    the `order_id` of a JSON body (every order event has one). None when neither names one."""
+    named = _text_header(headers, ORDER_HEADER)
+    if named:
+        return named
+    try:
+        data = json.loads(body or "")
+    except (ValueError, TypeError):
+        return None
+    value = data.get("order_id") if isinstance(data, dict) else None
+    return str(value) if value else None
 
 
 class PoisonMessage(Exception):

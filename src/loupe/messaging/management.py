@@ -4,10 +4,13 @@ its messages without consuming them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
+
+from loupe.messaging.consumer import order_id_of
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,54 @@ class QueueStats:
             f"queue {self.name}: {self.ready} ready, {self.unacknowledged} unacknowledged, "
             f"{self.consumers} consumer(s)"
         )
+
+
+@dataclass(frozen=True)
+class Peeked:
+    """One message as a look at its queue (`Management.peek`) shows it: where it was published,
+    by which app, when (where its publisher said), and the order it names, if any."""
+
+    exchange: str
+    routing_key: str
+    app_id: str | None
+    message_id: str | None
+    published_at: datetime | None
+    order_id: str | None
+    # Where RabbitMQ itself dead-lettered it from, and why (its x-first-death-* headers; loupe
+    # strips them from the copies it re-sends, so they are the broker's alone).
+    died_in: str | None = None
+    died_for: str | None = None
+    died_at: datetime | None = None
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Peeked:
+        properties = item.get("properties") or {}
+        headers = properties.get("headers") or {}
+        stamp = properties.get("timestamp")
+        body = item.get("payload") if item.get("payload_encoding") == "string" else None
+        return cls(
+            exchange=str(item.get("exchange") or ""),
+            routing_key=str(item.get("routing_key") or ""),
+            app_id=properties.get("app_id") or None,
+            message_id=properties.get("message_id") or None,
+            published_at=datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int) else None,
+            order_id=order_id_of(headers, body),
+            died_in=headers.get("x-first-death-queue") or None,
+            died_for=headers.get("x-first-death-reason") or None,
+            died_at=min(deaths) if (deaths := _death_times(headers)) else None,
+        )
+
+
+def _death_times(headers: dict[str, Any]) -> list[datetime]:
+    """When RabbitMQ dead-lettered the message, by its x-death entries (one per queue and
+    reason)."""
+    deaths = headers.get("x-death")
+    entries = deaths if isinstance(deaths, list) else []
+    return [
+        datetime.fromtimestamp(entry["time"], UTC)
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("time"), int)
+    ]
 
 
 @dataclass(frozen=True)

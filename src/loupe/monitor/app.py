@@ -25,6 +25,7 @@ from loupe.access import Access, TokenVerifier
 from loupe.config import SERVICE_NAMES
 from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
 from loupe.monitor import alerts, detection, store
+from loupe.monitor.broker import BrokerWatch
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import (
     Dismissal,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # The `state` query parameter: a FindingKind, its choices spelled out where the parameter is
 # in the OpenAPI document (an enum parameter would only name FindingKind's schema).
-FindingKindQuery = Literal[FindingKind.STUCK, FindingKind.BROKEN]
+FindingKindQuery = Literal[FindingKind.STUCK, FindingKind.BROKEN, FindingKind.UNROUTABLE]
 # The `status` query parameter of /incidents: an IncidentState, or both.
 INCIDENT_STATUSES = f"^({'|'.join([*IncidentState, store.ALL])})$"
 
@@ -68,6 +69,8 @@ class Monitor:
     pool: asyncpg.Pool | None = None
     loops: list[asyncio.Task[None]] = field(default_factory=list)
     client: httpx.AsyncClient | None = None  # the loops' HTTP client (probes, webhooks)
+    # Detection's look at RabbitMQ's queues (unroutable messages, queues nobody consumes).
+    watch: BrokerWatch | None = None
     # When the last detection pass ended: how current the findings are.
     detected_at: datetime | None = None
 
@@ -87,6 +90,7 @@ class Monitor:
             self.settings.webhook_urls,
             self.settings.base.console_url,
             self.settings.stuck_horizon,
+            self.watch,
         )
         for seconds in result.latencies:
             self.metrics.detection_latency.observe(seconds)
@@ -112,6 +116,7 @@ class Monitor:
     def start_loops(self) -> None:
         settings = self.settings
         client = self.client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+        self.watch = BrokerWatch(settings.base.amqp_url, settings.management)
         retention = timedelta(hours=settings.retention_hours)
         self.loops = [
             asyncio.create_task(_every(settings.tick_seconds, self.detect_once, "detection")),
@@ -134,6 +139,8 @@ class Monitor:
                 await task
         if self.client is not None:
             await self.client.aclose()
+        if self.watch is not None:
+            await self.watch.close()
         if self.pool is not None:
             await self.pool.close()
 
@@ -225,7 +232,9 @@ def create_app(
     app = FastAPI(
         title="loupe-monitor",
         description=(
-            "Which orders are stuck or broken, where and since when; incidents with MTTD and "
+            "Which orders are stuck or broken, where and since when; what RabbitMQ shows wrong"
+            " (messages no queue is bound for, queues with messages and no consumer); incidents"
+            " with MTTD and "
             "MTTR; uptime per service. The API is served under /monitor/api behind the "
             "sign-in gateway: developers read, devops also acknowledge incidents and dismiss"
             " findings."
@@ -293,7 +302,11 @@ def create_app(
 
     api = APIRouter(prefix=f"{API_PREFIX}/api")
 
-    @api.get("/findings", summary="Orders stuck or broken now", response_model=FindingList)
+    @api.get(
+        "/findings",
+        summary="Orders stuck or broken now, queues nobody consumes, unroutable messages",
+        response_model=FindingList,
+    )
     async def findings(_: Reader, state: FindingKindQuery | None = None) -> FindingList:
         found = await store.findings(monitor.db, state)
         return FindingList(count=len(found), findings=found, as_of=monitor.detected_at)

@@ -1,7 +1,9 @@
 """Detection, run every tick: orders past their SLO are stuck, orders with an error and no
 progress after it (or FAILED, REJECTED, dead-lettered) are broken, and so is a place whose
-requests failed without creating an order; findings that share a place make one incident,
-which resolves itself once orders flow through that place again."""
+requests failed without creating an order; what RabbitMQ shows (broker.py) is found at once:
+unroutable messages, a work queue with messages and no consumer. Findings that share a place
+make one incident, which resolves itself once orders flow through that place again (or, for
+the broker's, once the broker shows the condition gone)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import httpx
 
 from loupe.config import DEFAULT_CONSOLE_URL
 from loupe.messaging.management import Management, QueueStats
-from loupe.monitor import rows
+from loupe.monitor import broker, rows
+from loupe.monitor.broker import BrokerView, BrokerWatch
 from loupe.monitor.models import (
     Alert,
     AlertEvent,
@@ -368,6 +371,70 @@ async def _follow_origins(
             result.incidents_resolved.append(rows.incident(emptied, 0))
 
 
+async def _broker_findings(
+    connection: asyncpg.Connection, view: BrokerView, now: datetime, result: TickResult
+) -> None:
+    """Opens a finding for each condition the broker shows that has none (unless one was
+    closed for good while it held), updates the evidence of those open (counts change), and
+    clears those whose condition is gone: the place works again, as far as the broker can
+    tell, so their incident may resolve."""
+    wanted = {c.subject: c for c in broker.conditions(view)}
+    subjects = list(wanted)
+    await connection.execute(
+        "DELETE FROM broker_conditions WHERE NOT (subject = ANY($1::text[]))", subjects
+    )
+    await connection.executemany(
+        "INSERT INTO broker_conditions (subject, since) VALUES ($1, $2)"
+        " ON CONFLICT (subject) DO NOTHING",
+        [(c.subject, min(c.since or now, now)) for c in wanted.values()],
+    )
+    gone = await connection.fetch(
+        "UPDATE findings f SET cleared_at = $1 WHERE f.cleared_at IS NULL"
+        " AND EXISTS (SELECT 1 FROM unnest($2::text[]) p WHERE starts_with(f.subject, p))"
+        " AND NOT (f.subject = ANY($3::text[])) RETURNING f.service, f.place",
+        now,
+        list(broker.SUBJECTS),
+        subjects,
+    )
+    result.cleared += len(gone)
+    if gone:
+        await connection.executemany(
+            "INSERT INTO flow (place_key, last_at) VALUES ($1, $2) ON CONFLICT (place_key)"
+            " DO UPDATE SET last_at = greatest(flow.last_at, excluded.last_at)",
+            [(place_key(r["service"], r["place"]), now) for r in gone],
+        )
+    await connection.executemany(
+        "UPDATE findings SET evidence = $2 WHERE subject = $1 AND cleared_at IS NULL"
+        " AND evidence <> $2",
+        [(c.subject, c.evidence) for c in wanted.values()],
+    )
+    due = await connection.fetch(
+        "SELECT c.subject, c.since FROM broker_conditions c WHERE c.subject = ANY($1::text[])"
+        " AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.subject = c.subject"
+        "   AND (f.cleared_at IS NULL OR (f.cleared_reason IS NOT NULL"
+        "     AND f.cleared_at >= c.since)))"
+        " ORDER BY c.since, c.subject",
+        subjects,
+    )
+    for row in due:
+        condition = wanted[row["subject"]]
+        finding = _Finding(
+            subject=condition.subject,
+            order_id=condition.order_id,
+            state=condition.state,
+            status=None,
+            since=row["since"],
+            # The broker shows it at once: no deadline to wait for.
+            deadline=row["since"],
+            service=condition.service,
+            place=condition.place,
+            trace_id=None,
+            evidence=condition.evidence,
+            settled=False,
+        )
+        await _record(connection, finding, now, result)
+
+
 def webhook_body(event: AlertEvent, incident: Incident, console_url: str) -> Alert:
     """An alert: the event and the incident, with the incident's page in the console."""
     return Alert(event=event, incident=LinkedIncident.of(incident, console_url))
@@ -390,13 +457,16 @@ async def tick(
     webhook_urls: Sequence[str] = (),
     console_url: str = DEFAULT_CONSOLE_URL,
     stuck_horizon: timedelta = DEFAULT_STUCK_HORIZON,
+    watch: BrokerWatch | None = None,
 ) -> TickResult:
     """One detection pass. Safe to run from several replicas: writers take one lock.
 
     Webhook alerts link to the incident in the console under `console_url`
     (LOUPE_CONSOLE_URL). A stuck finding expires after `stuck_horizon` of silence
-    (LOUPE_MONITOR_STUCK_HORIZON_HOURS)."""
+    (LOUPE_MONITOR_STUCK_HORIZON_HOURS). `watch` looks at RabbitMQ's queues; without it (or
+    when the broker cannot be asked) its findings stay as they are."""
     result = TickResult()
+    view = await watch.look() if watch is not None else None
     queues = QueueEvidence(management)
     # RabbitMQ's answers (up to its timeout each) are awaited before the writers' lock is
     # taken, not while every ingest request waits for it. Only an order that falls due in the
@@ -406,7 +476,7 @@ async def tick(
         now: datetime = await connection.fetchval("SELECT clock_timestamp()")
         cleared = await connection.fetch(
             "UPDATE findings f SET cleared_at = $1 FROM orders o"
-            " WHERE f.cleared_at IS NULL AND NOT f.settled AND f.order_id = o.order_id AND ("
+            " WHERE f.cleared_at IS NULL AND NOT f.settled AND f.subject = o.order_id AND ("
             "   o.status IS DISTINCT FROM f.status"
             "   OR (f.state = $2 AND (o.deadline IS NULL OR o.deadline > $1"
             "       OR o.broken_at <= $1))"
@@ -429,11 +499,13 @@ async def tick(
 
         # An order that has said nothing for the horizon is past being waited for: lost,
         # abandoned, or its spans not sampled. Reporting it forever would hold its incident
-        # open however well the orders after it flow.
+        # open however well the orders after it flow. (A queue with no consumer, a stuck
+        # finding with no order, stands for as long as the broker shows it.)
         hours = stuck_horizon.total_seconds() / 3600
         expired = await connection.fetch(
             "UPDATE findings f SET cleared_at = $1, cleared_reason = $2"
             " WHERE f.cleared_at IS NULL AND f.state = $3 AND f.detected_at <= $4"
+            " AND f.order_id IS NOT NULL"
             " AND NOT EXISTS (SELECT 1 FROM transitions t WHERE t.order_id = f.order_id"
             "   AND t.at > $4)"
             " AND NOT EXISTS (SELECT 1 FROM errors e WHERE e.order_id = f.order_id AND e.at > $4)"
@@ -485,8 +557,9 @@ async def tick(
             )
             await _record(connection, finding, now, result)
 
-        # An incident whose every finding was dismissed resolves without waiting for orders to
-        # flow: there was nothing there.
+        if view is not None:
+            await _broker_findings(connection, view, now, result)
+
         # A failed request that created no order is its place's failure: the place is broken
         # once the SLO's grace has passed with no request there succeeding since (a retry
         # that succeeds gets its chance), and works again when one does.
@@ -508,6 +581,8 @@ async def tick(
             )
             await _record(connection, finding, now, result)
 
+        # An incident whose every finding was dismissed resolves without waiting for orders to
+        # flow: there was nothing there.
         resolved = await connection.fetch(
             f"UPDATE incidents i SET resolved_at = $1, dismissed = {ALL_DISMISSED}"
             " WHERE i.resolved_at IS NULL"

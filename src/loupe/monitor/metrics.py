@@ -7,6 +7,7 @@ from datetime import timedelta
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loupe.monitor.broker import UNCONSUMED
 from loupe.monitor.detection import PLACE
 from loupe.monitor.models import FindingKind
 from loupe.monitor.slo import Slo
@@ -70,6 +71,19 @@ class FlowMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.queues_unconsumed = Gauge(
+            "loupe_queues_unconsumed",
+            "Work queues with messages and no consumer now, by the service that consumes them.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.unroutable = Gauge(
+            "loupe_unroutable_findings",
+            "Unroutable findings now (messages no queue is bound for, per app, routing key and"
+            " order), by publishing app.",
+            ["service"],
+            registry=self.registry,
+        )
         self.incidents_open = Gauge(
             "loupe_incidents_open", "Incidents open now.", registry=self.registry
         )
@@ -125,6 +139,13 @@ class FlowMetrics:
                 FindingKind.BROKEN,
                 PLACE,
             )
+            shown = await connection.fetch(
+                "SELECT service, state = $1 AS unroutable, count(*) AS n FROM findings"
+                " WHERE cleared_at IS NULL AND (state = $1 OR starts_with(subject, $2))"
+                " GROUP BY 1, 2",
+                FindingKind.UNROUTABLE,
+                UNCONSUMED,
+            )
             summary = await incident_summary(connection, timedelta(days=7))
             probes = await connection.fetch(
                 "SELECT DISTINCT ON (service) service, ok FROM health_samples"
@@ -137,6 +158,11 @@ class FlowMetrics:
         self.places_broken.clear()
         for row in broken:
             gauge = self.places_broken if row["place"] else self.broken
+            gauge.labels(service=row["service"]).set(row["n"])
+        self.queues_unconsumed.clear()
+        self.unroutable.clear()
+        for row in shown:
+            gauge = self.unroutable if row["unroutable"] else self.queues_unconsumed
             gauge.labels(service=row["service"]).set(row["n"])
         self.incidents_open.set(summary.open)
         detect, resolve = summary.time_to_detect, summary.time_to_resolve

@@ -20,10 +20,13 @@ from loupe.portal.links import absolute, incident_path, order_path
 
 
 class FindingKind(StrEnum):
-    """What is wrong with an order: it waits past its SLO, or its path failed."""
+    """What is wrong: an order waits past its SLO (or, as RabbitMQ shows, its queue has no
+    consumer), its path failed, or a message no queue is bound for waits in the unroutable
+    queue."""
 
     STUCK = "stuck"
     BROKEN = "broken"
+    UNROUTABLE = "unroutable"
 
 
 class IncidentState(StrEnum):
@@ -49,7 +52,10 @@ class LastStep(BaseModel):
 
 
 class Finding(BaseModel):
-    """An order (or an unattributed dead letter) stuck or broken at a place."""
+    """An order (or an unattributed dead letter) stuck or broken at a place; a place broken
+    with no order to name; a work queue with messages and no consumer (stuck, `order_id` and
+    `status` null); messages no queue is bound for (unroutable: `service` the app that
+    published them, `order_id` the order they name, if any)."""
 
     id: int = Field(description="the finding, as POST /findings/{id}/dismiss names it")
     order_id: str | None

@@ -325,7 +325,8 @@ def stdout_console(environ: Mapping[str, str] = os.environ, file: IO[str] | None
 
 
 def _state_style(row: Row) -> str:
-    return "red" if row["state"] == FindingKind.BROKEN else "yellow"
+    # An unroutable message is lost to the business until someone handles it, like a break.
+    return "yellow" if row["state"] == FindingKind.STUCK else "red"
 
 
 def _or_dash(key: str) -> Callable[[Row], str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from loupe.monitor.spans import queue_place
 from loupe.orders import OrderStatus
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -39,8 +40,10 @@ class Step:
     def where(self, service_has_it: bool) -> str:
         """The queue while the event has not reached `service`; afterwards what it waits for."""
         if self.queue and not (self.then and service_has_it):
-            return f"queue {self.queue}"
-        return self.then or f"queue {self.queue}"
+            return queue_place(self.queue)
+        # Slo.parse gives every step a queue, a `then`, or both: here there is a `then`.
+        assert self.then is not None
+        return self.then
 
 
 @dataclass(frozen=True)

@@ -186,11 +186,17 @@ _KINDS = {
 }
 
 
+def queue_place(queue: str) -> str:
+    """A queue as a place: where a consumer reads, where an order's event waits (slo.Step),
+    where the broker shows messages nobody takes (broker.py)."""
+    return f"queue {queue}"
+
+
 def _place(kind: str, name: str, attributes: dict[str, object]) -> str:
     """Where in a service the span ran: the queue a consumer reads, else the operation."""
     subscription = attributes.get(SUBSCRIPTION)
     if kind == "CONSUMER" and subscription:
-        return f"queue {subscription}"
+        return queue_place(str(subscription))
     return name
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,10 +12,10 @@ from loupe.messaging.consumer import (
     ATTEMPT_HEADER,
     BROKER_HISTORY_HEADERS,
     FAILED_AT_HEADER,
-    ORDER_HEADER,
     QUEUE_HEADER,
     REASON_HEADER,
     SERVICE_HEADER,
+    order_id_of,
 )
 from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES
 from loupe.portal.settings import PortalSettings
@@ -43,15 +42,6 @@ def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _order_from_body(body: str | bytes | None) -> str | None:
-    try:
-        data = json.loads(body or "")
-    except (ValueError, TypeError):
-        return None
-    value = data.get("order_id") if isinstance(data, dict) else None
-    return str(value) if value else None
-
-
 def describe(
     headers: dict[str, Any], body: str | bytes | None, message_id: str | None
 ) -> DeadLetter:
@@ -62,7 +52,7 @@ def describe(
         attempts = None
     return DeadLetter(
         message_id=message_id,
-        order_id=_text(headers.get(ORDER_HEADER)) or _order_from_body(body),
+        order_id=order_id_of(headers, body),
         queue=_text(headers.get(QUEUE_HEADER)),
         reason=_text(headers.get(REASON_HEADER)),
         attempts=attempts,

@@ -42,6 +42,7 @@ async def _now_panel(console: ConsoleDep, viewer: Reader) -> dict[str, object]:
         "places": grouped,
         "stuck": sum(p.orders for p in grouped if p.state == FindingKind.STUCK),
         "broken": sum(p.orders for p in grouped if p.state == FindingKind.BROKEN),
+        "unroutable": sum(p.orders for p in grouped if p.state == FindingKind.UNROUTABLE),
         "as_of": found.as_of,
     }
 
