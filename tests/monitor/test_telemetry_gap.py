@@ -88,8 +88,8 @@ async def test_an_order_waiting_on_a_service_not_heard_since_its_deadline_is_not
     monitor_pool: asyncpg.Pool,
 ) -> None:
     made = Spans()
-    # SUBMITTED 40 s ago, MES has 30 s: due 10 s ago. MES was last heard 15 s ago, so a move
-    # it made in time may still be on its way.
+    # SUBMITTED 40 s ago, MES has 30 s: due 10 s ago. Nothing has been heard since 15 s ago
+    # (the shop's move is older still), so a move MES made in time may still be on its way.
     await send(
         monitor_pool,
         [made.happy_move(0, "o-wait", ago(40)), made.make("mes-api", HEARTBEAT, ago(15))],
@@ -100,6 +100,24 @@ async def test_an_order_waiting_on_a_service_not_heard_since_its_deadline_is_not
     await send(monitor_pool, [made.make("mes-api", HEARTBEAT, ago(2))])
     result = await tick(monitor_pool)
     assert [(f.order_id, f.state) for f in result.opened] == [("o-wait", FindingKind.STUCK)]
+
+
+async def test_an_order_waiting_on_a_service_silent_while_others_are_heard_is_stuck(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    made = Spans()
+    # MES is silent (frozen, hung) while the shop is heard after the deadline: the spans
+    # flow, and MES is the one that does not move.
+    await send(
+        monitor_pool,
+        [
+            made.happy_move(0, "o-frozen", ago(40)),
+            made.make("mes-api", HEARTBEAT, ago(15)),
+            made.make("shop-api", HEARTBEAT, ago(2)),
+        ],
+    )
+    result = await tick(monitor_pool)
+    assert [(f.order_id, f.state) for f in result.opened] == [("o-frozen", FindingKind.STUCK)]
 
 
 async def test_a_service_down_by_its_probe_does_not_hold_back_its_stuck_orders(

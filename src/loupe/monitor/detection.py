@@ -454,13 +454,14 @@ async def _hearing(connection: asyncpg.Connection) -> tuple[dict[str, datetime],
 def _unheard(
     step: Step | None, deadline: datetime, heard: dict[str, datetime], down: set[str]
 ) -> bool:
-    """An order at `step` is due, but the monitor has not heard from the service it waits on
-    since its deadline: that service's spans leave in the order they end, so a move made in
-    time may still be on its way (Jaeger frozen, an exporter holding spans). Not judged until
-    a later span arrives, unless the service is down: then it is stuck for real."""
+    """An order at `step` is due, but since its deadline the monitor has heard from no
+    service: spans leave a service in the order they end, so a move made in time may still be
+    on its way (Jaeger frozen or restarting). It is not judged until spans come again. Should
+    other services be heard and not the one it waits on, that one has gone silent itself
+    (frozen, hung), and a service down by its probe is down: both are judged as ever."""
     if step is None or step.service not in heard or step.service in down:
         return False
-    return heard[step.service] < deadline
+    return max(heard.values()) < deadline
 
 
 async def _telemetry_gaps(
@@ -497,9 +498,8 @@ async def _telemetry_gaps(
             place=TELEMETRY,
             trace_id=None,
             evidence=f"telemetry gap at {service} since {last:%H:%M:%S} UTC: no span (not even"
-            " its heartbeat) has arrived while its health probe passes; Jaeger, the network or"
-            " its exporter holds them, and orders waiting on it are not reported stuck until"
-            " it is heard again",
+            " its heartbeat) has arrived while its health probe passes: Jaeger, the network or"
+            " its exporter holds its spans back",
             settled=False,
         )
         await _record(connection, finding, now, result)

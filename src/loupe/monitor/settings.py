@@ -68,7 +68,7 @@ TELEMETRY_GAP_SECONDS = Variable(
     30.0,
     "a service whose health probe passes but from which no span (not even its heartbeat, one"
     " every 5 s) has arrived for this long is reported as a `telemetry-gap`: the monitor is"
-    " blind there, and orders waiting on it are not reported stuck until it is heard again",
+    " blind there",
     positive,
 )
 WEBHOOK_URLS = Variable(
