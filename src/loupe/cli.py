@@ -98,12 +98,13 @@ JSON_OPTION = typer.Option(
 def stuck(
     as_json: bool = JSON_OPTION,
     state: str = typer.Option(
-        "", help="Only `stuck`, only `broken` or only `unroutable` (default: all)."
+        "",
+        help="Only `stuck`, `broken`, `unroutable` or `telemetry-gap` (default: all).",
     ),
 ) -> None:
-    """Orders stuck or broken now, queues nobody consumes and unroutable messages: where,
-    since when, the evidence; the trace and the console link when the terminal is wide
-    enough."""
+    """Orders stuck or broken now, queues nobody consumes, unroutable messages and services
+    the monitor hears nothing from: where, since when, the evidence; the trace and the console
+    link when the terminal is wide enough."""
     from loupe.monitor import report, store
     from loupe.monitor.models import FindingKind
 

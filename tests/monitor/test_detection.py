@@ -5,11 +5,13 @@ that resolves itself, acknowledgement clears final orders."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from loupe.messaging.management import Management
@@ -222,43 +224,50 @@ async def test_a_dead_letter_with_no_order_is_reported_once(monitor_pool: asyncp
     assert finding.evidence == "dead-lettered: poison message: not JSON"
 
 
-async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
-    monitor_pool: asyncpg.Pool,
-) -> None:
-    made = Spans()
-    reason = "poison message: field occurred_at is missing or not a string"
-    failed = ("SUBMITTED", "FAILED")
-    await send(
-        monitor_pool,
-        [
-            # The views dead-letter their copies too, and CRM then follows order.failed.
-            made.consumed(
-                "crm.order-status",
-                ago(2.1),
-                order_id="p",
-                error=reason,
-                dead_lettered=True,
+POISON = "poison message: field occurred_at is missing or not a string"
+
+
+@dataclass(frozen=True)
+class PoisonSpans:
+    """A poison message that names order `order_id`: the views dead-letter their copies, and
+    CRM follows order.failed; MES's consumer span fails, dead-letters and (its hook) fails the
+    order. MES's span ends after CRM's copy of the move, but began first."""
+
+    crm_dead_letter: ReadableSpan
+    crm_copy: ReadableSpan
+    mes_failure: ReadableSpan
+
+    @classmethod
+    def of(cls, made: Spans, order_id: str) -> PoisonSpans:
+        failed = ("SUBMITTED", "FAILED")
+        return cls(
+            crm_dead_letter=made.consumed(
+                "crm.order-status", ago(2.1), order_id=order_id, error=POISON, dead_lettered=True
             ),
-            # MES's consumer span fails, dead-letters and (its hook) fails the order; it ends
-            # after CRM's copy of the move, but began first.
-            made.consumed(
+            crm_copy=made.consumed("crm.order-status", ago(1.5), order_id=order_id, move=failed),
+            mes_failure=made.consumed(
                 "mes.order-submitted",
                 ago(1),
                 lasted=2,
-                order_id="p",
+                order_id=order_id,
                 move=failed,
-                error=reason,
+                error=POISON,
                 dead_lettered=True,
-                attributes={"order.failure.reason": reason},
+                attributes={"order.failure.reason": POISON},
             ),
-            made.consumed("crm.order-status", ago(1.5), order_id="p", move=failed),
-        ],
-    )
+        )
+
+
+async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
+    monitor_pool: asyncpg.Pool,
+) -> None:
+    poison = PoisonSpans.of(Spans(), "p")
+    await send(monitor_pool, [poison.crm_dead_letter, poison.mes_failure, poison.crm_copy])
     await detection.tick(monitor_pool, SLO, MANAGEMENT)
     (finding,) = await store.findings(monitor_pool)
     assert (finding.state, finding.status) == (FindingKind.BROKEN, "FAILED")
     assert (finding.service, finding.where) == ("mes-api", "queue mes.order-submitted")
-    assert finding.evidence == f"FAILED: {reason}"
+    assert finding.evidence == f"FAILED: {POISON}"
     journey = await store.journey(monitor_pool, "p")
     assert journey is not None
     (failed,) = journey.transitions
@@ -269,44 +278,20 @@ async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
 async def test_a_broken_finding_follows_its_move_when_the_origin_arrives_after_a_copy(
     monitor_pool: asyncpg.Pool,
 ) -> None:
-    made = Spans()
-    reason = "poison message: field occurred_at is missing or not a string"
-    failed = ("SUBMITTED", "FAILED")
+    poison = PoisonSpans.of(Spans(), "q")
     # CRM's spans are exported first: its dead-lettered copy and its copy of the move.
-    await send(
-        monitor_pool,
-        [
-            made.consumed(
-                "crm.order-status", ago(2.1), order_id="q", error=reason, dead_lettered=True
-            ),
-            made.consumed("crm.order-status", ago(1.5), order_id="q", move=failed),
-        ],
-    )
+    await send(monitor_pool, [poison.crm_dead_letter, poison.crm_copy])
     first = await detection.tick(monitor_pool, SLO, MANAGEMENT)
     (finding,) = await store.findings(monitor_pool)
     assert (finding.service, finding.where) == ("crm-api", "queue crm.order-status")
     (wrong,) = first.incidents_opened
 
     # MES's span, which failed the order, arrives seconds later.
-    await send(
-        monitor_pool,
-        [
-            made.consumed(
-                "mes.order-submitted",
-                ago(1),
-                lasted=2,
-                order_id="q",
-                move=failed,
-                error=reason,
-                dead_lettered=True,
-                attributes={"order.failure.reason": reason},
-            )
-        ],
-    )
+    await send(monitor_pool, [poison.mes_failure])
     second = await detection.tick(monitor_pool, SLO, MANAGEMENT)
     (finding,) = await store.findings(monitor_pool)
     assert (finding.service, finding.where) == ("mes-api", "queue mes.order-submitted")
-    assert finding.evidence == f"FAILED: {reason}"
+    assert finding.evidence == f"FAILED: {POISON}"
     (right,) = second.incidents_opened
     assert (right.service, right.where) == ("mes-api", "queue mes.order-submitted")
     assert finding.incident_id == right.id

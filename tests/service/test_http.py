@@ -259,7 +259,7 @@ def test_on_sigterm_serve_flushes_telemetry_before_the_process_ends(tmp_path: Pa
 async def test_metrics_show_how_the_processs_spans_fared_on_their_way_to_jaeger(
     client: httpx.AsyncClient,
 ) -> None:
-    SPANS_EXPORTED.labels(result=Exported.SENT, kind=Kind.ORDER).inc(0)  # the sample exists
+    SPANS_EXPORTED.labels(result=Exported.SENT, kind=Kind.MONITORED).inc(0)  # the sample exists
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -268,7 +268,7 @@ async def test_metrics_show_how_the_processs_spans_fared_on_their_way_to_jaeger(
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
-    labels = {"result": "sent", "kind": "order"}
+    labels = {"result": "sent", "kind": "monitored"}
     assert samples[
         (SPANS_EXPORTED_METRIC, tuple(sorted(labels.items())))
     ] == REGISTRY.get_sample_value(SPANS_EXPORTED_METRIC, labels)

@@ -25,6 +25,7 @@ from loupe.stack.components import (
     service_process,
 )
 from loupe.stack.process import StackError, free_port
+from loupe.telemetry.attributes import HEARTBEAT
 
 
 def test_jaeger_process_without_binary_says_how_to_build(tmp_path: Path) -> None:
@@ -276,7 +277,12 @@ def test_monitor_overlay_adds_a_pipeline_and_keeps_storage_as_is(storage: str) -
 
     assert _span_conditions(overlay) == [
         'attributes["order.id"] == nil and status.code != STATUS_CODE_ERROR'
+        f' and name != "{HEARTBEAT}"'
     ]
+    # The heartbeats go to the monitor only: the storage pipeline drops them.
+    storage = merged["service"]["pipelines"]["traces"]
+    assert storage["processors"][0] == "filter/heartbeat"
+    assert merged["processors"]["filter/heartbeat"]["traces"]["span"] == [f'name == "{HEARTBEAT}"']
     exporter = overlay["exporters"]["otlphttp/monitor"]
     assert exporter["endpoint"] == "${env:LOUPE_MONITOR_OTLP_ENDPOINT:-http://127.0.0.1:8091}"
     assert exporter["sending_queue"]["enabled"] is True
@@ -298,6 +304,11 @@ def test_collector_example_has_the_same_filter_as_jaeger() -> None:
     assert set(pipelines) == {"traces", "traces/monitor"}
     assert "filter/monitor" in pipelines["traces/monitor"]["processors"]
     assert "filter/monitor" not in pipelines["traces"]["processors"]
+    assert "filter/heartbeat" in pipelines["traces"]["processors"]
+    assert (
+        collector["processors"]["filter/heartbeat"]
+        == _yaml(JAEGER_DEPLOY / "all-in-one-memory.yaml")["processors"]["filter/heartbeat"]
+    )
     assert pipelines["traces/monitor"]["exporters"] == ["otlphttp/monitor"]
     for pipeline in pipelines.values():
         assert pipeline["receivers"] == ["otlp"]

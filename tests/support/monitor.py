@@ -20,6 +20,9 @@ HAPPY = list(HAPPY_MOVES)
 
 
 async def send(pool: asyncpg.Pool, spans: Sequence[ReadableSpan]) -> store.IngestResult:
-    """`spans` through OTLP encoding and the monitor's decoder into the store."""
+    """`spans` through OTLP encoding and the monitor's decoder into the store, as its intake
+    does."""
     kept, received = decode(otlp(spans))
-    return await store.ingest(pool, kept, SLO, received.total())
+    result = await store.ingest(pool, kept, SLO, received.total())
+    await store.heard_from(pool, received)
+    return result

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import REGISTRY
 
+from loupe.telemetry.attributes import HEARTBEAT
 from loupe.telemetry.delivery import (
     SPANS_EXPORTED_METRIC,
     SPANS_HELD_METRIC,
@@ -72,21 +73,23 @@ def batch(*names: str) -> list[ReadableSpan]:
     return [ReadableSpan(name=name) for name in names]
 
 
-def test_order_spans_are_those_jaegers_filter_forwards_to_the_monitor(
+def test_monitored_spans_are_those_jaegers_filter_forwards_to_the_monitor(
     collector: Collector,
 ) -> None:
-    # deploy/jaeger/monitor-pipeline.yaml: dropped when order.id is nil and not an error.
+    # deploy/jaeger/monitor-pipeline.yaml: dropped when order.id is nil, not an error and not a
+    # heartbeat.
     spans = [
         ReadableSpan(name="step", attributes={"order.id": "o-1"}),
         ReadableSpan(name="empty id", attributes={"order.id": ""}),
         ReadableSpan(name="failed", status=Status(StatusCode.ERROR, "broker gone")),
+        ReadableSpan(name=HEARTBEAT),
         ReadableSpan(name="SELECT", attributes={"db.system.name": "postgresql"}),
         ReadableSpan(name="fine", status=Status(StatusCode.OK)),
     ]
-    assert [kind(span) for span in spans] == [Kind.ORDER] * 3 + [Kind.OTHER] * 2
-    orders, others = exported(Exported.SENT, Kind.ORDER), exported(Exported.SENT, Kind.OTHER)
+    assert [kind(span) for span in spans] == [Kind.MONITORED] * 4 + [Kind.OTHER] * 2
+    orders, others = exported(Exported.SENT, Kind.MONITORED), exported(Exported.SENT, Kind.OTHER)
     RetryingSpanExporter(collector).export(spans)
-    assert exported(Exported.SENT, Kind.ORDER) - orders == 3
+    assert exported(Exported.SENT, Kind.MONITORED) - orders == 4
     assert exported(Exported.SENT, Kind.OTHER) - others == 2
 
 

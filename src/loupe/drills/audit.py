@@ -16,6 +16,7 @@ from loupe.config import SERVICE_NAMES, SERVICES, Settings
 from loupe.database import dsn_for
 from loupe.drills.stack import LoupeUp
 from loupe.monitor.models import FindingKind
+from loupe.monitor.projection import TELEMETRY
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import is_behind
 from loupe.telemetry.delivery import SPANS_EXPORTED_METRIC, Exported, Kind
@@ -87,6 +88,7 @@ async def read_orders(settings: Settings) -> tuple[Orders, set[str], int]:
 
 @dataclass(frozen=True)
 class Incident:
+    service: str
     place: str
     state: str
     started_at: datetime
@@ -94,11 +96,13 @@ class Incident:
     resolved_at: datetime | None
 
     def describe(self) -> str:
+        # A queue or an operation names its place; a service's telemetry needs the service.
+        where = self.service if self.place == TELEMETRY else self.place
         detected = (self.opened_at - self.started_at).total_seconds()
         if self.resolved_at is None:
-            return f"{self.state} at {self.place}: detected in {detected:.0f} s, still open"
+            return f"{self.state} at {where}: detected in {detected:.0f} s, still open"
         repaired = (self.resolved_at - self.started_at).total_seconds()
-        return f"{self.state} at {self.place}: detected in {detected:.0f} s, MTTR {repaired:.0f} s"
+        return f"{self.state} at {where}: detected in {detected:.0f} s, MTTR {repaired:.0f} s"
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ async def read_monitor(settings: Settings, since: datetime) -> MonitorView:
     )
     try:
         incidents = await connection.fetch(
-            "SELECT place, state, started_at, opened_at, resolved_at FROM incidents"
+            "SELECT service, place, state, started_at, opened_at, resolved_at FROM incidents"
             " WHERE opened_at >= $1 ORDER BY opened_at",
             since,
         )
@@ -179,7 +183,7 @@ def _delta(now: float, then: float) -> float:
 
 @dataclass(frozen=True)
 class SpanCounters:
-    """The services' order spans (those Jaeger forwards to the monitor) on each hop: sent by
+    """The services' monitored spans (those Jaeger forwards to the monitor) on each hop: sent by
     their exporters (or given up after holding them through a collector outage), forwarded by
     Jaeger to the monitor (or dropped: failed to send or to queue), and received by the monitor
     from those services. Each counter restarts with its process, so the services' are kept
@@ -224,8 +228,8 @@ def read_spans(loupe: LoupeUp) -> SpanCounters:
     monitor = httpx.get(f"{loupe.sandbox.monitor_url}/metrics", timeout=5).text
 
     def by_result(result: Exported) -> PerService:
-        # Order spans only: Jaeger forwards no others to the monitor.
-        labels = {"result": result.value, "kind": Kind.ORDER.value}
+        # Jaeger forwards no others to the monitor.
+        labels = {"result": result.value, "kind": Kind.MONITORED.value}
         return {
             name: metric_sum(text, SPANS_EXPORTED_METRIC, labels) for name, text in exported.items()
         }

@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 
 # The `state` query parameter: a FindingKind, its choices spelled out where the parameter is
 # in the OpenAPI document (an enum parameter would only name FindingKind's schema).
-FindingKindQuery = Literal[FindingKind.STUCK, FindingKind.BROKEN, FindingKind.UNROUTABLE]
+FindingKindQuery = Literal[
+    FindingKind.STUCK, FindingKind.BROKEN, FindingKind.UNROUTABLE, FindingKind.TELEMETRY_GAP
+]
 # The `status` query parameter of /incidents: an IncidentState, or both.
 INCIDENT_STATUSES = f"^({'|'.join([*IncidentState, store.ALL])})$"
 
@@ -57,6 +59,9 @@ T = TypeVar("T")
 PROTOBUF = "application/x-protobuf"
 MAX_BODY = 64 * 1024 * 1024
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+# Detection runs every LOUPE_MONITOR_TICK_SECONDS; a pass this much later than the last means
+# the monitor itself was not running (frozen, suspended), so it heard nothing meanwhile.
+LISTENING_PAUSE = timedelta(seconds=10)
 
 
 @dataclass
@@ -73,6 +78,9 @@ class Monitor:
     watch: BrokerWatch | None = None
     # When the last detection pass ended: how current the findings are.
     detected_at: datetime | None = None
+    # Since when this monitor has been listening without a pause (a start, or a process
+    # stopped and continued): a service's silence counts only from then.
+    listening_since: datetime | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -83,6 +91,9 @@ class Monitor:
         return self.pool
 
     async def detect_once(self) -> detection.TickResult:
+        now = datetime.now(UTC)
+        if self.detected_at is None or now - self.detected_at > LISTENING_PAUSE:
+            self.listening_since = now
         result = await detection.tick(
             self.db,
             self.slo,
@@ -91,6 +102,8 @@ class Monitor:
             self.settings.base.console_url,
             self.settings.stuck_horizon,
             self.watch,
+            self.settings.telemetry_gap,
+            self.listening_since,
         )
         for seconds in result.latencies:
             self.metrics.detection_latency.observe(seconds)
@@ -269,6 +282,7 @@ def create_app(
         spans, unstorable = screen(decoded)
         try:
             result = await store.ingest(monitor.db, spans, monitor.slo, received.total())
+            await store.heard_from(monitor.db, received)
         # OTLP senders retry a 503 and drop a batch answered 500: while PostgreSQL is away (or
         # the pool closes as the monitor stops) the spans wait in the collector's queue.
         except UNAVAILABLE as exc:

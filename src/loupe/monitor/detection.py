@@ -29,15 +29,16 @@ from loupe.monitor.models import (
     LastStep,
     LinkedIncident,
 )
-from loupe.monitor.projection import BROKEN_STATUSES, place_key
-from loupe.monitor.settings import STUCK_HORIZON_HOURS
-from loupe.monitor.slo import Slo
+from loupe.monitor.projection import BROKEN_STATUSES, TELEMETRY, place_key
+from loupe.monitor.settings import STUCK_HORIZON_HOURS, TELEMETRY_GAP_SECONDS
+from loupe.monitor.slo import Slo, Step
 from loupe.monitor.store import ALL_DISMISSED, writing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STUCK_HORIZON = timedelta(hours=STUCK_HORIZON_HOURS.default)
 PLACE = "place:"
+DEFAULT_TELEMETRY_GAP = timedelta(seconds=TELEMETRY_GAP_SECONDS.default)
 # How long after an order's row last changed its broken finding may still follow the move's
 # origin: the services export within seconds of each other (OTEL_BSP_SCHEDULE_DELAY, 5 s).
 ORIGIN_GRACE = timedelta(minutes=1)
@@ -435,6 +436,75 @@ async def _broker_findings(
         await _record(connection, finding, now, result)
 
 
+async def _hearing(connection: asyncpg.Connection) -> tuple[dict[str, datetime], set[str]]:
+    """Up to when the monitor has heard from each service that sends heartbeats, and the
+    services whose last health probe failed."""
+    heard = await connection.fetch(
+        "SELECT split_part(place_key, '|', 1) AS service, last_at FROM flow"
+        " WHERE place_key LIKE '%|' || $1",
+        TELEMETRY,
+    )
+    down = await connection.fetch(
+        "SELECT service FROM (SELECT DISTINCT ON (service) service, ok FROM health_samples"
+        " ORDER BY service, at DESC) latest WHERE NOT ok"
+    )
+    return {r["service"]: r["last_at"] for r in heard}, {r["service"] for r in down}
+
+
+def _unheard(
+    step: Step | None, deadline: datetime, heard: dict[str, datetime], down: set[str]
+) -> bool:
+    """An order at `step` is due, but since its deadline the monitor has heard from no
+    service: spans leave a service in the order they end, so a move made in time may still be
+    on its way (Jaeger frozen or restarting). It is not judged until spans come again. Should
+    other services be heard and not the one it waits on, that one has gone silent itself
+    (frozen, hung), and a service down by its probe is down: both are judged as ever."""
+    if step is None or step.service not in heard or step.service in down:
+        return False
+    return max(heard.values()) < deadline
+
+
+async def _telemetry_gaps(
+    connection: asyncpg.Connection,
+    heard: dict[str, datetime],
+    down: set[str],
+    now: datetime,
+    gap: timedelta,
+    listening_since: datetime | None,
+    result: TickResult,
+) -> None:
+    """A service up by its probe from which nothing has arrived for `gap` is a finding of its
+    own; it clears, like a place that works again, when its spans arrive."""
+    for service, heard_until in sorted(heard.items()):
+        # Silence while the monitor was not running is not the service's.
+        last = max(heard_until, listening_since or heard_until)
+        if service in down or now - last < gap:
+            continue
+        subject = PLACE + place_key(service, TELEMETRY)
+        open_already = await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM findings WHERE subject = $1 AND cleared_at IS NULL)",
+            subject,
+        )
+        if open_already:
+            continue
+        finding = _Finding(
+            subject=subject,
+            order_id=None,
+            state=FindingKind.TELEMETRY_GAP,
+            status=None,
+            since=last,
+            deadline=last + gap,
+            service=service,
+            place=TELEMETRY,
+            trace_id=None,
+            evidence=f"telemetry gap at {service} since {last:%H:%M:%S} UTC: no span (not even"
+            " its heartbeat) has arrived while its health probe passes: Jaeger, the network or"
+            " its exporter holds its spans back",
+            settled=False,
+        )
+        await _record(connection, finding, now, result)
+
+
 def webhook_body(event: AlertEvent, incident: Incident, console_url: str) -> Alert:
     """An alert: the event and the incident, with the incident's page in the console."""
     return Alert(event=event, incident=LinkedIncident.of(incident, console_url))
@@ -458,13 +528,18 @@ async def tick(
     console_url: str = DEFAULT_CONSOLE_URL,
     stuck_horizon: timedelta = DEFAULT_STUCK_HORIZON,
     watch: BrokerWatch | None = None,
+    telemetry_gap: timedelta = DEFAULT_TELEMETRY_GAP,
+    listening_since: datetime | None = None,
 ) -> TickResult:
     """One detection pass. Safe to run from several replicas: writers take one lock.
 
     Webhook alerts link to the incident in the console under `console_url`
     (LOUPE_CONSOLE_URL). A stuck finding expires after `stuck_horizon` of silence
     (LOUPE_MONITOR_STUCK_HORIZON_HOURS). `watch` looks at RabbitMQ's queues; without it (or
-    when the broker cannot be asked) its findings stay as they are."""
+    when the broker cannot be asked) its findings stay as they are. A service silent for
+    `telemetry_gap` while its probe passes is a telemetry gap
+    (LOUPE_MONITOR_TELEMETRY_GAP_SECONDS), counted from `listening_since` at the earliest: a
+    monitor that was not running heard nothing from anyone."""
     result = TickResult()
     view = await watch.look() if watch is not None else None
     queues = QueueEvidence(management)
@@ -523,8 +598,11 @@ async def tick(
             " ORDER BY least(o.broken_at, o.deadline)",
             now,
         )
+        heard, down = await _hearing(connection)
         for order in due:
             broken = order["broken_at"] is not None and order["broken_at"] <= now
+            if not broken and _unheard(slo.step(order["status"]), order["deadline"], heard, down):
+                continue
             finding = (
                 await _broken(connection, order)
                 if broken
@@ -560,6 +638,7 @@ async def tick(
         if view is not None:
             await _broker_findings(connection, view, now, result)
 
+        await _telemetry_gaps(connection, heard, down, now, telemetry_gap, listening_since, result)
         # A failed request that created no order is its place's failure: the place is broken
         # once the SLO's grace has passed with no request there succeeding since (a retry
         # that succeeds gets its chance), and works again when one does.

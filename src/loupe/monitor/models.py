@@ -21,12 +21,14 @@ from loupe.portal.links import absolute, incident_path, order_path
 
 class FindingKind(StrEnum):
     """What is wrong: an order waits past its SLO (or, as RabbitMQ shows, its queue has no
-    consumer), its path failed, or a message no queue is bound for waits in the unroutable
-    queue."""
+    consumer), its path failed, a message no queue is bound for waits in the unroutable
+    queue, or the monitor hears nothing from a service that is up."""
 
     STUCK = "stuck"
     BROKEN = "broken"
     UNROUTABLE = "unroutable"
+    TELEMETRY_GAP = "telemetry-gap"
+    """No span from a service that its health probe shows up: the monitor is blind there."""
 
 
 class IncidentState(StrEnum):

@@ -99,6 +99,11 @@ def place_key(service: str, place: str) -> str:
     return f"{service}|{place}"
 
 
+TELEMETRY = "telemetry"
+"""The place where the monitor hears from a service that sends heartbeats: its `flow` row has
+the end of the latest span received from it (store.heard_from)."""
+
+
 def flow_keys(span: SpanFacts) -> Iterable[str]:
     """The places an order passed through without error in `span`: its service and place, and
     the step it moved on from. An incident at such a place resolves once an order flows again."""

@@ -325,8 +325,9 @@ def stdout_console(environ: Mapping[str, str] = os.environ, file: IO[str] | None
 
 
 def _state_style(row: Row) -> str:
-    # An unroutable message is lost to the business until someone handles it, like a break.
-    return "yellow" if row["state"] == FindingKind.STUCK else "red"
+    # An unroutable message is lost to the business until someone handles it, like a break;
+    # a telemetry gap, like a wait, may turn out to be nothing.
+    return "yellow" if row["state"] in (FindingKind.STUCK, FindingKind.TELEMETRY_GAP) else "red"
 
 
 def _or_dash(key: str) -> Callable[[Row], str]:

@@ -63,6 +63,14 @@ STUCK_HORIZON_HOURS = Variable(
     " the reason `expired: no span for <horizon>` (and its incident can resolve)",
     positive,
 )
+TELEMETRY_GAP_SECONDS = Variable(
+    "LOUPE_MONITOR_TELEMETRY_GAP_SECONDS",
+    30.0,
+    "a service whose health probe passes but from which no span (not even its heartbeat, one"
+    " every 5 s) has arrived for this long is reported as a `telemetry-gap`: the monitor is"
+    " blind there",
+    positive,
+)
 WEBHOOK_URLS = Variable(
     "LOUPE_MONITOR_WEBHOOK_URLS",
     (),
@@ -92,6 +100,7 @@ class MonitorSettings(ListensAtUrl, EnvSettings):
     probe_seconds: float = PROBE_SECONDS.field()
     retention_hours: float = RETENTION_HOURS.field()
     stuck_horizon_hours: float = STUCK_HORIZON_HOURS.field()
+    telemetry_gap_seconds: float = TELEMETRY_GAP_SECONDS.field()
     webhook_urls: tuple[str, ...] = WEBHOOK_URLS.field()
     base: Settings = part(Settings)
     access: AccessSettings = part(AccessSettings)
@@ -104,6 +113,10 @@ class MonitorSettings(ListensAtUrl, EnvSettings):
     @property
     def stuck_horizon(self) -> timedelta:
         return timedelta(hours=self.stuck_horizon_hours)
+
+    @property
+    def telemetry_gap(self) -> timedelta:
+        return timedelta(seconds=self.telemetry_gap_seconds)
 
     @property
     def management_url(self) -> str:

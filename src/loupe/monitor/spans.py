@@ -21,6 +21,7 @@ from loupe.service.orders_table import OrderNotFound
 from loupe.telemetry.attributes import (
     DEAD_LETTER_REASON,
     DEAD_LETTERED_EVENT,
+    HEARTBEAT,
     NEW,
     ORDER_FAILURE_REASON,
     ORDER_ID,
@@ -248,22 +249,41 @@ def _facts(span: Span, service: str) -> SpanFacts | None:
     )
 
 
-def decode(body: bytes) -> tuple[list[SpanFacts], Counter[str]]:
-    """The spans worth keeping from one OTLP/protobuf request, and how many it held from each
-    service (service.name): the last hop of the count that every span sent arrived."""
+class Senders(Counter[str]):
+    """The spans of one request by the service that sent them (service.name): the last hop of
+    the count that every span sent arrived. `latest` has the end of each service's latest span:
+    spans leave a service in the order they end, so the monitor has heard everything that
+    service did up to then; `beating`, the services whose heartbeat is among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latest: dict[str, datetime] = {}
+        self.beating: set[str] = set()
+
+    def saw(self, service: str, name: str, ended_at: datetime) -> None:
+        self[service] += 1
+        self.latest[service] = max(self.latest.get(service, ended_at), ended_at)
+        if name == HEARTBEAT:
+            self.beating.add(service)
+
+
+def decode(body: bytes) -> tuple[list[SpanFacts], Senders]:
+    """The spans worth keeping from one OTLP/protobuf request, and who sent how many."""
     request = ExportTraceServiceRequest()
     try:
         request.ParseFromString(body)
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
         raise MalformedSpans(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
     kept: list[SpanFacts] = []
-    received: Counter[str] = Counter()
+    received = Senders()
     for resource_spans in request.resource_spans:
         resource = _attributes(list(resource_spans.resource.attributes))
         service = _text(resource.get("service.name")) or "unknown_service"
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                received[service] += 1
+                received.saw(
+                    service, span.name, _time(span.end_time_unix_nano or span.start_time_unix_nano)
+                )
                 facts = _facts(span, service)
                 if facts is not None:
                     kept.append(facts)

@@ -32,9 +32,9 @@ from loupe.monitor.models import (
     ServiceUptime,
     Uptime,
 )
-from loupe.monitor.projection import OrderRow, StoredError
+from loupe.monitor.projection import TELEMETRY, OrderRow, StoredError, place_key
 from loupe.monitor.slo import Slo
-from loupe.monitor.spans import SpanFacts
+from loupe.monitor.spans import Senders, SpanFacts
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Serialises writers (ingest requests, detection ticks) across replicas too: the per-order
@@ -118,6 +118,33 @@ class IngestResult:
             durations=self.durations + other.durations,
             refused=self.refused + other.refused,
         )
+
+
+async def heard_from(pool: asyncpg.Pool, senders: Senders) -> None:
+    """How far the monitor has heard from each service that sends heartbeats. Only a heartbeat
+    starts the record: a service without one (or spans made up in a test) is never judged
+    silent."""
+    keys = {service: place_key(service, TELEMETRY) for service in senders.latest}
+    beating = [s for s in senders.latest if s in senders.beating]
+    others = [s for s in senders.latest if s not in senders.beating]
+    async with pool.acquire() as connection:
+        if beating:
+            await connection.execute(
+                "INSERT INTO flow (place_key, last_at)"
+                " SELECT * FROM unnest($1::text[], $2::timestamptz[])"
+                " ON CONFLICT (place_key) DO UPDATE"
+                " SET last_at = greatest(flow.last_at, excluded.last_at)",
+                [keys[s] for s in beating],
+                [senders.latest[s] for s in beating],
+            )
+        if others:
+            await connection.execute(
+                "UPDATE flow SET last_at = greatest(flow.last_at, heard.last_at)"
+                " FROM unnest($1::text[], $2::timestamptz[]) AS heard (place_key, last_at)"
+                " WHERE flow.place_key = heard.place_key",
+                [keys[s] for s in others],
+                [senders.latest[s] for s in others],
+            )
 
 
 async def ingest(

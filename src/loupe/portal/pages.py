@@ -43,6 +43,7 @@ async def _now_panel(console: ConsoleDep, viewer: Reader) -> dict[str, object]:
         "stuck": sum(p.orders for p in grouped if p.state == FindingKind.STUCK),
         "broken": sum(p.orders for p in grouped if p.state == FindingKind.BROKEN),
         "unroutable": sum(p.orders for p in grouped if p.state == FindingKind.UNROUTABLE),
+        "blind": sum(p.orders for p in grouped if p.state == FindingKind.TELEMETRY_GAP),
         "as_of": found.as_of,
     }
 

@@ -22,6 +22,7 @@ from loupe.messaging.publisher import describe_failure
 from loupe.messaging.topology import Exchanges
 from loupe.orders import OrderEvent
 from loupe.service import outbox
+from loupe.telemetry import heartbeat
 
 BROKER_RETRY_SECONDS = 5.0
 DELIVERY_MIGRATIONS = Path(__file__).parent / "migrations"
@@ -54,6 +55,7 @@ class ServiceKernel:
         self._exchanges: Exchanges | None = None
         self._relay: outbox.Relay | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         amqp = urlsplit(settings.amqp_url)
         self._amqp_server = (amqp.hostname or "127.0.0.1", amqp.port or 5672)
         self.publisher = Publisher(self.service_name, self._amqp_server)
@@ -101,6 +103,7 @@ class ServiceKernel:
             self._pool, self._publish, describe=lambda exc: describe_failure(exc, self._amqp_server)
         )
         await self._relay.start()
+        self._heartbeat = asyncio.create_task(heartbeat.beat())
         try:
             await self._connect()
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -170,8 +173,9 @@ class ServiceKernel:
         return exchanges
 
     async def stop(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        for task in (self._connecting, self._heartbeat):
+            if task is not None:
+                task.cancel()
         for callback in self._on_stop:
             await callback()
         if self._relay is not None:

@@ -26,6 +26,10 @@ DEAD_LETTER_REASON = "loupe.messaging.reason"
 # The span a service starts with for each order it changed just before (orders_table): the
 # status the order is at, with order.status.to and no order.status.from.
 STATUS_RESTATED = "order status restated"
+# The span each service sends every few seconds whatever it does (service/kernel.py), so the
+# monitor can tell "nothing happened" from "nothing reached me". Jaeger forwards it to the
+# monitor only, never to its storage (deploy/jaeger).
+HEARTBEAT = "telemetry heartbeat"
 # On the link from a person's step to the order's previous step (a trace of its own).
 LINK_REASON = "loupe.link.reason"
 PREVIOUS_STEP = "previous order step"

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 from prometheus_client import Counter, Gauge
 
-from loupe.telemetry.attributes import ORDER_ID
+from loupe.telemetry.attributes import HEARTBEAT, ORDER_ID
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,20 @@ class Exported(StrEnum):
 
 
 class Kind(StrEnum):
-    ORDER = "order"
-    """Names an order or failed: what Jaeger forwards to the monitor (its filter/monitor)."""
+    MONITORED = "monitored"
+    """Names an order, failed, or is a heartbeat: what Jaeger forwards to the monitor (its
+    filter/monitor)."""
     OTHER = "other"
 
 
 def kind(span: ReadableSpan) -> Kind:
     attributes = span.attributes or {}
-    if ORDER_ID in attributes or span.status.status_code is StatusCode.ERROR:
-        return Kind.ORDER
+    if (
+        ORDER_ID in attributes
+        or span.status.status_code is StatusCode.ERROR
+        or span.name == HEARTBEAT
+    ):
+        return Kind.MONITORED
     return Kind.OTHER
 
 
@@ -69,7 +74,8 @@ def kind(span: ReadableSpan) -> Kind:
 SPANS_EXPORTED = Counter(
     SPANS_EXPORTED_METRIC.removesuffix("_total"),
     "Spans this process's exporter sent to the collector, or dropped (they are lost), by"
-    " result and kind (order: names an order or failed, what the monitor receives).",
+    " result and kind (monitored: names an order, failed or is a heartbeat, what the monitor"
+    " receives).",
     ["result", "kind"],
 )
 SPANS_HELD = Gauge(
@@ -79,8 +85,8 @@ SPANS_HELD = Gauge(
 
 
 def _count(result: Exported, spans: Sequence[ReadableSpan]) -> None:
-    orders = sum(1 for span in spans if kind(span) is Kind.ORDER)
-    SPANS_EXPORTED.labels(result=result, kind=Kind.ORDER).inc(orders)
+    orders = sum(1 for span in spans if kind(span) is Kind.MONITORED)
+    SPANS_EXPORTED.labels(result=result, kind=Kind.MONITORED).inc(orders)
     SPANS_EXPORTED.labels(result=result, kind=Kind.OTHER).inc(len(spans) - orders)
 
 
