@@ -22,7 +22,7 @@ from loupe.messaging.management import Management
 
 from .gateway_support import API, sign_in
 from .pipeline_support import wait_for
-from .stack_support import SUBMITTED_SLO, Monitored, monitored_stack
+from .stack_support import FROZEN_DETECTION, SUBMITTED_SLO, Monitored, monitored_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -81,10 +81,12 @@ def test_frozen_mes_leaves_orders_stuck_in_its_queue(monitored: Monitored) -> No
     order_id = monitored.place_order()
     placed = time.monotonic()
     finding = wait_for(
-        lambda: _finding(monitored, order_id), SUBMITTED_SLO + 5, f"order {order_id} stuck"
+        lambda: _finding(monitored, order_id),
+        SUBMITTED_SLO + FROZEN_DETECTION,
+        f"order {order_id} stuck",
     )
     took = time.monotonic() - placed
-    assert took <= SUBMITTED_SLO + 5
+    assert took <= SUBMITTED_SLO + FROZEN_DETECTION
     assert finding["state"] == "stuck" and finding["status"] == "SUBMITTED"
     assert finding["service"] == "mes-api"
     assert finding["place"] == "queue mes.order-submitted"

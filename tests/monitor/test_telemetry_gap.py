@@ -88,11 +88,16 @@ async def test_an_order_waiting_on_a_service_not_heard_since_its_deadline_is_not
     monitor_pool: asyncpg.Pool,
 ) -> None:
     made = Spans()
-    # SUBMITTED 40 s ago, MES has 30 s: due 10 s ago. Nothing has been heard since 15 s ago
-    # (the shop's move is older still), so a move MES made in time may still be on its way.
+    # SUBMITTED 40 s ago, MES has 30 s: due 10 s ago. MES was last heard 15 s ago, and the
+    # shop 8 s ago (within the margin spans of two services may arrive apart): a move MES
+    # made in time may still be on its way.
     await send(
         monitor_pool,
-        [made.happy_move(0, "o-wait", ago(40)), made.make("mes-api", HEARTBEAT, ago(15))],
+        [
+            made.happy_move(0, "o-wait", ago(40)),
+            made.make("mes-api", HEARTBEAT, ago(15)),
+            made.make("shop-api", HEARTBEAT, ago(8)),
+        ],
     )
     assert (await tick(monitor_pool)).opened == []
 
@@ -106,7 +111,7 @@ async def test_an_order_waiting_on_a_service_silent_while_others_are_heard_is_st
     monitor_pool: asyncpg.Pool,
 ) -> None:
     made = Spans()
-    # MES is silent (frozen, hung) while the shop is heard after the deadline: the spans
+    # MES is silent (frozen, hung) while the shop is heard well after the deadline: the spans
     # flow, and MES is the one that does not move.
     await send(
         monitor_pool,

@@ -288,6 +288,8 @@ def test_monitor_overlay_adds_a_pipeline_and_keeps_storage_as_is(storage: str) -
     assert exporter["sending_queue"]["enabled"] is True
     assert exporter["sending_queue"]["block_on_overflow"] is False
     assert exporter["sending_queue"]["wait_for_result"] is False
+    # In order: the monitor reads a service's latest span as how far it has heard from it.
+    assert exporter["sending_queue"]["num_consumers"] == 1
     assert exporter["retry_on_failure"]["enabled"] is True
     assert exporter["compression"] == "none"
 
