@@ -30,6 +30,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     # The connection closed under a statement or a transaction's end (PostgreSQL restarted),
     # or the pool is closing as the process stops.
     asyncpg.InterfaceError,
+    # A pooled connection a restart cut off mid-statement, handed out again before the pool
+    # noticed: "cannot switch to state 15; another operation (2) is in progress" (seen once in
+    # the PostgreSQL-restart drill). The pool discards it as it comes back.
+    asyncpg.InternalClientError,
 )
 """Errors that mean "the database cannot answer now, ask again soon", not a bug: callers answer
 them with 503 and Retry-After (HTTP) or a retry, never 500."""

@@ -285,6 +285,7 @@ TRANSIENT = [
     asyncpg.SerializationError("could not serialize access due to concurrent update"),
     asyncpg.DeadlockDetectedError("deadlock detected"),
     asyncpg.InterfaceError("pool is closing"),
+    asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
     ConnectionRefusedError(111, "Connection refused"),
     TimeoutError(),
 ]
