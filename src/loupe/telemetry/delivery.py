@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SPANS_EXPORTED_METRIC = "loupe_spans_exported_total"
 SPANS_HELD_METRIC = "loupe_spans_held"
 
-# About twenty minutes of one service's spans at the demo's rate, some tens of MB at most.
+# More than the 5 minutes below of one service's spans at the demo's rate (about 30 a second),
+# some tens of MB at most.
 HELD_SPANS_MAX = 20_000
 # Longer than any outage a restart or a pause causes; a batch still refused after this long
 # is one the collector will not take.
