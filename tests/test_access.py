@@ -68,7 +68,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     settings = PortalSettings(access=AccessSettings(issuer=ISSUER, client_id=CLIENT))
     app = create_app(settings, FakeProvider().verifier())
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 

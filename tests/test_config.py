@@ -159,3 +159,18 @@ def test_monitor_settings_from_the_environment() -> None:
 def test_monitor_intervals_must_be_positive_numbers(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         MonitorSettings.from_env({"LOUPE_MONITOR_TICK_SECONDS": value})
+
+
+def test_the_apps_answer_to_loopback_the_console_and_the_allowed_hosts() -> None:
+    settings = Settings.from_env(
+        {
+            "LOUPE_CONSOLE_URL": "https://loupe.workshop.example:8443/",
+            "LOUPE_ALLOWED_HOSTS": " ops.workshop.example , localhost ",
+        }
+    )
+    assert settings.known_hosts == (
+        "127.0.0.1",
+        "localhost",
+        "loupe.workshop.example",
+        "ops.workshop.example",
+    )

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from loupe.environment import EnvSettings, Variable, each, file_path, number, url, whole
+from loupe.environment import (
+    EnvSettings,
+    Variable,
+    each,
+    file_path,
+    names,
+    number,
+    url,
+    whole,
+)
 from loupe.messaging.management import Management
 
 SERVICES = ("shop", "crm", "mes")
@@ -96,6 +106,15 @@ CONSOLE_URL = Variable(
     url,
     note="`loupe up`: the gateway's URL",
 )
+ALLOWED_HOSTS = Variable(
+    "LOUPE_ALLOWED_HOSTS",
+    (),
+    "comma-separated host names the services, the portal and the monitor answer to besides"
+    " `127.0.0.1`, `localhost` and `LOUPE_CONSOLE_URL`'s host (`*.example.com` for"
+    " subdomains); a request whose Host header names any other gets 400, so a web page cannot"
+    " reach them through a name it points at this machine (DNS rebinding)",
+    names,
+)
 RABBITMQ_MANAGEMENT_URL = Variable(
     "LOUPE_RABBITMQ_MANAGEMENT_URL",
     "http://127.0.0.1:15672",
@@ -127,6 +146,7 @@ class Settings(EnvSettings):
     retry_delay_ms: int = RETRY_DELAY_MS.field()
     prefetch: int = PREFETCH.field()
     console_url: str = CONSOLE_URL.field()
+    allowed_hosts: tuple[str, ...] = ALLOWED_HOSTS.field()
     management_url: str = RABBITMQ_MANAGEMENT_URL.field()
 
     def __post_init__(self) -> None:
@@ -136,6 +156,12 @@ class Settings(EnvSettings):
     def management(self, timeout: float = 5.0) -> Management:
         """RabbitMQ's management API, with the broker's own credentials and vhost."""
         return Management(self.management_url, self.amqp_url, timeout)
+
+    @property
+    def known_hosts(self) -> tuple[str, ...]:
+        """The host names loupe's apps answer to (LOUPE_ALLOWED_HOSTS)."""
+        console = urlsplit(self.console_url).hostname
+        return tuple(dict.fromkeys(("127.0.0.1", "localhost", console, *self.allowed_hosts)))
 
     def database_name(self, service: str) -> str:
         return f"{self.database_prefix}_{service}"

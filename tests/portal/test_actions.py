@@ -66,7 +66,9 @@ async def api(
     )
     transport = httpx.MockTransport(backends.handler)
     app = create_app(settings, FakeProvider().verifier(), transport=transport)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://p") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://127.0.0.1"
+    ) as client:
         # An action carries the person's anti-forgery token, as the console's pages send it.
         csrf = (await client.get("/api/whoami", headers=DEVOPS)).json()["csrf_token"]
         client.headers.update({**DEVOPS, HEADER: csrf})

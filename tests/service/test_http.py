@@ -78,7 +78,7 @@ def app(kernel: ServiceKernel, orders: FakeOrders) -> FastAPI:
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -228,7 +228,7 @@ async def test_a_bug_is_still_a_500(
 
     monkeypatch.setattr(orders, "row", broken)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         assert (await client.get("/orders/o-1")).status_code == 500
 
 
@@ -275,3 +275,30 @@ async def test_metrics_show_how_the_processs_spans_fared_on_their_way_to_jaeger(
     assert samples[
         (SPANS_EXPORTED_METRIC, tuple(sorted(labels.items())))
     ] == REGISTRY.get_sample_value(SPANS_EXPORTED_METRIC, labels)
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:8082", 200),
+        ("localhost:8082", 200),
+        ("loupe.workshop.example", 200),  # LOUPE_CONSOLE_URL's host
+        ("ops.workshop.example", 200),  # in LOUPE_ALLOWED_HOSTS, as *.workshop.example
+        ("rebound.attacker.example", 400),  # a name pointed at 127.0.0.1 by someone else
+        ("127.0.0.1.attacker.example", 400),
+    ],
+)
+async def test_only_known_host_names_are_answered(
+    orders: FakeOrders, tmp_path: Path, host: str, status: int
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        console_url="https://loupe.workshop.example",
+        allowed_hosts=("*.workshop.example",),
+    )
+    app = create_app(ServiceKernel("mes", settings, tmp_path), orders, "a test", [router])  # type: ignore[arg-type]
+    orders.add("o-1", OrderStatus.SUBMITTED)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        response = await client.get("/orders/o-1", headers={"Host": host})
+    assert response.status_code == status, response.text

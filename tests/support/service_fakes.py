@@ -124,4 +124,4 @@ def offline_client(
     ASGITransport."""
     app = create_app(Settings(data_dir=data_dir))
     app.state.orders = orders
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from loupe.access import Access, TokenVerifier
 from loupe.config import SERVICE_NAMES
 from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
+from loupe.hosts import answer_only_known_hosts
 from loupe.monitor import alerts, detection, store
 from loupe.monitor.broker import BrokerWatch
 from loupe.monitor.metrics import FlowMetrics
@@ -256,6 +257,7 @@ def create_app(
         version="1",
     )
     app.state.monitor = monitor
+    answer_only_known_hosts(app, settings.base)
     access.install(app, "loupe-monitor")
     Reader = access.reader
     Operator = access.operator

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from loupe.access import Access, TokenVerifier
+from loupe.hosts import answer_only_known_hosts
 from loupe.portal import actions, pages
 from loupe.portal.antiforgery import ForgeryRefused
 from loupe.portal.console import Console
@@ -48,6 +49,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.console = Console(settings, access, client)
+    answer_only_known_hosts(app, settings.base)
     access.install(app, "loupe-portal")
 
     @app.exception_handler(ForgeryRefused)

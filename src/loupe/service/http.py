@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from loupe.config import SERVICE_NAMES, Settings
 from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
+from loupe.hosts import answer_only_known_hosts
 from loupe.objectstore import ObjectStore
 from loupe.orders import IllegalTransition
 from loupe.service.kernel import ServiceKernel
@@ -61,6 +62,7 @@ def create_app(
     app.state.orders = orders
     app.state.store = store
     app.state.settings = kernel.settings
+    answer_only_known_hosts(app, kernel.settings)
 
     @app.get("/healthz", tags=["operations"], summary="Ready: database and broker connected")
     async def healthz() -> JSONResponse:
