@@ -48,10 +48,9 @@ T = TypeVar("T")
 
 SUBMITTED_SLO = 10.0
 # How long after its deadline an order waiting on a frozen service is reported stuck at most:
-# the monitor waits until it has heard the other services 10 s past the deadline (spans may
-# arrive a batch delay, 5 s, apart, more on a loaded machine), and their spans take up to a
-# batch delay to arrive.
-FROZEN_DETECTION = 20.0
+# the monitor waits until it has heard the other services 6 s past the deadline (spans may
+# arrive one batch delay, 5 s, apart), or until its probe finds the frozen service down.
+FROZEN_DETECTION = 12.0
 # The demo SLO file's steps, due sooner: SUBMITTED within 10 s, the rest within 20 s.
 SLO_FILE = slo_toml("20s", "5s", {"SUBMITTED": f"{SUBMITTED_SLO:.0f}s"})
 

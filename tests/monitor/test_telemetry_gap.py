@@ -89,8 +89,7 @@ async def test_an_order_waiting_on_a_service_not_heard_since_its_deadline_is_not
 ) -> None:
     made = Spans()
     # SUBMITTED 40 s ago, MES has 30 s: due 10 s ago. MES was last heard 15 s ago, and the
-    # shop 8 s ago (2 s after the deadline, within the margin by which two services' spans may
-    # arrive apart): a move MES
+    # shop 8 s ago (within the margin spans of two services may arrive apart): a move MES
     # made in time may still be on its way.
     await send(
         monitor_pool,
@@ -119,22 +118,21 @@ async def test_an_order_waiting_on_a_service_silent_while_others_are_heard_is_st
         [
             made.happy_move(0, "o-frozen", ago(40)),
             made.make("mes-api", HEARTBEAT, ago(15)),
-            made.make("shop-api", HEARTBEAT, ago(0)),
+            made.make("shop-api", HEARTBEAT, ago(2)),
         ],
     )
     result = await tick(monitor_pool)
     assert [(f.order_id, f.state) for f in result.opened] == [("o-frozen", FindingKind.STUCK)]
 
 
-async def test_while_no_one_is_heard_not_even_a_failed_probe_has_orders_judged(
+async def test_a_service_down_by_its_probe_does_not_hold_back_its_stuck_orders(
     monitor_pool: asyncpg.Pool,
 ) -> None:
-    # Jaeger frozen: a probe that times out on a loaded machine must not make the orders that
-    # may have moved look stuck.
     made = Spans()
     await send(
         monitor_pool,
-        [made.happy_move(0, "o-blind", ago(40)), made.make("mes-api", HEARTBEAT, ago(15))],
+        [made.happy_move(0, "o-down", ago(40)), made.make("mes-api", HEARTBEAT, ago(15))],
     )
     await probed(monitor_pool, "mes-api", False)
-    assert (await tick(monitor_pool)).opened == []
+    result = await tick(monitor_pool)
+    assert [(f.order_id, f.state) for f in result.opened] == [("o-down", FindingKind.STUCK)]

@@ -39,11 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_STUCK_HORIZON = timedelta(hours=STUCK_HORIZON_HOURS.default)
 PLACE = "place:"
 DEFAULT_TELEMETRY_GAP = timedelta(seconds=TELEMETRY_GAP_SECONDS.default)
-# How much later than another a service's spans may arrive in normal operation, with room for
-# a loaded machine: its batch processor's delay (OTEL_BSP_SCHEDULE_DELAY, 5 s) and Jaeger's
-# batch. Heard from the others this far past a deadline, a service still silent is silent
-# itself.
-SILENT_MARGIN = timedelta(seconds=10)
+# How much later than another a service's spans may arrive in normal operation: its batch
+# processor's delay (OTEL_BSP_SCHEDULE_DELAY, 5 s) and Jaeger's batch. Heard from the others
+# this far past a deadline, a service still silent is silent itself.
+SILENT_MARGIN = timedelta(seconds=6)
 # How long after an order's row last changed its broken finding may still follow the move's
 # origin: the services export within seconds of each other (OTEL_BSP_SCHEDULE_DELAY, 5 s).
 ORIGIN_GRACE = timedelta(minutes=1)
@@ -456,17 +455,20 @@ async def _hearing(connection: asyncpg.Connection) -> tuple[dict[str, datetime],
     return {r["service"]: r["last_at"] for r in heard}, {r["service"] for r in down}
 
 
-def _unheard(step: Step | None, deadline: datetime, heard: dict[str, datetime]) -> bool:
+def _unheard(
+    step: Step | None, deadline: datetime, heard: dict[str, datetime], down: set[str]
+) -> bool:
     """An order at `step` is due, but the monitor has not heard from the service it waits on
     since the deadline: spans leave a service in the order they end, so a move made in time
     may still be on its way (Jaeger frozen or restarting, an exporter holding spans). It is not
     judged until that service is heard again, unless the others have been heard well past the
-    deadline: then that service has gone silent itself (frozen, hung, down). While no one is
-    heard, not even a probe that fails decides: the monitor is blind, and says so instead."""
-    if step is None or step.service not in heard or heard[step.service] >= deadline:
+    deadline (it has gone silent itself: frozen, hung) or its probe fails (it is down)."""
+    if step is None or step.service not in heard or step.service in down:
         return False
     others = [at for service, at in heard.items() if service != step.service]
-    return not (others and max(others) >= deadline + SILENT_MARGIN)
+    if others and max(others) >= deadline + SILENT_MARGIN:
+        return False
+    return heard[step.service] < deadline
 
 
 async def _telemetry_gaps(
@@ -606,7 +608,7 @@ async def tick(
         heard, down = await _hearing(connection)
         for order in due:
             broken = order["broken_at"] is not None and order["broken_at"] <= now
-            if not broken and _unheard(slo.step(order["status"]), order["deadline"], heard):
+            if not broken and _unheard(slo.step(order["status"]), order["deadline"], heard, down):
                 continue
             finding = (
                 await _broken(connection, order)
