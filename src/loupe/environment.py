@@ -221,7 +221,7 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
     from loupe.monitor import settings as monitor
     from loupe.portal import settings as portal
     from loupe.stack import components, gateway
-    from loupe.telemetry import logs, sampling
+    from loupe.telemetry import encoding, logs, sampling
 
     return {
         "loupe": (
@@ -229,6 +229,7 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
             logs.LOG_LEVEL,
             config.ACTOR_RATE,
             sampling.TRACE_TRANSACTION_CONTROL,
+            encoding.SDK_ENCODER,
         ),
         "jaeger": (*components.JaegerPorts.variables(), *components.JAEGER_FILES),
         "gateway": (*gateway.GatewaySettings.variables(), gateway.DEMO_PASSWORD),

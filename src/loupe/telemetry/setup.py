@@ -59,6 +59,15 @@ def _exporter() -> SpanExporter | None:
             OTLPSpanExporter as HTTPSpanExporter,
         )
 
+        try:
+            from loupe.telemetry.encoding import LoupeOTLPSpanExporter
+        except ImportError:
+            log.exception("loupe's OTLP encoder is not available; the SDK's encodes")
+            return HTTPSpanExporter()
+        exporter = LoupeOTLPSpanExporter()
+        if exporter.usable():
+            return exporter
+        exporter.shutdown()
         return HTTPSpanExporter()
     raise ValueError(f"OTLP protocol {protocol!r} is not supported; use grpc or http/protobuf")
 
