@@ -512,6 +512,10 @@ def report(figures: Figures, rounds: int, orders: int, started: datetime) -> str
     asyncpg_own = m(f"{ASYNCPG}off") - m(f"{ASYNCPG}plain")
     asyncpg_span = m(f"{ASYNCPG}on") - m(f"{ASYNCPG}off")
     total = sdk + queue + m(PATH_AFTER)
+    # Export cost = per_export + per_span * size, from batches of 64 and 512.
+    small, large = m(f"{EXPORT}64"), m(f"{EXPORT}512")
+    per_export = max(0.0, (small - large) / (1 / 64 - 1 / 512))
+    per_span = large - per_export / 512
     rows = [
         f"| {name} | {cell(name)} |"
         for name in figures.rounds
@@ -541,7 +545,9 @@ else competes for what is measured, and the figures are CPU time of the thread d
   spans, a person's transitions with their link, the stale deliveries' events), started and
   ended through the SDK with the services' sampler and resource, made afresh each round.
 - {rounds} rounds; in each, every variant below in turn. Each figure is the median of its
-  rounds; spread is half their range around the mean.
+  rounds; spread is half their range around the mean. CPU time of a thread still grows when
+  other processes share the cores (caches, frequency), so a busy machine widens the spread;
+  variants compared with each other ran in the same rounds.
 
 | what | µs of CPU per span | spread |
 |---|---:|---:|
@@ -570,21 +576,33 @@ no-op tracer), with it and tracing on.
 | batch thread, measured whole as `setup.py` stacks it | {m(PATH_AFTER):.1f} |
 | **a span in all** (request's thread + batch thread measured whole) | **{total:.1f}** |
 
-Besides the span itself, a FastAPI request with tracing on costs {fastapi_span:.0f} µs more than
-with it off, and the instrumentation {fastapi_own:.0f} µs more than none even with tracing off
-(its ASGI middleware collects the request's attributes and matches the route again whether or
-not a span records them); an asyncpg query {asyncpg_span:.1f} µs more on than off, and the
-wrapper {asyncpg_own:.1f} µs with tracing off (attributes gathered before the no-op span).
+A FastAPI request costs {fastapi_span:.0f} µs more with tracing on than off (its span
+included), and the instrumentation costs {fastapi_own:.0f} µs more than none even with tracing
+off (its ASGI middleware collects the request's attributes and matches the route again whether
+or not a span records them). An asyncpg query costs {asyncpg_span:.1f} µs more on than off, and
+the wrapper {asyncpg_own:.1f} µs with tracing off (attributes gathered before the no-op span).
 Tracing off, as the pipeline benchmark measures it, keeps the instrumentations in place, so
-their own cost is in both of its modes.
+their own cost is in both of its modes: what tracing on adds is the {total:.0f} µs a span
+above.
 
 The encoders compared on the same spans: the SDK's {m(ENCODING_SDK):.1f} µs a span, loupe's
 {m(ENCODING_LOUPE):.1f} µs (the same bytes; `tests/telemetry/test_encoding.py`). {proto} it is
 not a candidate: on the journey's 95 spans it wrote 7,278 bytes where the SDK wrote 38,552,
 leaving out every span's attributes, the kind and parent of 89 spans, and all events and links.
 
-Batch size: loupe's exporter to a local sink took {m(f"{EXPORT}64"):.1f} µs a span in batches
-of 64, {m(f"{EXPORT}512"):.1f} in batches of 512 (the default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`)
-and {m(f"{EXPORT}2048"):.1f} in batches of 2048: past 512 a bigger batch saves little per span
-and holds more spans longer in memory.
+### The batch processor's settings
+
+loupe's exporter to a local sink took {m(f"{EXPORT}64"):.1f} µs a span in batches of 64,
+{m(f"{EXPORT}512"):.1f} in batches of 512 and {m(f"{EXPORT}2048"):.1f} in batches of 2048:
+each export costs about {per_export / 1000:.1f} ms whatever it holds, and
+{per_span:.1f} µs a span. So the SDK's defaults stay (`OTEL_BSP_*` change them, as before):
+
+- `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` 512: a bigger batch saves at most
+  {per_export / 512:.1f} µs a span and holds more spans longer;
+- `OTEL_BSP_SCHEDULE_DELAY` 5 s: under load a batch fills to 512 before the delay is up; when
+  it is quiet, even one export a second would cost {per_export / 1000 / 10:.2f}% of a core. The
+  delay is how late the monitor hears of a move and how much a `kill -9` loses
+  ([monitor.md](monitor.md), [reliability.md](reliability.md)), not a question of CPU;
+- `OTEL_BSP_MAX_QUEUE_SIZE` 2048: a queued span holds about 2.9 KB (tracemalloc, these spans),
+  so a full queue is about 6 MB.
 """
