@@ -87,6 +87,11 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+def _message(tag: bytes, *fields: bytes) -> bytes:
+    """A field holding a message made of `fields`."""
+    return _field(tag, b"".join(fields))
+
+
 def _any_value(value: Any) -> bytes:
     """An AnyValue's content, as the SDK's encoder chooses the variant (bool before int)."""
     if value is None:
@@ -176,32 +181,24 @@ def encode_span(span: ReadableSpan) -> bytes:
     parts.append(_count(b"\x50", span.dropped_attributes))
     for event in span.events:
         parts.append(
-            _field(
+            _message(
                 b"\x5a",
-                b"".join(
-                    [
-                        _time(b"\x09", event.timestamp),
-                        _string(b"\x12", event.name),
-                        *_attributes(b"\x1a", event.attributes),
-                        _count(b"\x20", event.dropped_attributes),
-                    ]
-                ),
+                _time(b"\x09", event.timestamp),
+                _string(b"\x12", event.name),
+                *_attributes(b"\x1a", event.attributes),
+                _count(b"\x20", event.dropped_attributes),
             )
         )
     parts.append(_count(b"\x60", span.dropped_events))
     for link in span.links:
         parts.append(
-            _field(
+            _message(
                 b"\x6a",
-                b"".join(
-                    [
-                        b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big"),
-                        b"\x12\x08" + link.context.span_id.to_bytes(8, "big"),
-                        *_attributes(b"\x22", link.attributes),
-                        _count(b"\x28", link.dropped_attributes),
-                        b"\x35" + _flags(link.context),
-                    ]
-                ),
+                b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big"),
+                b"\x12\x08" + link.context.span_id.to_bytes(8, "big"),
+                *_attributes(b"\x22", link.attributes),
+                _count(b"\x28", link.dropped_attributes),
+                b"\x35" + _flags(link.context),
             )
         )
     parts.append(_count(b"\x70", span.dropped_links))
@@ -257,11 +254,8 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         for scope, encoded in scopes.values():
             schema_url = scope.schema_url if scope is not None else None
             content.append(
-                _field(
-                    b"\x12",
-                    b"".join(
-                        [_field(b"\x0a", _scope(scope)), *encoded, _string(b"\x1a", schema_url)]
-                    ),
+                _message(
+                    b"\x12", _field(b"\x0a", _scope(scope)), *encoded, _string(b"\x1a", schema_url)
                 )
             )
         content.append(_string(b"\x1a", resource.schema_url))
