@@ -22,7 +22,13 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from loupe.bench.spans import finished_spans, otlp_sink
-from loupe.telemetry.encoding import LoupeOTLPSpanExporter, encode_spans
+from loupe.telemetry.encoding import (
+    REMEMBERED_ATTRIBUTES,
+    REMEMBERED_MAX_CHARS,
+    LoupeOTLPSpanExporter,
+    _remembered,
+    encode_spans,
+)
 
 scalars = st.one_of(
     st.text(max_size=12),
@@ -138,6 +144,23 @@ def test_an_attribute_otlp_cannot_carry_is_left_out_and_the_rest_sent(
     (kept,) = decoded.resource_spans[0].scope_spans[0].spans[0].attributes
     assert (kept.key, kept.value.string_value) == ("order.id", "o-1")
     assert "too.big" in caplog.text and "odd" in caplog.text
+
+
+def test_long_texts_are_encoded_but_not_remembered() -> None:
+    stack = "Traceback (most recent call last):\n" + "  frame\n" * 400
+    assert len(stack) > REMEMBERED_MAX_CHARS
+    span = ReadableSpan(
+        name="s",
+        context=SpanContext(1, 2, False),
+        resource=RESOURCE,
+        attributes={"exception.stacktrace": stack, "order.id": "o-2"},
+    )
+    before = _remembered.cache_info()
+    assert encode_spans([span]) == sdk_encode([span]).SerializeToString()
+    after = _remembered.cache_info()
+    calls = after.hits + after.misses - before.hits - before.misses
+    assert calls == 1 + len(RESOURCE.attributes), "the resource's and order.id, not the stack"
+    assert after.maxsize == REMEMBERED_ATTRIBUTES
 
 
 @pytest.fixture

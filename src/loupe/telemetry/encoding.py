@@ -122,8 +122,13 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 # Keyed by the value's type too: True, 1 and 1.0 are equal as keys but not on the wire. The
-# bound keeps memory small; values that never repeat (order ids) only pass through.
-@functools.lru_cache(maxsize=8192)
+# bounds keep memory small (some MB at most); values that never repeat (order ids) only pass
+# through, and long texts (stack traces) are encoded each time rather than held.
+REMEMBERED_ATTRIBUTES = 4096
+REMEMBERED_MAX_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=REMEMBERED_ATTRIBUTES)
 def _remembered(tag: bytes, key: str, kind: type, value: Any) -> bytes:
     return _field(tag, _key_value(key, value))
 
@@ -134,7 +139,9 @@ def _attributes(tag: bytes, attributes: Attributes | Mapping[str, Any] | None) -
     fields = []
     for key, value in (attributes or {}).items():
         try:
-            if isinstance(value, str | bool | int | float):
+            if isinstance(value, bool | int | float) or (
+                isinstance(value, str) and len(value) <= REMEMBERED_MAX_CHARS
+            ):
                 fields.append(_remembered(tag, key, type(value), value))
             else:
                 fields.append(_field(tag, _key_value(key, value)))
