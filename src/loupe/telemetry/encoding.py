@@ -1,12 +1,12 @@
 """OTLP/protobuf for a batch of spans, written straight to bytes, and the exporter that sends it.
 
 The SDK's encoder builds a protobuf message object for every span, attribute and value and
-then serialises them: measured in one process on the services' spans, about 65 µs a span, half
-of all a span costs the service (docs/benchmarks.md, section `spans`). Most of what it encodes
-repeats: the services send the same attribute keys and values (SQL text, exchange names,
-routes, statuses) thousands of times. This writes the same wire format directly, remembers the
-encoding of each repeated attribute, and is decoded by any OTLP receiver into exactly what the
-SDK's encoder produces (tests/telemetry/test_encoding.py checks message equality and bytes).
+then serialises them: measured in one process on the services' spans, 40 to 60 µs a span, the
+largest part of what a span cost the service (docs/benchmarks.md, section `spans`); this takes
+about a third of that. Most of what the services send repeats: the same attribute keys and
+values (SQL text, exchange names, routes, statuses) thousands of times. This writes the same
+wire format directly, remembers the encoding of each repeated attribute, and writes exactly
+the SDK's bytes (tests/telemetry/test_encoding.py checks them against its encoder).
 
 The SDK's exporter stays the fallback: `LoupeOTLPSpanExporter` sends with the SDK's own HTTP
 client (retries, compression, headers, timeout as OTEL_EXPORTER_OTLP_* say), and it hands a
