@@ -26,5 +26,5 @@ def create_app(settings: Settings) -> FastAPI:
     kernel = ServiceKernel("shop", settings, Path(__file__).parent / "migrations")
     orders = OrderTable(kernel)
     handlers.subscribe(kernel, orders)
-    store = ObjectStore(settings.object_store)
+    store = ObjectStore(settings.object_store("shop"))
     return http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
