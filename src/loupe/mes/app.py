@@ -12,7 +12,7 @@ from loupe.config import Settings
 from loupe.mes import handlers, routes
 from loupe.mes.pricing import PricingLimits
 from loupe.objectstore import ObjectStore
-from loupe.service import http
+from loupe.service import http, model_files
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 
@@ -34,4 +34,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     handlers.subscribe(kernel, orders, intake)
     store = ObjectStore(settings.object_store("mes"))
-    return http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
+    app = http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
+    model_files.keep_models(app, kernel, store)
+    return app

@@ -34,7 +34,7 @@ async def submit_b2b_order(
     settings: ServiceSettings,
 ) -> MesOrder:
     """A business partner submits an order straight into MES; it is priced like any other."""
-    sha256 = store.put(await read_model_upload(model))
+    sha256 = store.put(await read_model_upload(model, settings.max_model_bytes))
     model_url = f"{settings.service_urls['mes']}/models/{sha256}"
     event = await orders.submit(
         OrderSource.B2B,

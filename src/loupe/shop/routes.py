@@ -38,7 +38,7 @@ async def place_order(
         raise field_error("customer_email", "is not an e-mail address")
     if not _PHONE.match(customer_phone):
         raise field_error("customer_phone", "is not a phone number")
-    data = await read_model_upload(model)
+    data = await read_model_upload(model, settings.max_model_bytes)
     sha256 = store.put(data)
     event = await orders.submit(
         OrderSource.SHOP,
