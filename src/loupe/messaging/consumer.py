@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("loupe.messaging")
 
 # Headers loupe adds when it re-sends a message; the dead-letter queue's readers rely on them.
-LOUPE_HEADER_PREFIX = "x-loupe-"
+OWN_HEADER_PREFIX = "x-loupe-"
 ATTEMPT_HEADER = "x-loupe-attempt"
 REASON_HEADER = "x-loupe-reason"
 QUEUE_HEADER = "x-loupe-queue"
@@ -107,7 +107,7 @@ def trusted_headers(headers: dict[str, Any], exchange: str) -> dict[str, Any]:
     default exchange; on anything a producer published, all but loupe's own `x-loupe-*`."""
     if exchange == RETURNED_THROUGH:
         return dict(headers)
-    return {k: v for k, v in headers.items() if not str(k).startswith(LOUPE_HEADER_PREFIX)}
+    return {k: v for k, v in headers.items() if not str(k).startswith(OWN_HEADER_PREFIX)}
 
 
 def delivery_attempt(

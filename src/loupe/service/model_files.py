@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 # are at most about 1 KiB; a body past the model's limit by more than this is no model upload.
 FORM_ALLOWANCE = 64 * 1024
 
+# What an upload route documents besides its success (`responses=` of its decorator).
+UPLOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
+    413: {
+        "description": "The model is larger than LOUPE_MAX_MODEL_BYTES; refused while the body"
+        " streams in, nothing stored"
+    }
+}
+
 # The form field a customer or partner uploads a piece's model in.
 ModelUpload = Annotated[UploadFile, File(description="The piece's 3D model (STL)")]
 
