@@ -63,6 +63,8 @@ _loupe_names = st.sampled_from(
         "baggage",
     ]
 )
+# Each example runs the consumer up to the whole budget: slower than hypothesis expects.
+thorough = settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 headers_strategy = st.dictionaries(
     st.one_of(_loupe_names, st.text(max_size=20)), _values, max_size=8
 )
@@ -139,25 +141,25 @@ def _body(order_id: str = "o-1") -> bytes:
 
 
 async def _deliver_until_dead(
-    headers: dict[str, Any], *, redelivered: bool, body: bytes | None = None
+    headers: dict[str, Any], *, redelivered: bool
 ) -> tuple[Failing, FakePublisher, list[FakeMessage]]:
     """Publish to loupe.orders, then hand every retry copy back as the delay queue would (through
     the default exchange), until the consumer dead-letters the message or gives up a bound."""
     handler, publisher = Failing(), FakePublisher()
     consumer = _consumer(handler, publisher)
-    message = FakeMessage(body or _body(), headers, ORDERS, "order.submitted", redelivered)
+    message = FakeMessage(_body(), headers, ORDERS, "order.submitted", redelivered)
     messages = [message]
     for _ in range(MAX_ATTEMPTS + BROKER_DELIVERY_LIMIT + 1):
         await consumer._on_message(message)  # type: ignore[arg-type]
         exchange, forwarded = publisher.sent[-1]
         if exchange != "loupe.retry":
             break
-        message = FakeMessage(body or _body(), forwarded, RETURNED_THROUGH, QUEUE.name)
+        message = FakeMessage(_body(), forwarded, RETURNED_THROUGH, QUEUE.name)
         messages.append(message)
     return handler, publisher, messages
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@thorough
 @given(headers=headers_strategy)
 async def test_a_producer_s_headers_neither_add_nor_remove_retries(
     headers: dict[str, Any],
@@ -176,7 +178,7 @@ async def test_a_producer_s_headers_neither_add_nor_remove_retries(
     assert dead[ORDER_HEADER] == "o-1"
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@thorough
 @given(headers=headers_strategy)
 async def test_a_redelivery_s_count_is_bounded_by_the_broker_s_limit(
     headers: dict[str, Any],
@@ -187,7 +189,7 @@ async def test_a_redelivery_s_count_is_bounded_by_the_broker_s_limit(
     assert publisher.sent[-1][0] == "loupe.dead-letter"
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@thorough
 @given(headers=headers_strategy, body=st.binary(max_size=200))
 async def test_a_malformed_message_goes_to_the_dead_letter_queue_with_a_reason(
     headers: dict[str, Any], body: bytes
