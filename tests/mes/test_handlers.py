@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
 from loupe.mes import handlers
@@ -143,3 +145,14 @@ async def test_a_model_declared_past_the_size_cap_is_refused_before_it_is_read()
     with pytest.raises(ModelError, match="larger than 10000 bytes"):
         await _intake(declared, max_bytes=10_000).fetch_model(event)
     assert body.read == 0
+
+
+@given(url=st.text(max_size=120) | st.builds(lambda tail: f"{SHOP}/models/{tail}", st.text()))
+def test_no_other_text_is_taken_for_the_object_store_s_url(url: str) -> None:
+    event = status_event("o1", OrderStatus.SUBMITTED, model_url=url, model_sha256=SHA256)
+    intake = _intake(httpx.Response(200))
+    if url in (f"{SOURCES[0]}{SHA256}", f"{SOURCES[1]}{SHA256}"):
+        assert intake.model_location(event) == url
+    else:
+        with pytest.raises(ModelError, match="not the object store's URL"):
+            intake.model_location(event)
