@@ -10,8 +10,9 @@ from fastapi import FastAPI
 
 from loupe.config import Settings
 from loupe.mes import handlers, routes
+from loupe.mes.pricing import PricingLimits
 from loupe.objectstore import ObjectStore
-from loupe.service import http
+from loupe.service import http, model_files
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 
@@ -23,6 +24,16 @@ def create_app(settings: Settings) -> FastAPI:
     orders = OrderTable(kernel)
     client = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     kernel.on_stop(client.aclose)
-    handlers.subscribe(kernel, orders, handlers.Intake(orders, client, settings.pricing_seconds))
-    store = ObjectStore(settings.object_store)
-    return http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
+    intake = handlers.Intake(
+        orders,
+        client,
+        settings.pricing_seconds,
+        PricingLimits(settings.pricing_max_triangles, settings.pricing_timeout_seconds),
+        settings.max_model_bytes,
+        handlers.model_sources(settings.service_urls),
+    )
+    handlers.subscribe(kernel, orders, intake)
+    store = ObjectStore(settings.object_store("mes"))
+    app = http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
+    model_files.keep_models(app, kernel, store)
+    return app

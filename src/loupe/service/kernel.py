@@ -49,6 +49,7 @@ class ServiceKernel:
         self.settings = settings
         self._migrations = migrations
         self._consumers: list[tuple[str, Handler, DeadLetterHook | None]] = []
+        self._on_start: list[Callable[[], Awaitable[Any]]] = []
         self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self._pool: asyncpg.Pool | None = None
         self._connections: list[AbstractRobustConnection] = []
@@ -68,6 +69,10 @@ class ServiceKernel:
                 f"queue {queue} belongs to {QUEUES[queue].service}, not {self.service}"
             )
         self._consumers.append((queue, handler, on_dead_letter))
+
+    def on_start(self, callback: Callable[[], Awaitable[Any]]) -> None:
+        """Run `callback` once the database is open (RabbitMQ may still be connecting)."""
+        self._on_start.append(callback)
 
     def on_stop(self, callback: Callable[[], Awaitable[Any]]) -> None:
         self._on_stop.append(callback)
@@ -104,6 +109,8 @@ class ServiceKernel:
         )
         await self._relay.start()
         self._heartbeat = asyncio.create_task(heartbeat.beat())
+        for callback in self._on_start:
+            await callback()
         try:
             await self._connect()
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
