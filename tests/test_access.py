@@ -19,11 +19,19 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loupe import access
-from loupe.access import AccessSettings, Jwks, TokenVerifier, Unauthenticated
+from loupe.access import (
+    Access,
+    AccessSettings,
+    Identity,
+    Jwks,
+    TokenVerifier,
+    Unauthenticated,
+)
 from loupe.messaging.management import Management
 from loupe.portal.app import create_app
 from loupe.portal.settings import PortalSettings
@@ -359,3 +367,66 @@ async def test_a_provider_answering_nonsense_makes_tokens_401s_not_500s(
     verifier = TokenVerifier(Jwks(ISSUER, transport=_answering(*answers)), CLIENT)
     with pytest.raises(Unauthenticated):
         await verifier.verify(token())
+
+
+# -- actions come from the console's own pages ------------------------------------------------
+
+
+@pytest.fixture
+async def acting() -> AsyncIterator[httpx.AsyncClient]:
+    """An app acting through Access's operator dependency, as the monitor's actions do."""
+    guard = Access(
+        AccessSettings(issuer=ISSUER, client_id=CLIENT),
+        FakeProvider().verifier(),
+        "https://loupe.example.org/console",
+    )
+    app = FastAPI()
+    guard.install(app, "test")
+
+    async def act(who: Identity) -> dict[str, str]:
+        return {"by": who.email}
+
+    # The dependency is the app's own, so it is set here rather than named in the signature
+    # (which this module's postponed annotations would leave unresolvable).
+    act.__annotations__["who"] = guard.operator
+    app.add_api_route("/act", act, methods=["POST"])
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        client.headers["Authorization"] = f"Bearer {token()}"
+        yield client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://loupe.example.org"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://loupe.example.org", "Sec-Fetch-Site": "cross-site"},
+    ],
+)
+async def test_an_action_another_site_made_the_browser_send_is_403(
+    acting: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    response = await acting.post("/act", headers=headers)
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"].startswith("refused: ")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # a script: no Origin, no Sec-Fetch-Site; its token is its proof
+        {"Origin": "https://Loupe.example.org", "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+    ],
+)
+async def test_an_action_from_the_console_or_a_script_passes(
+    acting: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    response = await acting.post("/act", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"by": "devops@example.com"}

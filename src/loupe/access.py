@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -275,6 +276,41 @@ class AccessSettings(EnvSettings):
     keys_max_stale: float = KEYS_MAX_STALE.field()
 
 
+class CrossSiteRefused(Exception):
+    """An action that does not come from the console's own pages; the text says why."""
+
+
+# What a browser's Sec-Fetch-Site says of a request the console's own page made, or one a
+# person made by typing the URL. "same-site" is not enough: another port of 127.0.0.1, or
+# another subdomain, is the same site.
+_OWN_REQUESTS = ("same-origin", "none")
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def refuse_cross_site(request: Request, allowed_origins: tuple[str, ...]) -> None:
+    """Refuses an action a page of another site made the browser send. Browsers say where a
+    request comes from, and a page cannot make them lie: Origin on every cross-origin POST,
+    Sec-Fetch-Site on every request (the current Chromium, Firefox and Safari). Either, when
+    present, must say the console. A script sends neither, and proves itself with its token.
+    This comes on top of the session cookie's SameSite=Lax, which older browsers ignore."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.lower() not in allowed_origins:
+        raise CrossSiteRefused(
+            f"refused: this action comes from {origin[:200]}, not from the console "
+            f"({', '.join(allowed_origins)})"
+        )
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in _OWN_REQUESTS:
+        raise CrossSiteRefused(
+            f"refused: the browser says this action comes from a {site[:40]} page, not from"
+            " the console"
+        )
+
+
 class Forbidden(Exception):
     def __init__(self, message: str, needed: tuple[str, ...]) -> None:
         super().__init__(message)
@@ -295,8 +331,16 @@ class Access:
     signed-in person allowed to read, or to act), `require` the check, and `install` adds the
     401/403 answers (JSON, with the reason) to the app."""
 
-    def __init__(self, settings: AccessSettings, verifier: TokenVerifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: AccessSettings,
+        verifier: TokenVerifier | None = None,
+        console_url: str | None = None,
+    ) -> None:
+        """`console_url`: actions (the `operator` dependency) must come from its origin
+        (refuse_cross_site)."""
         self.settings = settings
+        self.allowed_origins = (origin_of(console_url),) if console_url else ()
         self.verifier = verifier or TokenVerifier(
             Jwks(settings.issuer, max_stale=settings.keys_max_stale),
             settings.client_id,
@@ -311,6 +355,8 @@ class Access:
         async def dependency(request: Request) -> Identity:
             who = await self.identity(request)
             self.require(who, role)
+            if role == "operator":
+                refuse_cross_site(request, self.allowed_origins)
             return who
 
         return dependency
@@ -344,6 +390,10 @@ class Access:
                 status_code=401,
                 headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
             )
+
+        @app.exception_handler(CrossSiteRefused)
+        async def cross_site(_: Request, exc: CrossSiteRefused) -> JSONResponse:
+            return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
 
         @app.exception_handler(Forbidden)
         async def forbidden(_: Request, exc: Forbidden) -> JSONResponse:
