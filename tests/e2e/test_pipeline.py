@@ -248,9 +248,10 @@ async def _dead_letters(pipeline: Pipeline) -> list[aio_pika.abc.AbstractIncomin
     async with connection:
         channel = await connection.channel()
         queue = await channel.get_queue("loupe.dead-letter")
+        # Held unacked, so each letter is handed over once (a letter put back goes to the head
+        # of a queue with a delivery limit); closing the connection puts them all back.
         while (message := await queue.get(no_ack=False, fail=False)) is not None:
             messages.append(message)
-            await message.nack(requeue=True)
             if len(messages) > 100:
                 break
     return messages

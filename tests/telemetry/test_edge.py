@@ -17,7 +17,13 @@ from opentelemetry.trace import SpanKind, TraceFlags
 from loupe.environment import networks
 from loupe.service.http import instrumented
 from loupe.telemetry.attributes import LINK_REASON, TRACE_CONTEXT_NOTE, UNTRUSTED_CALLER
-from loupe.telemetry.edge import MALFORMED_NOTE, TRUSTED_CLIENTS, UNTRUSTED_NOTE
+from loupe.telemetry.edge import (
+    MALFORMED_NOTE,
+    PROOF_HEADER,
+    TRUSTED_CLIENTS,
+    UNTRUSTED_NOTE,
+    TraceKey,
+)
 
 CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 CALLER_SPAN = 0x00F067AA0BA902B7
@@ -26,6 +32,9 @@ SAMPLED = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
 STRANGER = ("203.0.113.7", 40000)
 SERVICE = ("10.1.2.3", 40000)
 TRUSTED = (ipaddress.ip_network("10.1.0.0/16"),)
+
+
+KEY = TraceKey(b"k" * 32)
 
 
 async def served(
@@ -43,7 +52,7 @@ async def served(
         seen["baggage"] = dict(baggage.get_all())
         return {}
 
-    asgi = instrumented(app, trusted=TRUSTED, tracer_provider=provider)
+    asgi = instrumented(app, trusted=TRUSTED, key=KEY, tracer_provider=provider)
     transport = httpx.ASGITransport(app=asgi, client=client)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         response = await http.post("/orders", headers=headers)
@@ -88,6 +97,41 @@ async def test_a_trusted_client_continues_its_trace() -> None:
 async def test_a_trusted_client_may_switch_sampling_off() -> None:
     spans, _ = await served(SERVICE, {"traceparent": UNSAMPLED})
     assert spans == []
+
+
+async def test_a_request_loupes_own_service_vouches_for_continues_its_trace() -> None:
+    # From 127.0.0.1 like any customer, but with the proof only a service can make.
+    proof = KEY.proof(CALLER_TRACE)
+    [span] = (await served(STRANGER, {"traceparent": SAMPLED, PROOF_HEADER: proof}))[0]
+    assert span.context.trace_id == CALLER_TRACE
+    assert span.parent is not None and span.parent.span_id == CALLER_SPAN
+
+
+@pytest.mark.parametrize(
+    "proof",
+    [
+        KEY.proof(CALLER_TRACE + 1),  # a real proof, of another trace
+        TraceKey(b"x" * 32).proof(CALLER_TRACE),  # another installation's key
+        "0" * 64,
+        "",
+    ],
+)
+async def test_a_proof_for_another_trace_or_under_another_key_vouches_for_nothing(
+    proof: str,
+) -> None:
+    [span] = (await served(STRANGER, {"traceparent": SAMPLED, PROOF_HEADER: proof}))[0]
+    assert span.context.trace_id != CALLER_TRACE and span.parent is None
+    assert [link.context.trace_id for link in span.links] == [CALLER_TRACE]
+
+
+async def test_a_services_client_vouches_for_the_trace_it_is_in() -> None:
+    tracer = TracerProvider().get_tracer(__name__)
+    request = httpx.Request("GET", "http://127.0.0.1:8081/models/x")
+    await KEY.sign(request)
+    assert PROOF_HEADER not in request.headers, "outside a span there is nothing to vouch for"
+    with tracer.start_as_current_span("price order") as span:
+        await KEY.sign(request)
+    assert request.headers[PROOF_HEADER] == KEY.proof(span.get_span_context().trace_id)
 
 
 @pytest.mark.parametrize("value", ["garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])

@@ -28,7 +28,13 @@ from loupe.objectstore import ObjectStore
 from loupe.orders import IllegalTransition
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderNotFound, OrderTable
-from loupe.telemetry.edge import TRUSTED_CLIENTS, UntrustedTraceContext, link_untrusted_caller
+from loupe.telemetry import edge
+from loupe.telemetry.edge import (
+    TRUSTED_CLIENTS,
+    TraceKey,
+    UntrustedTraceContext,
+    link_untrusted_caller,
+)
 
 View = TypeVar("View", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -160,7 +166,10 @@ def order_view(view: type[View], row: Mapping[str, Any]) -> View:
 
 
 def serve(
-    app: FastAPI, host: str, port: int, excluded_urls: str = "healthz,readyz,metrics"
+    app: FastAPI,
+    host: str,
+    port: int,
+    excluded_urls: str = "healthz,readyz,metrics",
 ) -> None:
     """Serve the app, `instrumented`, with uvicorn until SIGINT/SIGTERM, then flush
     telemetry."""
@@ -169,7 +178,7 @@ def serve(
     from loupe.telemetry import shutdown_telemetry
 
     config = uvicorn.Config(
-        instrumented(app, excluded_urls, TRUSTED_CLIENTS.read()),
+        instrumented(app, excluded_urls, TRUSTED_CLIENTS.read(), edge.process_key()),
         host=host,
         port=port,
         log_config=None,
@@ -194,11 +203,12 @@ def instrumented(
     app: FastAPI,
     excluded_urls: str = "healthz,readyz,metrics",
     trusted: tuple[Network, ...] = (),
+    key: TraceKey | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> ASGIApp:
-    """The app traced, behind the public edge: only `trusted` clients' trace context is
-    continued (telemetry/edge.py). `excluded_urls` (comma-separated regular expressions) are
-    served untraced."""
+    """The app traced, behind the public edge: only the trace context of `trusted` clients,
+    and of requests `key` vouches for, is continued (telemetry/edge.py). `excluded_urls`
+    (comma-separated regular expressions) are served untraced."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
@@ -209,7 +219,7 @@ def instrumented(
         server_request_hook=link_untrusted_caller,
         tracer_provider=tracer_provider,
     )
-    return UntrustedTraceContext(app, trusted)
+    return UntrustedTraceContext(app, trusted, key)
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -223,11 +233,14 @@ def run_service(service: str, port: int | None = None) -> None:
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+    from loupe.stack.gateway import SECRETS_DIR, trace_context_key
     from loupe.telemetry import configure_telemetry
 
     settings = Settings.from_env()
     configure_telemetry(SERVICE_NAMES[service])
     AsyncPGInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
+    # Like the propagator, one per process: the services vouch for their calls to each other.
+    edge.use_process_key(TraceKey(trace_context_key(SECRETS_DIR.read())))
     module = importlib.import_module(f"loupe.{service}.app")
     serve(module.create_app(settings), settings.host, port or settings.port(service))
