@@ -15,6 +15,7 @@ from loupe.objectstore import ObjectStore
 from loupe.service import http, model_files
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
+from loupe.telemetry import edge
 
 DESCRIPTION = "The manufacturing system's API: pricing, B2B intake and the operators' work queue."
 
@@ -22,7 +23,9 @@ DESCRIPTION = "The manufacturing system's API: pricing, B2B intake and the opera
 def create_app(settings: Settings) -> FastAPI:
     kernel = ServiceKernel("mes", settings, Path(__file__).parent / "migrations")
     orders = OrderTable(kernel)
-    client = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+    # Models come from the shop's (or MES's own) API: the request vouches for its trace, so
+    # the download stays in the order's trace (telemetry/edge.py).
+    client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), event_hooks={"request": [edge.vouch]})
     kernel.on_stop(client.aclose)
     intake = handlers.Intake(
         orders,

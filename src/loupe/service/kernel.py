@@ -199,7 +199,10 @@ class ServiceKernel:
             async with self.pool.acquire(timeout=2) as connection:
                 await connection.fetchval("SELECT 1")
         except Exception as exc:
-            problems["database"] = f"{type(exc).__name__}: {exc}"
+            # The class, never the driver's text: /healthz answers anyone who can reach the
+            # port, and that text can name hosts, users, databases or the statement.
+            problems["database"] = f"database unavailable ({type(exc).__name__})"
+            log.debug("health: the database does not answer: %s: %s", type(exc).__name__, exc)
         # A robust connection that is reconnecting is not closed, only not connected.
         if not self._connections or not all(c.connected.is_set() for c in self._connections):
             problems["broker"] = "not connected to RabbitMQ"
