@@ -41,7 +41,7 @@ test: setup ## Lint, then unit, integration and end-to-end tests in one pytest r
 	$(call say,pytest)
 	@uv run pytest
 
-bench: setup ## Benchmarks into docs/benchmarks.md: tracing cost, monitor, console (ONLY=pipeline|monitor|console)
+bench: setup ## Benchmarks into docs/benchmarks.md: tracing cost and profile, monitor, console (ONLY=pipeline|profile|monitor|console)
 	$(call say,benchmarks$(if $(ONLY),: $(ONLY)))
 	@uv run python -m loupe.bench $(if $(ONLY),--only $(ONLY))
 

@@ -1,6 +1,9 @@
 """`make bench`: loupe's benchmarks, each measuring side by side in one run.
 
-* `pipeline` — what tracing costs the order pipeline (tracing off, 100% and 10% sampling);
+* `pipeline` — what tracing costs the order pipeline (tracing off, 100% and 10% sampling,
+  exported to Jaeger or to a sink that discards it), with each ratio's interval;
+* `profile` — where each service's CPU per order goes, by component, tracing off and on
+  (py-spy);
 * `monitor` — what the order-flow monitor ingests, how late it detects, and what attaching
   it costs Jaeger;
 * `console` — how long the console's heaviest pages take to render, and to be usable in
@@ -8,6 +11,7 @@
 * `spans` — what one span costs a service's process, component by component, in one process
   (no stack needed).
 
-`python -m loupe.bench` runs them all (`--only pipeline|monitor|console|spans` one); each
+`python -m loupe.bench` runs them all (`--only pipeline|profile|monitor|console|spans` one);
+each
 writes its own section of docs/benchmarks.md and leaves the others' as they were.
 """

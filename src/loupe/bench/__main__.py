@@ -1,5 +1,4 @@
-"""`python -m loupe.bench [--only pipeline|monitor|console|spans]`: run loupe's benchmarks
-(see __init__)."""
+"""`python -m loupe.bench [--only NAME]`: run loupe's benchmarks (see __init__)."""
 
 from __future__ import annotations
 
@@ -9,17 +8,24 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loupe.bench import console, monitor, pipeline, spans
+from loupe.bench import console, monitor, pipeline, profiling, spans
 from loupe.bench.report import REPORT
 
-BENCHMARKS = {"pipeline": pipeline, "monitor": monitor, "console": console, "spans": spans}
+BENCHMARKS = {
+    "pipeline": pipeline,
+    "profile": profiling,
+    "monitor": monitor,
+    "console": console,
+    "spans": spans,
+}
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loupe.bench",
-        description="loupe's benchmarks: what tracing costs the pipeline and each span, what "
-        "the monitor ingests and costs. Each writes its own section of the report.",
+        description="loupe's benchmarks: what tracing costs the pipeline and each span, where "
+        "the services' CPU goes, what the monitor ingests and costs, how fast the console is. "
+        "Each writes its own section of the report.",
     )
     parser.add_argument(
         "--only",

@@ -1,13 +1,16 @@
-"""What the benchmarks measure with: percentiles and spread, the machine they ran on, CPU time
-from /proc, and samples from Prometheus text."""
+"""What the benchmarks measure with: percentiles and spread, ratios of settings measured side
+by side with their uncertainty, the machine they ran on, CPU time from /proc, and samples from
+Prometheus text."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -25,6 +28,75 @@ def spread(values: Iterable[float]) -> float:
     values = list(values)
     mean = statistics.fmean(values)
     return (max(values) - min(values)) / 2 / mean if mean else 0.0
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The `p` quantile (0.5 < p < 1) of Student's t distribution with `df` degrees of freedom.
+
+    The standard library has no t distribution: its density is integrated with Simpson's rule
+    and the quantile found by bisection, to about 1e-6, which is far below what a benchmark's
+    interval needs."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t quantile needs 0.5 < p < 1 and df >= 1, not p={p}, df={df}")
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def density(x: float) -> float:
+        return scale * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    def above_median(t: float, steps: int = 2000) -> float:
+        h = t / steps
+        odd = sum(density((2 * k - 1) * h) for k in range(1, steps // 2 + 1))
+        even = sum(density(2 * k * h) for k in range(1, steps // 2))
+        return h / 3 * (density(0) + 4 * odd + 2 * even + density(t))
+
+    target = p - 0.5
+    low, high = 0.0, 1.0
+    while above_median(high) < target:
+        low, high = high, high * 2
+    while high - low > 1e-7 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if above_median(middle) < target else (low, middle)
+    return (low + high) / 2
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """How many times one setting's figure is another's, with a confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    pairs: int
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The interval, or the value twice when there is none (one pair)."""
+        return (self.value, self.value) if math.isnan(self.low) else (self.low, self.high)
+
+    @property
+    def resolved(self) -> bool:
+        """True when the interval excludes 1: the settings differ by more than the noise."""
+        return self.low > 1 or self.high < 1
+
+
+def paired_ratio(pairs: Sequence[tuple[float, float]], confidence: float = 0.95) -> Ratio:
+    """The ratio `b / a` from pairs `(a, b)` each measured side by side (one pair per cycle of
+    alternating rounds): the geometric mean of the pairs' ratios, with a t-based interval on
+    their logarithms. Pairing cancels the machine's slow drift, which moves both members of a
+    pair alike; logarithms put 0.8 and 1.25 times equally far from 1. One pair has no interval
+    (NaN bounds)."""
+    if not pairs or any(a <= 0 or b <= 0 for a, b in pairs):
+        raise ValueError("a paired ratio needs at least one pair of positive values")
+    logs = [math.log(b / a) for a, b in pairs]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return Ratio(math.exp(mean), math.nan, math.nan, 1)
+    half = (
+        t_quantile((1 + confidence) / 2, len(logs) - 1)
+        * statistics.stdev(logs)
+        / math.sqrt(len(logs))
+    )
+    return Ratio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
 
 
 def machine() -> str:
@@ -71,14 +143,19 @@ def machine_cpu_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+# The groups cpu_by_group always adds to the caller's.
+CLIENT_CPU = "client"
+MACHINE_CPU = "machine"
+
+
 def cpu_by_group(groups: Mapping[str, Iterable[int]]) -> dict[str, float]:
-    """CPU seconds used so far by each named group of processes, by this process (`client`)
-    and by the whole machine (`machine`); subtract two of these to get what a span used."""
+    """CPU seconds used so far by each named group of processes, by this process (CLIENT_CPU)
+    and by the whole machine (MACHINE_CPU); subtract two of these to get what a span used."""
     own = os.times()
     return {
         **{name: cpu_seconds(pids) for name, pids in groups.items()},
-        "client": own.user + own.system,
-        "machine": machine_cpu_seconds(),
+        CLIENT_CPU: own.user + own.system,
+        MACHINE_CPU: machine_cpu_seconds(),
     }
 
 

@@ -3,6 +3,7 @@ only its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from loupe.config import REPO_ROOT
@@ -12,8 +13,10 @@ REPORT = REPO_ROOT / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
 
 Produced by `make bench` (`uv run python -m loupe.bench`, which runs every benchmark;
-`--only pipeline`, `--only monitor`, `--only console` or `--only spans` runs one). Each
-section comes from one run of its benchmark, and each benchmark rewrites only its own section.
+`--only pipeline`, `--only profile`, `--only monitor`, `--only console` or `--only spans`
+runs one). Each section comes from one run of its benchmark, and each benchmark rewrites only
+its own section. The profile's section is named by `--profile-label` (`profile-before`,
+`profile-after`, …).
 """
 
 
@@ -44,3 +47,12 @@ def write_section(
     path.parent.mkdir(parents=True, exist_ok=True)
     current = path.read_text() if path.exists() else ""
     path.write_text(replace_section(current, name, body, header=header, tag=tag))
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A table's lines: the first column (labels) left-aligned, the others (figures) right."""
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * (len(headers) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]

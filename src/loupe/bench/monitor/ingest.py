@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from loupe.bench.journeys import WARM_UP, Batch
-from loupe.bench.measure import cpu_by_group, cpu_used, percentile, pids_named, spread
+from loupe.bench.measure import (
+    CLIENT_CPU,
+    MACHINE_CPU,
+    cpu_by_group,
+    cpu_used,
+    percentile,
+    pids_named,
+    spread,
+)
 from loupe.bench.monitor.harness import (
     Part,
     RunningMonitor,
@@ -119,8 +127,8 @@ async def ingest_round(
         kept_reported=kept_after - kept_before,
         monitor_cpu=used["monitor"],
         postgres_cpu=used["postgres"],
-        client_cpu=used["client"],
-        machine_cpu=used["machine"],
+        client_cpu=used[CLIENT_CPU],
+        machine_cpu=used[MACHINE_CPU],
     )
 
 

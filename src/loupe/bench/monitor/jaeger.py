@@ -17,7 +17,15 @@ import httpx
 from rich.console import Console
 
 from loupe.bench.journeys import WARM_UP, Batch
-from loupe.bench.measure import cpu_by_group, cpu_used, metric_sum, pids_named, spread
+from loupe.bench.measure import (
+    CLIENT_CPU,
+    MACHINE_CPU,
+    cpu_by_group,
+    cpu_used,
+    metric_sum,
+    pids_named,
+    spread,
+)
 from loupe.bench.monitor.harness import (
     Part,
     RunningMonitor,
@@ -261,8 +269,8 @@ async def _jaeger_timed(
         monitor_seconds=reached.get("monitor"),
         jaeger_cpu=used["jaeger"],
         monitor_cpu=used["monitor"],
-        machine_cpu=used["machine"],
-        client_cpu=used["client"],
+        machine_cpu=used[MACHINE_CPU],
+        client_cpu=used[CLIENT_CPU],
         postgres_cpu=used["postgres"],
         window_seconds=window,
         refused=reached.get("refused", 0.0),
