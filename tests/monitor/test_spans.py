@@ -3,10 +3,13 @@ kept, what is skipped, and what each kept span says about its order."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -14,11 +17,15 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from loupe.monitor.spans import (
     MAX_NAME_BYTES,
     MalformedSpans,
+    Refusal,
     SpanFacts,
+    TimeWindow,
     Unstorable,
     decode,
     screen,
 )
+from loupe.telemetry.attributes import HEARTBEAT
+from tests.support.otlp_requests import export_requests
 from tests.support.otlp_spans import Spans, otlp
 
 AT = datetime(2026, 3, 1, 10, 15, 2, 118000, tzinfo=UTC)
@@ -360,3 +367,80 @@ def test_long_free_text_is_not_cut() -> None:
     message = "Traceback: " + "x" * 10 * MAX_NAME_BYTES
     decoded, _ = decode(otlp([Made().span("price order", error=message)]))
     assert screen(decoded) == (decoded, [])
+
+
+# -- spans out of time ------------------------------------------------------------------------
+
+WINDOW = TimeWindow.around(AT, retention=timedelta(days=7), ahead=timedelta(minutes=5))
+
+
+def test_spans_out_of_the_window_are_refused_counted_and_the_rest_kept() -> None:
+    made = Made()
+    good = made.span("POST /orders", attributes={"order.id": "o-good"})
+    # The SDK's times go through a float: a millisecond from the edge is clear of its rounding.
+    edge = WINDOW.latest - timedelta(milliseconds=1)
+    edge_future = made.span("edge", attributes={"order.id": "o-edge"}, end=edge)
+    future = made.span(
+        "POST /orders",
+        attributes={"order.id": "o-future"},
+        end=WINDOW.latest + timedelta(milliseconds=1),
+    )
+    # A heartbeat from the future would say the monitor heard the service up to then.
+    future_beat = made.span(HEARTBEAT, service="mes-api", end=AT + timedelta(days=365))
+    old = made.span("POST /orders", attributes={"order.id": "o-old"}, end=AT - timedelta(days=8))
+    # Ends inside, started before the window: refused too.
+    started_old = made.span(
+        "POST /orders", attributes={"order.id": "o-started"}, end=WINDOW.earliest
+    )
+    body = otlp([good, edge_future, future, future_beat, old, started_old])
+
+    kept, received = decode(body, WINDOW)
+
+    assert [f.order_id for f in kept] == ["o-good", "o-edge"]
+    assert received.refused == {Refusal.FUTURE: 2, Refusal.PAST_RETENTION: 2}
+    # Counted as sent (the last hop's count), but they say nothing of how far a service was
+    # heard.
+    assert received == {"crm-api": 5, "mes-api": 1}
+    assert received.latest == {"crm-api": kept[1].ended_at}
+    assert received.beating == set()
+    # Without a window (tests, the benchmark's yardstick) every span is taken.
+    everything, all_received = decode(body)
+    assert len(everything) == 5 and not all_received.refused
+
+
+def test_a_span_without_times_is_older_than_any_retention() -> None:
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(name="no time")
+    _, received = decode(request.SerializeToString(), WINDOW)
+    assert received.refused == {Refusal.PAST_RETENTION: 1}
+    assert received.latest == {}
+
+
+# -- any input ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4096))
+def test_any_bytes_decode_or_are_malformed_never_anything_else(body: bytes) -> None:
+    try:
+        kept, received = decode(body, WINDOW)
+    except MalformedSpans:
+        return
+    assert received.total() >= len(kept)
+    screen(kept)
+
+
+@settings(max_examples=300, deadline=None)
+@given(export_requests())
+def test_any_well_formed_request_decodes_and_screens(request: ExportTraceServiceRequest) -> None:
+    window = TimeWindow.around(datetime.now(UTC), timedelta(days=7), timedelta(minutes=5))
+    body = request.SerializeToString()
+    kept, received = decode(body, window)
+    sent = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+    assert received.total() == sent
+    assert sum(received.refused.values()) <= sent
+    stored, unstorable = screen(kept)
+    assert len(stored) + sum(u.dropped for u in unstorable) == len(kept)
+    for span in stored:
+        assert window.earliest <= span.started_at and span.ended_at <= window.latest
+        assert "\x00" not in (span.order_id or "") + span.service + span.name

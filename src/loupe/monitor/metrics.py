@@ -40,6 +40,14 @@ class FlowMetrics:
             ["reason", "outcome"],
             registry=self.registry,
         )
+        self.spans_refused = Counter(
+            "loupe_monitor_spans_refused",
+            "Spans refused for their time or size (reason: in the future, older than retention,"
+            " too large); the other spans of their request are stored. Also counted in spans"
+            " received.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.transition_seconds = Histogram(
             "loupe_order_transition_duration_seconds",
             "Time an order spent at `from` before it moved to `to`.",
