@@ -44,6 +44,14 @@ def client_for(token: str | None = TOKEN) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
 
 
+def refused(client: httpx.AsyncClient, status: str) -> float | None:
+    """loupe_monitor_intake_refused_total{status} of the client's app (its /metrics reads the
+    database, which these tests never open)."""
+    app = client._transport.app  # type: ignore[attr-defined]
+    registry = app.state.monitor.metrics.registry
+    return registry.get_sample_value("loupe_monitor_intake_refused_total", {"status": status})
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with client_for() as client:
@@ -101,6 +109,7 @@ async def test_no_or_a_wrong_token_is_401(
     response = await client.post("/v1/traces", content=body(), headers=headers)
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert refused(client, "401") == 1
 
 
 async def test_the_token_lets_a_request_through(client: httpx.AsyncClient) -> None:
@@ -171,6 +180,7 @@ async def test_a_declared_length_over_the_cap_is_413_before_a_byte_is_read(
     response = await client.post("/v1/traces", content=sent, headers=headers)
     assert response.status_code == 413
     assert sent.sent <= 1
+    assert refused(client, "413") == 1
 
 
 async def test_a_streamed_body_over_the_cap_is_413_before_the_rest_is_read(

@@ -204,8 +204,8 @@ def _count_unstorable(metrics: FlowMetrics, bad: UnstorableSpan) -> None:
 def _decoded(
     raw: bytes, encoding: str, limit: int, window: TimeWindow
 ) -> tuple[list[SpanFacts], Senders, list[SpanFacts], list[UnstorableSpan]]:
-    """The request's spans, in a worker thread: all they were sent as, the spans worth keeping
-    among them, who sent how many, and which of them PostgreSQL can store (`screen`)."""
+    """The request decoded (run in a worker thread): the spans worth keeping, who sent how
+    many, and those of the kept spans PostgreSQL can store and cannot as sent (`screen`)."""
     try:
         decoded, received = decode(intake.inflate(raw, encoding, limit), window)
     except MalformedSpans as exc:
@@ -268,6 +268,14 @@ def create_app(
 
     @app.post("/v1/traces", include_in_schema=False)
     async def otlp_traces(request: Request) -> Response:
+        try:
+            return await take(request)
+        except HTTPException as refused:
+            # Counted, so forged or oversized requests show on a dashboard, not only in logs.
+            monitor.metrics.requests_refused.labels(str(refused.status_code)).inc()
+            raise
+
+    async def take(request: Request) -> Response:
         intake.authorize(request.headers.get("authorization", ""), monitor.intake_token)
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != PROTOBUF:

@@ -48,6 +48,14 @@ class FlowMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.requests_refused = Counter(
+            "loupe_monitor_intake_refused",
+            "OTLP requests the intake refused, by HTTP status: 401 no or a wrong token, 413 too"
+            " large, 400 not OTLP, 415 another type or encoding, 503 the database unavailable"
+            " (the sender retries).",
+            ["status"],
+            registry=self.registry,
+        )
         self.transition_seconds = Histogram(
             "loupe_order_transition_duration_seconds",
             "Time an order spent at `from` before it moved to `to`.",
