@@ -680,11 +680,14 @@ async def test_a_guest_without_a_group_gets_403(client: Api) -> None:
     assert (await client.get(READS[0], headers={**GUEST, **FORGED})).status_code == 403
 
 
-async def test_metrics_and_intake_need_no_token(client: Api) -> None:
+async def test_metrics_need_no_token_and_the_intake_only_its_own(client: Api) -> None:
     assert (await client.get("/metrics")).status_code == 200
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     empty = await client.post("/v1/traces", content=otlp([]), headers=PROTOBUF)
     assert empty.status_code == 200
+    # A person's ID token, even a devops', is no intake token.
+    signed_in = {**PROTOBUF, **DEVOPS}
+    assert (await client.post("/v1/traces", content=otlp([]), headers=signed_in)).status_code == 401
 
 
 # -- uptime -----------------------------------------------------------------------------------

@@ -10,21 +10,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from loupe.monitor.spans import (
+    MAX_ITEMS,
     MAX_NAME_BYTES,
+    MAX_SPAN_BYTES,
+    MAX_SPANS,
     MalformedSpans,
     Refusal,
     SpanFacts,
     TimeWindow,
+    TooLarge,
     Unstorable,
     decode,
     screen,
 )
-from loupe.telemetry.attributes import HEARTBEAT
+from loupe.telemetry.attributes import HEARTBEAT, ORDER_ID
 from tests.support.otlp_requests import export_requests
 from tests.support.otlp_spans import Spans, otlp
 
@@ -444,3 +450,114 @@ def test_any_well_formed_request_decodes_and_screens(request: ExportTraceService
     for span in stored:
         assert window.earliest <= span.started_at and span.ended_at <= window.latest
         assert "\x00" not in (span.order_id or "") + span.service + span.name
+
+
+# -- what one request may cost ------------------------------------------------------------------
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, as the wire has it."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def _request(*spans: Span, resource: bytes | None = None) -> bytes:
+    if resource is None:
+        resource = _field(
+            1,
+            KeyValue(
+                key="service.name", value=AnyValue(string_value="crm-api")
+            ).SerializeToString(),
+        )
+    scope = b"".join(_field(2, span.SerializeToString()) for span in spans)
+    return _field(1, _field(1, resource) + _field(2, scope))
+
+
+def _span(name: str = "step", **attributes: str) -> Span:
+    span = Span(name=name, trace_id=bytes(16), span_id=bytes(8), start_time_unix_nano=1)
+    span.end_time_unix_nano = 2
+    for key, value in attributes.items():
+        span.attributes.add(key=key).value.string_value = value
+    return span
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _field(2, _field(2, b"")),  # an empty span
+        _field(2, b""),  # an empty scope
+        b"\xc0\x3e\x01",  # an unknown field (1000, a varint)
+    ],
+    ids=["spans", "scopes", "unknown fields"],
+)
+def test_a_request_of_more_entries_than_the_limit_is_too_large(entry: bytes) -> None:
+    if entry.startswith(b"\xc0"):
+        body = entry * (MAX_SPANS + 1)
+    else:
+        body = _field(1, entry * (MAX_SPANS + 1))
+    with pytest.raises(TooLarge, match="over 50000"):
+        decode(body)
+    # At the limit, it is read.
+    fits = _request(*[_span() for _ in range(MAX_SPANS // 2)])
+    assert decode(fits)[1].total() == MAX_SPANS // 2
+
+
+def test_a_span_over_the_size_limit_is_refused_and_the_rest_kept() -> None:
+    huge = _span(**{ORDER_ID: "o-huge", "blob": "x" * MAX_SPAN_BYTES})
+    kept, received = decode(_request(_span(**{ORDER_ID: "o-1"}), huge))
+    assert [f.order_id for f in kept] == ["o-1"]
+    assert received.refused == {Refusal.TOO_LARGE: 1}
+    assert received == {"crm-api": 2}
+    big_resource = _field(
+        1,
+        KeyValue(key="blob", value=AnyValue(string_value="x" * MAX_SPAN_BYTES)).SerializeToString(),
+    )
+    with pytest.raises(TooLarge, match="a resource is over"):
+        decode(_request(_span(), resource=big_resource))
+
+
+def test_at_most_max_items_attributes_of_a_span_are_read() -> None:
+    padding = {f"pad.{n}": "x" for n in range(MAX_ITEMS - 1)}
+    within = _span(**padding, **{ORDER_ID: "o-within"})
+    beyond = _span(**padding, pad_last="x", **{ORDER_ID: "o-beyond"})
+    kept, _ = decode(_request(within, beyond))
+    assert [f.order_id for f in kept] == ["o-within"]
+
+
+def test_the_walk_reads_what_protobuf_reads() -> None:
+    # The resource after the spans, and in two parts: protobuf merges them into one.
+    named = _field(
+        1, KeyValue(key="service.name", value=AnyValue(string_value="mes-api")).SerializeToString()
+    )
+    other = _field(
+        1, KeyValue(key="host.name", value=AnyValue(string_value="h")).SerializeToString()
+    )
+    scope = _field(2, _field(2, _span(**{ORDER_ID: "o-1"}).SerializeToString()))
+    body = _field(1, scope + _field(1, other) + _field(1, named)) + _field(1, scope)
+    reference = ExportTraceServiceRequest.FromString(body)
+    assert [len(r.scope_spans) for r in reference.resource_spans] == [1, 1]
+    kept, received = decode(body)
+    assert received == {"mes-api": 1, "unknown_service": 1}
+    assert [f.service for f in kept] == ["mes-api", "unknown_service"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _field(1, _field(2, b"\x12\x05abc")),  # a span said to be longer than it is
+        b"\x0b",  # field 1 as a group, which OTLP never uses
+        b"\x08",  # a varint cut off
+        b"\x02\x00",  # field number 0
+        b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a length over 10 bytes
+    ],
+)
+def test_a_broken_wire_format_is_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedSpans):
+        decode(body)
