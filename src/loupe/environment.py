@@ -253,7 +253,11 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
         "gateway": (*gateway.GatewaySettings.variables(), gateway.DEMO_PASSWORD),
         "portal": tuple(portal.PortalSettings.variables()),
         "access": tuple(access.AccessSettings.variables()),
-        "monitor": (*monitor.MonitorSettings.variables(), monitor.MONITOR_OTLP_ENDPOINT),
+        "monitor": (
+            *monitor.MonitorSettings.variables(),
+            monitor.MONITOR_OTLP_ENDPOINT,
+            monitor.MONITOR_INTAKE_TOKEN,
+        ),
     }
 
 

@@ -190,9 +190,15 @@ def monitored_stack(root: Path, *, actors_rate: float = 1.0) -> Iterator[Monitor
                 dex_process(gateway, files, sandbox.logs),
                 gateway_process(gateway, files, sandbox.logs),
                 jaeger_process(
-                    "memory", jaeger, logs_dir=sandbox.logs, monitor_endpoint=monitor_url
+                    "memory",
+                    jaeger,
+                    logs_dir=sandbox.logs,
+                    monitor_endpoint=monitor_url,
+                    monitor_token=keys.monitor_intake_token,
                 ),
-                monitor_process(env, otlp_endpoint=otlp, logs_dir=sandbox.logs),
+                monitor_process(
+                    env | keys.monitor_env(), otlp_endpoint=otlp, logs_dir=sandbox.logs
+                ),
                 portal_process(env, otlp_endpoint=otlp, logs_dir=sandbox.logs),
                 *(
                     service_process(s, env, otlp_endpoint=otlp, logs_dir=sandbox.logs)

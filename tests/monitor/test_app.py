@@ -25,7 +25,11 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from hypothesis import HealthCheck, given, settings
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,15 +38,17 @@ from loupe.access import AccessSettings, Jwks, TokenVerifier
 from loupe.config import Settings
 from loupe.database import drop_database, dsn_for
 from loupe.monitor import store
-from loupe.monitor.app import MAX_BODY, Monitor, create_app
+from loupe.monitor.app import Monitor, create_app
 from loupe.monitor.settings import MonitorSettings
 from loupe.monitor.spans import MAX_NAME_BYTES
 from tests.support.integration import AMQP_URL, POSTGRES_DSN
+from tests.support.otlp_requests import export_requests
 from tests.support.otlp_spans import Spans, ago, otlp, slo
 
 pytestmark = pytest.mark.integration
 
-PROTOBUF = {"Content-Type": "application/x-protobuf"}
+INTAKE_TOKEN = secrets.token_urlsafe(32)
+PROTOBUF = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {INTAKE_TOKEN}"}
 ACCESS = AccessSettings()
 SLO = slo("SUBMITTED", "PRICE_CALCULATED")
 FINDING_FIELDS = {"order_id", "state", "status", "since", "service", "where", "trace_id"}
@@ -162,7 +168,13 @@ async def open_app(prefix: str) -> AsyncIterator[Start]:
 
         async def start(service_urls: dict[str, str] | None = None) -> Api:
             settings = settings_for(prefix, service_urls)
-            app = create_app(settings, verifier=verifier(), run_loops=False, slo=SLO)
+            app = create_app(
+                settings,
+                intake_token=INTAKE_TOKEN,
+                verifier=verifier(),
+                run_loops=False,
+                slo=SLO,
+            )
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = Api(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8091")
             client.monitor = app.state.monitor
@@ -240,7 +252,7 @@ async def test_otlp_refuses_other_content_types_and_garbage(client: Api) -> None
     body = otlp([span])
     for content_type in ("application/json", "text/plain", ""):
         response = await client.post(
-            "/v1/traces", content=body, headers={"Content-Type": content_type}
+            "/v1/traces", content=body, headers={**PROTOBUF, "Content-Type": content_type}
         )
         assert response.status_code == 415, content_type
         assert "application/x-protobuf" in response.json()["detail"]
@@ -363,11 +375,50 @@ async def test_gzip_members_are_joined_and_cut_or_inflated_bodies_refused(client
     assert cut.status_code == 400
     assert "cut short" in cut.json()["detail"]
     # A small body that inflates past the limit is refused before it fills memory.
-    bomb = gzip.compress(bytes(MAX_BODY + 1), compresslevel=9)
-    assert len(bomb) < MAX_BODY // 100
+    limit = client.monitor.settings.intake_max_bytes
+    bomb = gzip.compress(bytes(limit + 1), compresslevel=9)
+    assert len(bomb) < limit // 100
     inflated = await client.post("/v1/traces", content=bomb, headers=gzipped)
     assert inflated.status_code == 413
     assert received(await metrics(client)) == {"shop-api": 2}
+
+
+async def test_spans_out_of_time_are_refused_counted_and_the_rest_stored(client: Api) -> None:
+    made = Spans()
+    good = made.happy_move(0, "o-now", ago(2))
+    ahead = client.monitor.settings.intake_ahead
+    future = made.happy_move(0, "o-future", ago(-(ahead.total_seconds() + 60)))
+    # A move to CLOSED from a week ago would hide a real order's finding (statuses only move
+    # forward): older than retention, it is refused.
+    old = made.happy_move(6, "o-now", ago(client.monitor.settings.retention.total_seconds() + 60))
+    response = await client.post("/v1/traces", content=otlp([good, future, old]), headers=PROTOBUF)
+    assert response.status_code == 200, response.text
+    answer = ExportTraceServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_spans == 2
+
+    assert (await client.read("/monitor/api/orders/o-now/journey"))["status"] == "SUBMITTED"
+    missing = await client.get("/monitor/api/orders/o-future/journey", headers=DEVELOPER)
+    assert missing.status_code == 404
+    seen = await metrics(client)
+    refused = "loupe_monitor_spans_refused_total"
+    assert seen[(refused, (("reason", "in the future"),))] == 1
+    assert seen[(refused, (("reason", "older than retention"),))] == 1
+    # Received is every span that came, refused or not: the last hop's count.
+    assert received(seen) == {"shop-api": 2, "crm-api": 1}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=export_requests())
+async def test_any_well_formed_request_is_stored_never_a_500(
+    client: Api, request: ExportTraceServiceRequest
+) -> None:
+    """Whatever values a sender puts in a well-formed request, PostgreSQL included."""
+    response = await client.post(
+        "/v1/traces", content=request.SerializeToString(), headers=PROTOBUF
+    )
+    assert response.status_code == 200, response.text
 
 
 # -- findings, journeys, incidents, metrics ---------------------------------------------------
@@ -629,11 +680,14 @@ async def test_a_guest_without_a_group_gets_403(client: Api) -> None:
     assert (await client.get(READS[0], headers={**GUEST, **FORGED})).status_code == 403
 
 
-async def test_metrics_and_intake_need_no_token(client: Api) -> None:
+async def test_metrics_need_no_token_and_the_intake_only_its_own(client: Api) -> None:
     assert (await client.get("/metrics")).status_code == 200
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     empty = await client.post("/v1/traces", content=otlp([]), headers=PROTOBUF)
     assert empty.status_code == 200
+    # A person's ID token, even a devops', is no intake token.
+    signed_in = {**PROTOBUF, **DEVOPS}
+    assert (await client.post("/v1/traces", content=otlp([]), headers=signed_in)).status_code == 401
 
 
 # -- uptime -----------------------------------------------------------------------------------

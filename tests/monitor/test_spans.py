@@ -3,22 +3,35 @@ kept, what is skipped, and what each kept span says about its order."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from loupe.monitor.spans import (
+    MAX_ITEMS,
     MAX_NAME_BYTES,
+    MAX_SPAN_BYTES,
+    MAX_SPANS,
     MalformedSpans,
+    Refusal,
     SpanFacts,
+    TimeWindow,
+    TooLarge,
     Unstorable,
     decode,
     screen,
 )
+from loupe.telemetry.attributes import HEARTBEAT, ORDER_ID
+from tests.support.otlp_requests import export_requests
 from tests.support.otlp_spans import Spans, otlp
 
 AT = datetime(2026, 3, 1, 10, 15, 2, 118000, tzinfo=UTC)
@@ -360,3 +373,191 @@ def test_long_free_text_is_not_cut() -> None:
     message = "Traceback: " + "x" * 10 * MAX_NAME_BYTES
     decoded, _ = decode(otlp([Made().span("price order", error=message)]))
     assert screen(decoded) == (decoded, [])
+
+
+# -- spans out of time ------------------------------------------------------------------------
+
+WINDOW = TimeWindow.around(AT, retention=timedelta(days=7), ahead=timedelta(minutes=5))
+
+
+def test_spans_out_of_the_window_are_refused_counted_and_the_rest_kept() -> None:
+    made = Made()
+    good = made.span("POST /orders", attributes={"order.id": "o-good"})
+    # The SDK's times go through a float: a millisecond from the edge is clear of its rounding.
+    edge = WINDOW.latest - timedelta(milliseconds=1)
+    edge_future = made.span("edge", attributes={"order.id": "o-edge"}, end=edge)
+    future = made.span(
+        "POST /orders",
+        attributes={"order.id": "o-future"},
+        end=WINDOW.latest + timedelta(milliseconds=1),
+    )
+    # A heartbeat from the future would say the monitor heard the service up to then.
+    future_beat = made.span(HEARTBEAT, service="mes-api", end=AT + timedelta(days=365))
+    old = made.span("POST /orders", attributes={"order.id": "o-old"}, end=AT - timedelta(days=8))
+    # Ends inside, started before the window: refused too.
+    started_old = made.span(
+        "POST /orders", attributes={"order.id": "o-started"}, end=WINDOW.earliest
+    )
+    body = otlp([good, edge_future, future, future_beat, old, started_old])
+
+    kept, received = decode(body, WINDOW)
+
+    assert [f.order_id for f in kept] == ["o-good", "o-edge"]
+    assert received.refused == {Refusal.FUTURE: 2, Refusal.PAST_RETENTION: 2}
+    # Counted as sent (the last hop's count), but they say nothing of how far a service was
+    # heard.
+    assert received == {"crm-api": 5, "mes-api": 1}
+    assert received.latest == {"crm-api": kept[1].ended_at}
+    assert received.beating == set()
+    # Without a window (tests, the benchmark's yardstick) every span is taken.
+    everything, all_received = decode(body)
+    assert len(everything) == 5 and not all_received.refused
+
+
+def test_a_span_without_times_is_older_than_any_retention() -> None:
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(name="no time")
+    _, received = decode(request.SerializeToString(), WINDOW)
+    assert received.refused == {Refusal.PAST_RETENTION: 1}
+    assert received.latest == {}
+
+
+# -- any input ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4096))
+def test_any_bytes_decode_or_are_malformed_never_anything_else(body: bytes) -> None:
+    try:
+        kept, received = decode(body, WINDOW)
+    except MalformedSpans:
+        return
+    assert received.total() >= len(kept)
+    screen(kept)
+
+
+@settings(max_examples=300, deadline=None)
+@given(export_requests())
+def test_any_well_formed_request_decodes_and_screens(request: ExportTraceServiceRequest) -> None:
+    window = TimeWindow.around(datetime.now(UTC), timedelta(days=7), timedelta(minutes=5))
+    body = request.SerializeToString()
+    kept, received = decode(body, window)
+    sent = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+    assert received.total() == sent
+    assert sum(received.refused.values()) <= sent
+    stored, unstorable = screen(kept)
+    assert len(stored) + sum(u.dropped for u in unstorable) == len(kept)
+    for span in stored:
+        assert window.earliest <= span.started_at and span.ended_at <= window.latest
+        assert "\x00" not in (span.order_id or "") + span.service + span.name
+
+
+# -- what one request may cost ------------------------------------------------------------------
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, as the wire has it."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def _request(*spans: Span, resource: bytes | None = None) -> bytes:
+    if resource is None:
+        resource = _field(
+            1,
+            KeyValue(
+                key="service.name", value=AnyValue(string_value="crm-api")
+            ).SerializeToString(),
+        )
+    scope = b"".join(_field(2, span.SerializeToString()) for span in spans)
+    return _field(1, _field(1, resource) + _field(2, scope))
+
+
+def _span(name: str = "step", **attributes: str) -> Span:
+    span = Span(name=name, trace_id=bytes(16), span_id=bytes(8), start_time_unix_nano=1)
+    span.end_time_unix_nano = 2
+    for key, value in attributes.items():
+        span.attributes.add(key=key).value.string_value = value
+    return span
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _field(2, _field(2, b"")),  # an empty span
+        _field(2, b""),  # an empty scope
+        b"\xc0\x3e\x01",  # an unknown field (1000, a varint)
+    ],
+    ids=["spans", "scopes", "unknown fields"],
+)
+def test_a_request_of_more_entries_than_the_limit_is_too_large(entry: bytes) -> None:
+    if entry.startswith(b"\xc0"):
+        body = entry * (MAX_SPANS + 1)
+    else:
+        body = _field(1, entry * (MAX_SPANS + 1))
+    with pytest.raises(TooLarge, match="over 50000"):
+        decode(body)
+    # At the limit, it is read.
+    fits = _request(*[_span() for _ in range(MAX_SPANS // 2)])
+    assert decode(fits)[1].total() == MAX_SPANS // 2
+
+
+def test_a_span_over_the_size_limit_is_refused_and_the_rest_kept() -> None:
+    huge = _span(**{ORDER_ID: "o-huge", "blob": "x" * MAX_SPAN_BYTES})
+    kept, received = decode(_request(_span(**{ORDER_ID: "o-1"}), huge))
+    assert [f.order_id for f in kept] == ["o-1"]
+    assert received.refused == {Refusal.TOO_LARGE: 1}
+    assert received == {"crm-api": 2}
+    big_resource = _field(
+        1,
+        KeyValue(key="blob", value=AnyValue(string_value="x" * MAX_SPAN_BYTES)).SerializeToString(),
+    )
+    with pytest.raises(TooLarge, match="a resource is over"):
+        decode(_request(_span(), resource=big_resource))
+
+
+def test_at_most_max_items_attributes_of_a_span_are_read() -> None:
+    padding = {f"pad.{n}": "x" for n in range(MAX_ITEMS - 1)}
+    within = _span(**padding, **{ORDER_ID: "o-within"})
+    beyond = _span(**padding, pad_last="x", **{ORDER_ID: "o-beyond"})
+    kept, _ = decode(_request(within, beyond))
+    assert [f.order_id for f in kept] == ["o-within"]
+
+
+def test_the_walk_reads_what_protobuf_reads() -> None:
+    # The resource after the spans, and in two parts: protobuf merges them into one.
+    named = _field(
+        1, KeyValue(key="service.name", value=AnyValue(string_value="mes-api")).SerializeToString()
+    )
+    other = _field(
+        1, KeyValue(key="host.name", value=AnyValue(string_value="h")).SerializeToString()
+    )
+    scope = _field(2, _field(2, _span(**{ORDER_ID: "o-1"}).SerializeToString()))
+    body = _field(1, scope + _field(1, other) + _field(1, named)) + _field(1, scope)
+    reference = ExportTraceServiceRequest.FromString(body)
+    assert [len(r.scope_spans) for r in reference.resource_spans] == [1, 1]
+    kept, received = decode(body)
+    assert received == {"mes-api": 1, "unknown_service": 1}
+    assert [f.service for f in kept] == ["mes-api", "unknown_service"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _field(1, _field(2, b"\x12\x05abc")),  # a span said to be longer than it is
+        b"\x0b",  # field 1 as a group, which OTLP never uses
+        b"\x08",  # a varint cut off
+        b"\x02\x00",  # field number 0
+        b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a length over 10 bytes
+    ],
+)
+def test_a_broken_wire_format_is_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedSpans):
+        decode(body)

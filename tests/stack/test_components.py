@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from loupe.config import REPO_ROOT, Settings
+from loupe.monitor.settings import MONITOR_INTAKE_TOKEN
 from loupe.stack import components
 from loupe.stack.components import (
     JAEGER_BASE_PATH,
@@ -223,6 +224,7 @@ def test_jaeger_process_with_monitor_adds_the_overlay(tmp_path: Path) -> None:
         logs_dir=tmp_path,
         binary=binary,
         monitor_endpoint="http://127.0.0.1:18091/",
+        monitor_token="the-token",
         **ui,
     )
     assert proc.argv == [
@@ -236,9 +238,22 @@ def test_jaeger_process_with_monitor_adds_the_overlay(tmp_path: Path) -> None:
     assert Path(proc.argv[4]).is_file()
     assert proc.env is not None
     assert proc.env["LOUPE_MONITOR_OTLP_ENDPOINT"] == "http://127.0.0.1:18091"
+    # In Jaeger's environment, which the overlay's `headers` read: in no file.
+    assert proc.env[MONITOR_INTAKE_TOKEN.name] == "the-token"
     assert proc.env["LOUPE_JAEGER_BADGER_DIR"] == str((tmp_path / "data").resolve())
     with pytest.raises(StackError, match="OTLP endpoint is empty"):
-        jaeger_process("memory", binary=binary, logs_dir=tmp_path, monitor_endpoint=" ", **ui)
+        jaeger_process(
+            "memory",
+            binary=binary,
+            logs_dir=tmp_path,
+            monitor_endpoint=" ",
+            monitor_token="t",
+            **ui,
+        )
+    with pytest.raises(StackError, match="only with its intake token"):
+        jaeger_process(
+            "memory", binary=binary, logs_dir=tmp_path, monitor_endpoint="http://m", **ui
+        )
 
 
 @pytest.mark.parametrize("storage", ["badger", "memory"])
@@ -292,6 +307,11 @@ def test_monitor_overlay_adds_a_pipeline_and_keeps_storage_as_is(storage: str) -
     assert exporter["sending_queue"]["num_consumers"] == 1
     assert exporter["retry_on_failure"]["enabled"] is True
     assert exporter["compression"] == "none"
+    assert exporter["headers"] == {"Authorization": INTAKE_AUTHORIZATION}
+
+
+# The header both collector configurations send the monitor: the token from the environment.
+INTAKE_AUTHORIZATION = f"Bearer ${{env:{MONITOR_INTAKE_TOKEN.name}}}"
 
 
 def test_collector_example_has_the_same_filter_as_jaeger() -> None:
@@ -312,6 +332,8 @@ def test_collector_example_has_the_same_filter_as_jaeger() -> None:
         == _yaml(JAEGER_DEPLOY / "all-in-one-memory.yaml")["processors"]["filter/heartbeat"]
     )
     assert pipelines["traces/monitor"]["exporters"] == ["otlphttp/monitor"]
+    headers = collector["exporters"]["otlphttp/monitor"]["headers"]
+    assert headers == jaeger["exporters"]["otlphttp/monitor"]["headers"]
     for pipeline in pipelines.values():
         assert pipeline["receivers"] == ["otlp"]
         for kind in ("receivers", "processors", "exporters"):

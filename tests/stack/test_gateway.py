@@ -24,14 +24,27 @@ def test_secrets_are_generated_once_with_private_modes(tmp_path: Path) -> None:
     first = Secrets.ensure(tmp_path / "s", environ={})
     assert first.demo_password_source == "generated"
     assert mode(first.directory) == 0o700
-    for path in (first.demo_password_file, first.client_secret_file, first.cookie_secret_file):
+    for path in (
+        first.demo_password_file,
+        first.client_secret_file,
+        first.cookie_secret_file,
+        first.monitor_intake_token_file,
+    ):
         assert mode(path) == 0o600, path
         assert not path.read_text().endswith("\n")
     assert first.demo_password_file.read_text() == first.demo_password
+    assert first.monitor_intake_token_file.read_text() == first.monitor_intake_token
+    assert len(first.monitor_intake_token) >= 43  # 32 random bytes
+    assert first.monitor_intake_token not in repr(first)
 
     again = Secrets.ensure(tmp_path / "s", environ={})
     assert again.demo_password_source == "file"
     assert (again.demo_password, again.client_secret) == (first.demo_password, first.client_secret)
+    assert again.monitor_intake_token == first.monitor_intake_token
+    # The monitor reads the token from the file `loupe up` points it at.
+    assert again.monitor_env() == {
+        "LOUPE_MONITOR_INTAKE_TOKEN_FILE": str(first.monitor_intake_token_file)
+    }
 
 
 def test_demo_password_from_environment_is_not_written(tmp_path: Path) -> None:

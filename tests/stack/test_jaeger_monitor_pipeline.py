@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import secrets
 import subprocess
 import threading
 import time
@@ -47,6 +48,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 KEPT = {"with-order", "failed"}
 EVERY = {*KEPT, "plain"}
 TIMEOUT = 20.0
+# The monitor's intake token as `jaeger_process` hands it to Jaeger.
+TOKEN = secrets.token_urlsafe(32)
 
 
 class Receiver:
@@ -182,7 +185,11 @@ def test_monitor_gets_order_and_error_spans_jaeger_stores_all(tmp_path: Path) ->
     service = f"probe-{uuid.uuid4().hex[:8]}"
     with receiving() as monitor:
         jaeger = jaeger_process(
-            "memory", ports, logs_dir=tmp_path / "logs", monitor_endpoint=monitor.url
+            "memory",
+            ports,
+            logs_dir=tmp_path / "logs",
+            monitor_endpoint=monitor.url,
+            monitor_token=TOKEN,
         )
         with Stack([jaeger]):
             send(ports, three_spans(service))
@@ -197,6 +204,8 @@ def test_monitor_gets_order_and_error_spans_jaeger_stores_all(tmp_path: Path) ->
     for path, headers in monitor.headers():
         assert path == "/v1/traces"
         assert headers["Content-Type"] == "application/x-protobuf"
+        # The token from the environment, not from a file in git.
+        assert headers["Authorization"] == f"Bearer {TOKEN}"
         # compression: none on the loopback hop.
         assert "Content-Encoding" not in headers
 
@@ -210,6 +219,7 @@ def test_monitor_down_loses_nothing_in_jaeger_and_catches_up(tmp_path: Path) -> 
         ports,
         logs_dir=tmp_path / "logs",
         monitor_endpoint=f"http://127.0.0.1:{monitor_port}",
+        monitor_token=TOKEN,
     )
     with Stack([jaeger]) as stack:
         took = send(ports, three_spans(service))
@@ -317,6 +327,7 @@ def test_jaeger_restart_while_monitor_down_loses_what_was_queued_for_it(
         data_dir=tmp_path / "jaeger",
         logs_dir=tmp_path / "logs",
         monitor_endpoint=f"http://127.0.0.1:{monitor_port}",
+        monitor_token=TOKEN,
     )
     with Stack([jaeger]) as stack:
         send(ports, order_spans(service, QUEUED))

@@ -59,6 +59,7 @@ from loupe.stack.components import (
     monitor_process,
     portal_process,
 )
+from loupe.stack.gateway import Secrets
 from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
 from loupe.stack.supervisor import Stack
@@ -355,10 +356,15 @@ def _running(root: Path, findings: int) -> Iterator[dict[str, Any]]:
             }
             now = datetime.now(UTC)
             slo = Slo.load(slo_file)
+            keys = Secrets.ensure(root / "secrets")
             stack = Stack(
                 [
                     jaeger_process("memory", jaeger, logs_dir=sandbox.logs),
-                    monitor_process(env, otlp_endpoint=jaeger.otlp_http_url, logs_dir=sandbox.logs),
+                    monitor_process(
+                        env | keys.monitor_env(),
+                        otlp_endpoint=jaeger.otlp_http_url,
+                        logs_dir=sandbox.logs,
+                    ),
                     portal_process(env, otlp_endpoint=jaeger.otlp_http_url, logs_dir=sandbox.logs),
                 ]
             )

@@ -7,7 +7,6 @@
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from loupe.access import Access, TokenVerifier
 from loupe.config import SERVICE_NAMES
 from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
 from loupe.hosts import answer_only_known_hosts
-from loupe.monitor import alerts, detection, store
+from loupe.monitor import alerts, detection, intake, store
 from loupe.monitor.broker import BrokerWatch
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import (
@@ -43,7 +42,17 @@ from loupe.monitor.models import (
 )
 from loupe.monitor.settings import API_PREFIX, MonitorSettings
 from loupe.monitor.slo import Slo, SloError
-from loupe.monitor.spans import MalformedSpans, Unstorable, UnstorableSpan, decode, screen
+from loupe.monitor.spans import (
+    MalformedSpans,
+    Senders,
+    SpanFacts,
+    TimeWindow,
+    TooLarge,
+    Unstorable,
+    UnstorableSpan,
+    decode,
+    screen,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,6 @@ INCIDENT_STATUSES = f"^({'|'.join([*IncidentState, store.ALL])})$"
 T = TypeVar("T")
 
 PROTOBUF = "application/x-protobuf"
-MAX_BODY = 64 * 1024 * 1024
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 # Detection runs every LOUPE_MONITOR_TICK_SECONDS; a pass this much later than the last means
 # the monitor itself was not running (frozen, suspended), so it heard nothing meanwhile.
@@ -71,6 +79,8 @@ class Monitor:
 
     settings: MonitorSettings
     slo: Slo
+    # Who may send spans (intake.authorize); None lets nobody in.
+    intake_token: str | None = None
     metrics: FlowMetrics = field(default_factory=FlowMetrics)
     pool: asyncpg.Pool | None = None
     loops: list[asyncio.Task[None]] = field(default_factory=list)
@@ -131,7 +141,7 @@ class Monitor:
         settings = self.settings
         client = self.client = httpx.AsyncClient(timeout=5.0, trust_env=False)
         self.watch = BrokerWatch(settings.base.amqp_url, settings.management)
-        retention = timedelta(hours=settings.retention_hours)
+        retention = settings.retention
         self.loops = [
             asyncio.create_task(_every(settings.tick_seconds, self.detect_once, "detection")),
             asyncio.create_task(
@@ -191,43 +201,32 @@ def _count_unstorable(metrics: FlowMetrics, bad: UnstorableSpan) -> None:
     )
 
 
-def _body(raw: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return raw
-    if encoding == "gzip":
-        return _gunzip(raw)
-    raise HTTPException(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
-
-
-def _gunzip(raw: bytes) -> bytes:
-    """The body inflated, at most MAX_BODY bytes of it: a small gzip body must not inflate
-    into gigabytes of memory."""
-    body = bytearray()
-    rest = raw
-    while rest:  # a gzip file may have several members, one after the other
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            body += inflater.decompress(rest, MAX_BODY + 1 - len(body))
-        except zlib.error as exc:
-            raise HTTPException(400, f"Content-Encoding gzip, but the body is not: {exc}") from None
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, f"the request inflates to over {MAX_BODY} bytes")
-        if not inflater.eof:
-            raise HTTPException(400, "Content-Encoding gzip, but the body is cut short")
-        rest = inflater.unused_data
-    return bytes(body)
+def _decoded(
+    raw: bytes, encoding: str, limit: int, window: TimeWindow
+) -> tuple[list[SpanFacts], Senders, list[SpanFacts], list[UnstorableSpan]]:
+    """The request decoded (run in a worker thread): the spans worth keeping, who sent how
+    many, and those of the kept spans PostgreSQL can store and cannot as sent (`screen`)."""
+    try:
+        decoded, received = decode(intake.inflate(raw, encoding, limit), window)
+    except MalformedSpans as exc:
+        raise HTTPException(400, str(exc)) from None
+    except TooLarge as exc:
+        raise HTTPException(413, f"{exc}; send smaller batches") from None
+    return (decoded, received, *screen(decoded))
 
 
 def create_app(
     settings: MonitorSettings,
     *,
+    intake_token: str | None = None,
     verifier: TokenVerifier | None = None,
     run_loops: bool = True,
     slo: Slo | None = None,
 ) -> FastAPI:
-    """`run_loops=False` leaves detection to the caller (tests call `detect_once`)."""
-    monitor = Monitor(settings, slo or Slo.load(settings.slo_file))
+    """`intake_token` is what OTLP senders must give (`run_monitor` reads it from
+    `settings.intake_token_file`); without it the intake lets nobody in. `run_loops=False`
+    leaves detection to the caller (tests call `detect_once`)."""
+    monitor = Monitor(settings, slo or Slo.load(settings.slo_file), intake_token)
     access = Access(settings.access, verifier, settings.base.console_url)
 
     @contextlib.asynccontextmanager
@@ -269,19 +268,28 @@ def create_app(
 
     @app.post("/v1/traces", include_in_schema=False)
     async def otlp_traces(request: Request) -> Response:
+        try:
+            return await take(request)
+        except HTTPException as refused:
+            # Counted, so forged or oversized requests show on a dashboard, not only in logs.
+            monitor.metrics.requests_refused.labels(str(refused.status_code)).inc()
+            raise
+
+    async def take(request: Request) -> Response:
+        intake.authorize(request.headers.get("authorization", ""), monitor.intake_token)
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != PROTOBUF:
             raise HTTPException(
                 415, f"send OTLP/HTTP with Content-Type {PROTOBUF} (got {content_type!r})"
             )
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise HTTPException(413, f"the request is over {MAX_BODY} bytes; send smaller batches")
-        try:
-            decoded, received = decode(_body(raw, request.headers.get("content-encoding", "")))
-        except MalformedSpans as exc:
-            raise HTTPException(400, str(exc)) from None
-        spans, unstorable = screen(decoded)
+        limit = settings.intake_max_bytes
+        raw = await intake.read_body(request, limit)
+        window = TimeWindow.around(datetime.now(UTC), settings.retention, settings.intake_ahead)
+        encoding = request.headers.get("content-encoding", "")
+        # Off the event loop: detection and /healthz go on while a large batch is decoded.
+        decoded, received, spans, unstorable = await asyncio.to_thread(
+            _decoded, raw, encoding, limit, window
+        )
         try:
             result = await store.ingest(monitor.db, spans, monitor.slo, received.total())
             await store.heard_from(monitor.db, received)
@@ -305,7 +313,15 @@ def create_app(
         monitor.metrics.spans_kept.inc(len(decoded))
         for status_from, status_to, seconds in result.durations:
             monitor.metrics.transition_seconds.labels(status_from, status_to).observe(seconds)
-        return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
+        answer = ExportTraceServiceResponse()
+        for why, count in received.refused.items():
+            monitor.metrics.spans_refused.labels(why.value).inc(count)
+            log.warning("refused %d span(s) of one request: %s", count, why)
+            # OTLP's partial success: the sender learns that these were not taken, and must
+            # not retry them.
+            answer.partial_success.rejected_spans += count
+            answer.partial_success.error_message = f"spans refused: {why}"
+        return Response(answer.SerializeToString(), media_type=PROTOBUF)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -441,7 +457,7 @@ def run_monitor() -> None:
 
     try:
         settings = MonitorSettings.from_env()
-        app = create_app(settings)
+        app = create_app(settings, intake_token=intake.read_token(settings.intake_token_file))
     except (SloError, ValueError) as exc:
         raise SystemExit(f"loupe-monitor: {exc}") from None
     configure_telemetry("loupe-monitor")

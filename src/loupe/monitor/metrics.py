@@ -40,6 +40,22 @@ class FlowMetrics:
             ["reason", "outcome"],
             registry=self.registry,
         )
+        self.spans_refused = Counter(
+            "loupe_monitor_spans_refused",
+            "Spans refused for their time or size (reason: in the future, older than retention,"
+            " too large); the other spans of their request are stored. Also counted in spans"
+            " received.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.requests_refused = Counter(
+            "loupe_monitor_intake_refused",
+            "OTLP requests the intake refused, by HTTP status: 401 no or a wrong token, 413 too"
+            " large, 400 not OTLP, 415 another type or encoding, 503 the database unavailable"
+            " (the sender retries).",
+            ["status"],
+            registry=self.registry,
+        )
         self.transition_seconds = Histogram(
             "loupe_order_transition_duration_seconds",
             "Time an order spent at `from` before it moved to `to`.",

@@ -77,6 +77,31 @@ WEBHOOK_URLS = Variable(
     "comma-separated; incident opened/resolved alerts are POSTed there",
     names,
 )
+INTAKE_TOKEN_FILE = Variable(
+    "LOUPE_MONITOR_INTAKE_TOKEN_FILE",
+    Path(".secrets/monitor-intake-token"),
+    "the file holding the token a sender must give at `/v1/traces` (`Authorization: Bearer"
+    " <token>`, else 401); the monitor does not start without it. `loupe up` makes it on its"
+    " first run (mode 0600) and gives it to the monitor and Jaeger whatever the environment"
+    " says. See [security.md](security.md#the-monitors-otlp-intake)",
+    file_path,
+    note="`loupe up`: `monitor-intake-token` in `LOUPE_SECRETS_DIR`",
+)
+INTAKE_MAX_MIB = Variable(
+    "LOUPE_MONITOR_INTAKE_MAX_MIB",
+    16.0,
+    "the largest OTLP request in MiB, as sent and as inflated (gzip): 413 as soon as it is"
+    " passed, before the rest is read or inflated",
+    positive,
+)
+INTAKE_AHEAD_SECONDS = Variable(
+    "LOUPE_MONITOR_INTAKE_AHEAD_SECONDS",
+    300.0,
+    "spans that start or end more than this ahead of the monitor's clock are refused, like"
+    " spans older than `LOUPE_MONITOR_RETENTION_HOURS`; both counted in"
+    " `loupe_monitor_spans_refused_total`, the rest of their request stored",
+    positive,
+)
 MONITOR_OTLP_ENDPOINT = Variable(
     "LOUPE_MONITOR_OTLP_ENDPOINT",
     DEFAULT_MONITOR_URL,
@@ -85,12 +110,20 @@ MONITOR_OTLP_ENDPOINT = Variable(
     url,
     shown="`LOUPE_MONITOR_URL`",
 )
+MONITOR_INTAKE_TOKEN = Variable(
+    "LOUPE_MONITOR_INTAKE_TOKEN",
+    "",
+    "read by Jaeger's `monitor-pipeline.yaml` and `deploy/otel-collector/monitor.yaml`: the"
+    " token they send the monitor; `loupe up` sets it, for the Jaeger it starts only, from"
+    " `LOUPE_MONITOR_INTAKE_TOKEN_FILE`",
+)
 
 
 @dataclass(frozen=True)
 class MonitorSettings(ListensAtUrl, EnvSettings):
     """Where the monitor listens, its SLOs, how often it looks, how long it keeps what it saw
-    and reports a silent order stuck, and where it sends alerts; with the shared settings
+    and reports a silent order stuck, where it sends alerts, and who may send it spans and how
+    much at once; with the shared settings
     (database, broker and its management API, service URLs, console URL) and the access
     settings (who may read and act)."""
 
@@ -102,6 +135,9 @@ class MonitorSettings(ListensAtUrl, EnvSettings):
     stuck_horizon_hours: float = STUCK_HORIZON_HOURS.field()
     telemetry_gap_seconds: float = TELEMETRY_GAP_SECONDS.field()
     webhook_urls: tuple[str, ...] = WEBHOOK_URLS.field()
+    intake_token_file: Path = INTAKE_TOKEN_FILE.field()
+    intake_max_mib: float = INTAKE_MAX_MIB.field()
+    intake_ahead_seconds: float = INTAKE_AHEAD_SECONDS.field()
     base: Settings = part(Settings)
     access: AccessSettings = part(AccessSettings)
     default_port: ClassVar[int] = 8091
@@ -113,6 +149,18 @@ class MonitorSettings(ListensAtUrl, EnvSettings):
     @property
     def stuck_horizon(self) -> timedelta:
         return timedelta(hours=self.stuck_horizon_hours)
+
+    @property
+    def intake_max_bytes(self) -> int:
+        return int(self.intake_max_mib * 1024 * 1024)
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(hours=self.retention_hours)
+
+    @property
+    def intake_ahead(self) -> timedelta:
+        return timedelta(seconds=self.intake_ahead_seconds)
 
     @property
     def telemetry_gap(self) -> timedelta:

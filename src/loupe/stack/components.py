@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loupe.config import REPO_ROOT, SERVICE_URLS, SERVICES, Settings
 from loupe.environment import EnvSettings, Variable, file_path, port_number
-from loupe.monitor.settings import MONITOR_OTLP_ENDPOINT
+from loupe.monitor.settings import MONITOR_INTAKE_TOKEN, MONITOR_OTLP_ENDPOINT
 from loupe.stack.gateway import GatewayFiles, GatewaySettings
 from loupe.stack.process import DEFAULT_LOGS_DIR, Process, StackError, free_port, port_open
 
@@ -141,6 +141,7 @@ def jaeger_process(
     ui_config: Path = JAEGER_UI_CONFIG,
     ready_timeout: float = 60.0,
     monitor_endpoint: str | None = None,
+    monitor_token: str | None = None,
 ) -> Process:
     """Jaeger v2 all-in-one with the given storage; `data_dir` is only used by badger.
 
@@ -150,7 +151,8 @@ def jaeger_process(
     forwards the spans the monitor needs to `{monitor_endpoint}/v1/traces`, through its own
     queue: a slow or stopped monitor never slows or loses what Jaeger stores. The queue is in
     memory (the binary has no `file_storage`), so stopping Jaeger while the monitor is down
-    drops what waits there (docs/reliability.md).
+    drops what waits there (docs/reliability.md). It sends `monitor_token`, the monitor's
+    intake token (`Secrets.monitor_intake_token`), which it needs then.
     """
     if storage not in STORAGES:
         raise StackError(f"unknown Jaeger storage {storage!r}; choose one of {', '.join(STORAGES)}")
@@ -174,10 +176,14 @@ def jaeger_process(
         endpoint = monitor_endpoint.strip().rstrip("/")
         if not endpoint:
             raise StackError("the monitor's OTLP endpoint is empty")
+        if not monitor_token:
+            raise StackError("Jaeger forwards to the monitor only with its intake token")
         argv += ["--config", str(JAEGER_MONITOR_OVERLAY)]
         # Always set when the overlay is on: a set-but-empty variable would expand to "" rather
         # than to the overlay's default (see JaegerPorts.env).
         env[MONITOR_OTLP_ENDPOINT.name] = endpoint
+        # Through the environment, so the token is in no file but the one in .secrets/.
+        env[MONITOR_INTAKE_TOKEN.name] = monitor_token
     return Process(
         name="jaeger",
         argv=argv,

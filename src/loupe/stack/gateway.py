@@ -1,4 +1,5 @@
-"""The sign-in gateway's local pieces: secrets kept in `.secrets/`, and the Dex and oauth2-proxy
+"""The sign-in gateway's local pieces: the stack's secrets kept in `.secrets/` (the gateway's,
+and the token Jaeger gives the monitor's OTLP intake), and the Dex and oauth2-proxy
 configurations rendered from the templates in `deploy/dex/` and `deploy/oauth2-proxy/`.
 
 Nothing here starts a process (see `components.dex_process` and `components.gateway_process`);
@@ -23,6 +24,7 @@ import bcrypt
 
 from loupe.config import REPO_ROOT
 from loupe.environment import EnvSettings, Variable, file_path, names, port_number, url
+from loupe.monitor.settings import INTAKE_TOKEN_FILE
 from loupe.stack.process import StackError
 
 DEX_TEMPLATE = REPO_ROOT / "deploy" / "dex" / "config.yaml"
@@ -95,12 +97,14 @@ def _generated(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
 
 @dataclass(frozen=True)
 class Secrets:
-    """The local gateway's secrets; files under `directory` have mode 0600."""
+    """The local stack's secrets; files under `directory` have mode 0600."""
 
     directory: Path
     demo_password: str
     demo_password_source: PasswordSource
     client_secret: str
+    # What Jaeger sends the monitor's OTLP intake, and the monitor expects (intake.authorize).
+    monitor_intake_token: str = field(default="", repr=False)
 
     @property
     def demo_password_file(self) -> Path:
@@ -113,6 +117,10 @@ class Secrets:
     @property
     def cookie_secret_file(self) -> Path:
         return self.directory / "cookie-secret"
+
+    @property
+    def monitor_intake_token_file(self) -> Path:
+        return self.directory / "monitor-intake-token"
 
     @classmethod
     def ensure(
@@ -135,7 +143,12 @@ class Secrets:
             source = "generated" if made else "file"
         client_secret, _ = _generated(blank.client_secret_file, _token)
         _generated(blank.cookie_secret_file, _token)
-        return cls(directory, password, source, client_secret)
+        intake_token, _ = _generated(blank.monitor_intake_token_file, _token)
+        return cls(directory, password, source, client_secret, intake_token)
+
+    def monitor_env(self) -> dict[str, str]:
+        """The variable that points the monitor at its intake token."""
+        return {INTAKE_TOKEN_FILE.name: str(self.monitor_intake_token_file)}
 
 
 def trace_context_key(directory: Path = DEFAULT_SECRETS_DIR) -> bytes:

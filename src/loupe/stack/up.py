@@ -110,9 +110,17 @@ def _run(stack: Stack, storage: Storage, rate: float, actors: bool, console: Con
     # Jaeger), then Jaeger (flushing what it forwards to the monitor), the monitor last, so
     # no order's last moves are lost and reported stuck after the next start. The monitor's
     # own few spans wait in its exporter until Jaeger is up.
-    stack.add(monitor_process(access_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
+    monitor_env = access_env | keys.monitor_env()
+    stack.add(monitor_process(monitor_env, otlp_endpoint=ports.otlp_http_url, logs_dir=logs_dir))
     stack.add(
-        jaeger_process(storage, ports, data_dir / "jaeger", logs_dir, monitor_endpoint=monitor_url)
+        jaeger_process(
+            storage,
+            ports,
+            data_dir / "jaeger",
+            logs_dir,
+            monitor_endpoint=monitor_url,
+            monitor_token=keys.monitor_intake_token,
+        )
     )
     if gateway.uses_dex:
         stack.add(dex_process(gateway, files, logs_dir))

@@ -61,7 +61,7 @@ async def detection_phase(
     journeys = Journeys(seed)
     arrivals = sorted(journeys.uniform(spread_seconds) for _ in range(orders))
     order_ids: list[str] = []
-    async with harness.http_client() as client:
+    async with harness.http_client(monitor.authorization) as client:
         before = await harness.scrape(client, monitor.metrics_url)
         submitting = True
         loaded = 0

@@ -9,7 +9,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,7 @@ from loupe.database import dsn_for
 from loupe.monitor.settings import MonitorSettings
 from loupe.monitor.spans import decode
 from loupe.stack.components import JaegerPorts, monitor_process
+from loupe.stack.gateway import Secrets
 from loupe.stack.process import Process
 from loupe.stack.sandbox import Sandbox
 from loupe.stack.supervisor import Stack
@@ -53,8 +54,13 @@ def thousands(value: float) -> str:
 # ---------------------------------------------------------------------------------- sending
 
 
-def http_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=60.0, trust_env=False, limits=httpx.Limits(max_connections=32))
+def http_client(headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=60.0,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=32),
+        headers=headers,
+    )
 
 
 async def send_all(
@@ -138,6 +144,12 @@ class RunningMonitor:
     process: Process
     settings: MonitorSettings
     logs: Path  # its sandbox's logs folder, where a part's Jaeger writes too
+    token: str = field(repr=False)  # its intake token
+
+    @property
+    def authorization(self) -> dict[str, str]:
+        """The header its intake asks of senders."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     @property
     def intake(self) -> str:
@@ -164,15 +176,17 @@ def running_monitor(sandbox: Sandbox, slo: str, otlp_endpoint: str) -> Iterator[
     sandbox.root.mkdir(parents=True, exist_ok=True)
     slo_file = sandbox.root / "slo.toml"
     slo_file.write_text(slo)
+    keys = Secrets.ensure(sandbox.root / "secrets")
     env = {
         **sandbox.env,
+        **keys.monitor_env(),
         "LOUPE_MONITOR_SLO_FILE": str(slo_file),
         "LOUPE_LOG_LEVEL": "WARNING",
     }
     process = monitor_process(env, otlp_endpoint=otlp_endpoint, logs_dir=sandbox.logs)
     settings = MonitorSettings.from_env({**os.environ, **env})
     with Stack([process]):
-        yield RunningMonitor(process, settings, sandbox.logs)
+        yield RunningMonitor(process, settings, sandbox.logs, keys.monitor_intake_token)
 
 
 @dataclass

@@ -104,7 +104,7 @@ async def ingest_round(
     monitor: RunningMonitor, batches: Sequence[Batch], clients: int, console: Console, label: str
 ) -> IngestRound:
     assert monitor.process.pid is not None
-    async with http_client() as client:
+    async with http_client(monitor.authorization) as client:
         received_before, kept_before = await monitor.received(client)
         groups = {"monitor": [monitor.process.pid], "postgres": pids_named("postgres")}
         cpu_before = cpu_by_group(groups)
@@ -133,7 +133,7 @@ async def ingest_round(
 
 
 async def warm_up(monitor: RunningMonitor, batches: Sequence[Batch]) -> None:
-    async with http_client() as client:
+    async with http_client(monitor.authorization) as client:
         await send_all(client, monitor.intake, batches, 1)
 
 

@@ -151,6 +151,7 @@ def jaeger_round(
         ports,
         logs_dir=logs_dir,
         monitor_endpoint=monitor.settings.url if mode == "with monitor" else None,
+        monitor_token=monitor.token,
     )
     with Stack([process]):
         return asyncio.run(
