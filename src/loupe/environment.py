@@ -217,7 +217,7 @@ class ListensAtUrl:
 
 def documented() -> dict[str, tuple[Variable[Any], ...]]:
     """Every LOUPE_* variable, per component, in the order docs/runbook.md lists them."""
-    from loupe import access, config
+    from loupe import access, config, provision
     from loupe.monitor import settings as monitor
     from loupe.portal import settings as portal
     from loupe.stack import components, gateway
@@ -230,6 +230,7 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
             config.ACTOR_RATE,
             sampling.TRACE_TRANSACTION_CONTROL,
         ),
+        "provision": tuple(provision.ProvisionSettings.variables()),
         "jaeger": (*components.JaegerPorts.variables(), *components.JAEGER_FILES),
         "gateway": (*gateway.GatewaySettings.variables(), gateway.DEMO_PASSWORD),
         "portal": tuple(portal.PortalSettings.variables()),

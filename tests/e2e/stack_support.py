@@ -41,6 +41,7 @@ from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
 from loupe.stack.supervisor import Stack
+from tests.support.integration import admin_amqp_url
 
 from .gateway_support import Gateway
 
@@ -118,7 +119,7 @@ class Monitored:
         status, no occurred_at): MES fails the order, and every consumer dead-letters it."""
 
         async def publish() -> None:
-            connection = await aio_pika.connect(self.settings.amqp_url)
+            connection = await aio_pika.connect(admin_amqp_url(self.settings))
             try:
                 channel = await connection.channel(publisher_confirms=True)
                 exchange = await channel.get_exchange(ORDERS_EXCHANGE)

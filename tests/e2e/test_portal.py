@@ -50,7 +50,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
             "LOUPE_OIDC_CLIENT_ID": CLIENT_ID,
             "OTEL_SDK_DISABLED": "true",
         }
-        asyncio.run(_declare(sandbox.env["LOUPE_AMQP_URL"]))
+        asyncio.run(_declare(sandbox.admin_amqp_url))
         stack = Stack(
             [
                 dex_process(settings, files, logs),
@@ -116,7 +116,7 @@ def test_whoami_through_gateway(
 
 def test_requeue_needs_devops(portal: tuple[Gateway, Sandbox, str]) -> None:
     gateway, sandbox, _ = portal
-    amqp = sandbox.env["LOUPE_AMQP_URL"]
+    amqp = sandbox.admin_amqp_url
     asyncio.run(_dead_letter(amqp, "order-e2e-1"))
 
     with gateway.client() as client:

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loupe.database import dsn_for
+from loupe.accounts import READER_SUFFIX
 from loupe.monitor.models import (
     Finding,
     FindingKind,
@@ -64,7 +64,9 @@ async def _with_pool(
 ) -> Any:
     try:
         pool = await asyncpg.create_pool(
-            dsn_for(settings.base.postgres_dsn, settings.database), min_size=1, max_size=2
+            settings.base.postgres_dsn_of(settings.database, settings.database + READER_SUFFIX),
+            min_size=1,
+            max_size=2,
         )
     except asyncpg.InvalidCatalogNameError:
         raise ReportError(
