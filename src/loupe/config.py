@@ -75,7 +75,8 @@ SECRETS_DIR = Variable(
 DATABASE_PREFIX = Variable(
     "LOUPE_DATABASE_PREFIX",
     "loupe",
-    "databases are `<prefix>_shop`, `<prefix>_crm`, `<prefix>_mes`; created on first start",
+    "databases are `<prefix>_shop`, `<prefix>_crm`, `<prefix>_mes` (and `<prefix>_monitor`),"
+    " each owned by a role of the same name; made by `make setup` (`loupe provision`)",
 )
 DATA_DIR = Variable(
     "LOUPE_DATA_DIR",

@@ -70,13 +70,14 @@ async def _with_pool(
         )
     except asyncpg.InvalidCatalogNameError:
         raise ReportError(
-            f"the monitor's database {settings.database} does not exist yet: start the monitor "
-            "(`make run`, or `uv run loupe monitor`) first"
+            f"the monitor's database {settings.database} does not exist yet: run `make setup`"
+            " (or `uv run loupe provision`) first"
         ) from None
     except (OSError, asyncpg.PostgresError) as exc:
         raise ReportError(
             f"cannot open the monitor's database {settings.database}: {exc}. Is PostgreSQL "
-            "running (`make setup`), and does your OS user have a PostgreSQL role?"
+            "running, and has `make setup` made the read-only role and its password in"
+            f" {settings.base.secrets_dir}? (`make setup` does both)"
         ) from None
     try:
         return await read(pool)
