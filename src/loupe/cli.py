@@ -224,6 +224,7 @@ def provision(
     (idempotent; as the administrators of LOUPE_RABBITMQ_ADMIN_USER, LOUPE_POSTGRES_ADMIN_DSN)."""
     import asyncio
 
+    from loupe.config import DATABASE_OWNERS
     from loupe.provision import GUEST, ProvisionError, ProvisionSettings, provision
 
     settings = ProvisionSettings.from_env()
@@ -236,10 +237,10 @@ def provision(
     typer.echo(f"RabbitMQ vhost {settings.vhost}: users {changed}")
     for user in done.deleted:
         typer.echo(f"RabbitMQ: {user} deleted")
-    databases = ", ".join(settings.base.database_name(o) for o in settings.owners)
+    databases = ", ".join(settings.base.database_name(o) for o in DATABASE_OWNERS)
     typer.echo(
         f"PostgreSQL: databases {databases}, each owned by its own role;"
-        f" {settings.reader} reads the monitor's"
+        f" {settings.base.reader_role} reads the monitor's"
     )
 
 

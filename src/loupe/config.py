@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from loupe.accounts import (
+    READER_SUFFIX,
     Account,
     broker_password_file,
     broker_user,
@@ -38,6 +39,9 @@ SERVICES = ("shop", "crm", "mes")
 
 SERVICE_NAMES = {"shop": "shop-api", "crm": "crm-api", "mes": "mes-api"}
 """OpenTelemetry `service.name` of each service."""
+
+DATABASE_OWNERS = (*SERVICES, Account.MONITOR.value)
+"""Who has a database of its own, each owned by a role of the same name."""
 
 DEFAULT_PORTS = {"shop": 8081, "crm": 8082, "mes": 8083}
 
@@ -191,6 +195,25 @@ class Settings(EnvSettings):
         role = role or database
         password = read_password(database_password_file(self.secrets_dir, role))
         return signed_in(dsn_for(self.postgres_dsn, database), role, password)
+
+    @property
+    def reader_role(self) -> str:
+        """The read-only role of the monitor's database (the CLI's)."""
+        return self.database_name(Account.MONITOR) + READER_SUFFIX
+
+    def password_files(self) -> list[Path]:
+        """Where the set-up keeps each account's password, for the accounts this machine's
+        processes sign in as (none where a URL or DSN names its user itself)."""
+        files = []
+        if not urlsplit(self.amqp_url).username:
+            vhost = vhost_of(self.amqp_url)
+            files += [
+                broker_password_file(self.secrets_dir, broker_user(vhost, a)) for a in Account
+            ]
+        if not urlsplit(self.postgres_dsn).username:
+            roles = [*(self.database_name(o) for o in DATABASE_OWNERS), self.reader_role]
+            files += [database_password_file(self.secrets_dir, role) for role in roles]
+        return files
 
     def management(self, account: Account, timeout: float = 5.0) -> Management:
         """RabbitMQ's management API, as `account`'s broker user, for its vhost."""

@@ -12,7 +12,6 @@ password in the secrets folder) and the PostgreSQL role of the OS user that runs
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import aio_pika
 
 from loupe.accounts import (
-    READER_SUFFIX,
     Account,
     broker_password_file,
     broker_user,
@@ -29,7 +27,7 @@ from loupe.accounts import (
     signed_in,
     vhost_of,
 )
-from loupe.config import SECRETS_DIR, SERVICES, Settings
+from loupe.config import DATABASE_OWNERS, SECRETS_DIR, Settings
 from loupe.database import DatabaseAdmin
 from loupe.environment import EnvSettings, Variable, part
 from loupe.messaging.permissions import EVERYTHING, GRANTS, BrokerAdmin
@@ -95,15 +93,6 @@ class ProvisionSettings(EnvSettings):
     def database_admin(self) -> DatabaseAdmin:
         return DatabaseAdmin(self.postgres_admin_dsn)
 
-    @property
-    def owners(self) -> tuple[str, ...]:
-        """Whose databases: the services' and the monitor's."""
-        return (*SERVICES, Account.MONITOR.value)
-
-    @property
-    def reader(self) -> str:
-        return self.base.database_name(Account.MONITOR) + READER_SUFFIX
-
 
 class ProvisionError(Exception):
     """The set-up cannot go on; the text says why and what to do."""
@@ -142,15 +131,15 @@ async def provision(settings: ProvisionSettings, *, retire: Sequence[str] = ()) 
     finally:
         await connection.close()
     database = settings.database_admin()
-    for owner in settings.owners:
+    for owner in DATABASE_OWNERS:
         role = base.database_name(owner)
         secret, _ = generated(database_password_file(base.secrets_dir, role), password)
         await database.ensure_role(role, secret)
         await database.ensure_owned_database(role, role)
-    secret, _ = generated(database_password_file(base.secrets_dir, settings.reader), password)
-    await database.ensure_role(settings.reader, secret)
+    secret, _ = generated(database_password_file(base.secrets_dir, base.reader_role), password)
+    await database.ensure_role(base.reader_role, secret)
     monitor = base.database_name(Account.MONITOR)
-    await database.grant_reader(monitor, monitor, settings.reader)
+    await database.grant_reader(monitor, monitor, base.reader_role)
     for user in retire:
         if await asyncio.to_thread(admin.delete_user, user):
             done.deleted.append(user)
@@ -159,12 +148,13 @@ async def provision(settings: ProvisionSettings, *, retire: Sequence[str] = ()) 
 
 async def unprovision(settings: ProvisionSettings) -> None:
     """Removes what `provision` made: the vhost and its users, the databases and their roles,
-    the password files (a sandbox's end; never run on `make run`'s own)."""
+    their password files (a sandbox's end; never run on `make run`'s own)."""
     base, vhost = settings.base, settings.vhost
     admin = settings.broker_admin()
     for account in Account:
         await asyncio.to_thread(admin.delete_user, broker_user(vhost, account))
     await asyncio.to_thread(admin.delete_vhost, vhost)
-    roles = [base.database_name(owner) for owner in settings.owners]
-    await settings.database_admin().drop(roles, [*roles, settings.reader])
-    shutil.rmtree(base.secrets_dir, ignore_errors=True)
+    databases = [base.database_name(owner) for owner in DATABASE_OWNERS]
+    await settings.database_admin().drop(databases, [*databases, base.reader_role])
+    for path in base.password_files():
+        path.unlink(missing_ok=True)

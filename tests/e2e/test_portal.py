@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from loupe.messaging.consumer import ATTEMPT_HEADER, ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
-from loupe.messaging.topology import DEAD_LETTER_EXCHANGE, declare_topology
+from loupe.messaging.topology import DEAD_LETTER_EXCHANGE
 from loupe.stack.components import dex_process, gateway_process, portal_process
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.process import free_port
@@ -50,7 +50,6 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
             "LOUPE_OIDC_CLIENT_ID": CLIENT_ID,
             "OTEL_SDK_DISABLED": "true",
         }
-        asyncio.run(_declare(sandbox.admin_amqp_url))
         stack = Stack(
             [
                 dex_process(settings, files, logs),
@@ -60,12 +59,6 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
         )
         with stack:
             yield Gateway(settings, files, None, password), sandbox, portal_url  # type: ignore[arg-type]
-
-
-async def _declare(amqp_url: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        await declare_topology(await connection.channel())
 
 
 async def _dead_letter(amqp_url: str, order_id: str) -> None:

@@ -168,9 +168,28 @@ def test_preflight_passes_when_both_answer(tmp_path: Path) -> None:
         preflight(
             Settings(
                 amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/loupe",
-                postgres_dsn=f"postgresql:///postgres?host={tmp_path}",
+                postgres_dsn=f"postgresql://me@/postgres?host={tmp_path}",
             )
         )
+
+
+def test_preflight_asks_for_the_set_up_when_accounts_have_no_password(tmp_path: Path) -> None:
+    with socket.socket() as amqp, socket.socket(socket.AF_UNIX) as pg:
+        amqp.bind(("127.0.0.1", 0))
+        amqp.listen()
+        pg.bind(str(tmp_path / ".s.PGSQL.5432"))
+        pg.listen()
+        settings = Settings(
+            amqp_url=f"amqp://127.0.0.1:{amqp.getsockname()[1]}/loupe",
+            postgres_dsn=f"postgresql:///postgres?host={tmp_path}",
+            secrets_dir=tmp_path / "secrets",
+        )
+        with pytest.raises(StackError, match=r"10 account password\(s\) missing.*make setup"):
+            preflight(settings)
+        for path in settings.password_files():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("made by the set-up")
+        preflight(settings)
 
 
 # ------------------------------------------------------------------ the monitor and its pipeline

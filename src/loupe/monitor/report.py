@@ -27,7 +27,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loupe.accounts import READER_SUFFIX
 from loupe.monitor.models import (
     Finding,
     FindingKind,
@@ -64,7 +63,7 @@ async def _with_pool(
 ) -> Any:
     try:
         pool = await asyncpg.create_pool(
-            settings.base.postgres_dsn_of(settings.database, settings.database + READER_SUFFIX),
+            settings.base.postgres_dsn_of(settings.database, settings.base.reader_role),
             min_size=1,
             max_size=2,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class Sandbox:
 
     def destroy(self) -> None:
         asyncio.run(unprovision(self.provisioning))
+        shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
         self.create()
