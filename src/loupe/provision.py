@@ -18,15 +18,8 @@ from pathlib import Path
 
 import aio_pika
 
-from loupe.accounts import (
-    Account,
-    broker_password_file,
-    broker_user,
-    database_password_file,
-    read_password,
-    signed_in,
-    vhost_of,
-)
+from loupe import accounts
+from loupe.accounts import Account
 from loupe.config import DATABASE_OWNERS, SECRETS_DIR, Settings
 from loupe.database import DatabaseAdmin
 from loupe.environment import EnvSettings, Variable, part
@@ -67,12 +60,12 @@ class ProvisionSettings(EnvSettings):
 
     @property
     def vhost(self) -> str:
-        return vhost_of(self.base.amqp_url)
+        return accounts.vhost_of(self.base.amqp_url)
 
     @property
     def rabbitmq_admin_password(self) -> str:
-        path = broker_password_file(self.secrets_dir, self.rabbitmq_admin_user)
-        found = read_password(path)
+        path = accounts.broker_password_file(self.secrets_dir, self.rabbitmq_admin_user)
+        found = accounts.read_password(path)
         if found is None:
             raise ProvisionError(
                 f"no password for RabbitMQ's administrator {self.rabbitmq_admin_user} in {path};"
@@ -83,7 +76,9 @@ class ProvisionSettings(EnvSettings):
     @property
     def admin_amqp_url(self) -> str:
         """LOUPE_AMQP_URL as the administrator (the tests' own broker connections)."""
-        return signed_in(self.base.amqp_url, self.rabbitmq_admin_user, self.rabbitmq_admin_password)
+        return accounts.signed_in(
+            self.base.amqp_url, self.rabbitmq_admin_user, self.rabbitmq_admin_password
+        )
 
     def broker_admin(self) -> BrokerAdmin:
         return BrokerAdmin(
@@ -121,8 +116,8 @@ async def provision(settings: ProvisionSettings, *, retire: Sequence[str] = ()) 
     await asyncio.to_thread(admin.ensure_vhost, vhost)
     await asyncio.to_thread(admin.grant, settings.rabbitmq_admin_user, EVERYTHING, vhost)
     for account in Account:
-        user = broker_user(vhost, account)
-        secret, _ = generated(broker_password_file(base.secrets_dir, user), password)
+        user = accounts.broker_user(vhost, account)
+        secret, _ = generated(accounts.broker_password_file(base.secrets_dir, user), password)
         if await asyncio.to_thread(admin.ensure_user, user, secret, GRANTS[account], vhost):
             done.broker_users.append(user)
     connection = await aio_pika.connect(settings.admin_amqp_url, timeout=10)
@@ -133,10 +128,12 @@ async def provision(settings: ProvisionSettings, *, retire: Sequence[str] = ()) 
     database = settings.database_admin()
     for owner in DATABASE_OWNERS:
         role = base.database_name(owner)
-        secret, _ = generated(database_password_file(base.secrets_dir, role), password)
+        secret, _ = generated(accounts.database_password_file(base.secrets_dir, role), password)
         await database.ensure_role(role, secret)
         await database.ensure_owned_database(role, role)
-    secret, _ = generated(database_password_file(base.secrets_dir, base.reader_role), password)
+    secret, _ = generated(
+        accounts.database_password_file(base.secrets_dir, base.reader_role), password
+    )
     await database.ensure_role(base.reader_role, secret)
     monitor = base.database_name(Account.MONITOR)
     await database.grant_reader(monitor, monitor, base.reader_role)
@@ -152,7 +149,7 @@ async def unprovision(settings: ProvisionSettings) -> None:
     base, vhost = settings.base, settings.vhost
     admin = settings.broker_admin()
     for account in Account:
-        await asyncio.to_thread(admin.delete_user, broker_user(vhost, account))
+        await asyncio.to_thread(admin.delete_user, accounts.broker_user(vhost, account))
     await asyncio.to_thread(admin.delete_vhost, vhost)
     databases = [base.database_name(owner) for owner in DATABASE_OWNERS]
     await settings.database_admin().drop(databases, [*databases, base.reader_role])
