@@ -25,7 +25,6 @@ import asyncpg
 from loupe.actors import Workshop
 from loupe.bench.slo import slo_toml
 from loupe.config import SERVICES, Settings
-from loupe.database import dsn_for
 from loupe.messaging.topology import ORDERS_EXCHANGE
 from loupe.stack.components import (
     JaegerPorts,
@@ -90,7 +89,7 @@ class Monitored:
         """Rows from the monitor's database (or another of the sandbox's, by name)."""
 
         async def run() -> list[dict[str, Any]]:
-            dsn = dsn_for(self.settings.postgres_dsn, database or self.database)
+            dsn = self.settings.postgres_dsn_of(database or self.database)
             connection = await asyncpg.connect(dsn)
             try:
                 return [dict(r) for r in await connection.fetch(sql, *args)]

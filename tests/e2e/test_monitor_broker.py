@@ -19,6 +19,7 @@ import aio_pika
 import httpx
 import pytest
 
+from loupe.messaging.management import Management
 from loupe.messaging.topology import ORDERS_EXCHANGE, UNROUTABLE_QUEUE
 from tests.support.integration import admin_amqp_url
 
@@ -121,7 +122,8 @@ def test_an_unroutable_publish_is_reported_at_once_and_resolves_when_handled(
 def _close_connection(monitored: Monitored, connection_name: str) -> None:
     """Closes the named connection of the sandbox's vhost, as the broker does to a peer whose
     heartbeats stopped."""
-    management = monitored.settings.management()
+    # As the administrator: the monitor's own user may not close connections.
+    management = Management(monitored.settings.management_url, admin_amqp_url(monitored.settings))
     with httpx.Client(auth=management.credentials, trust_env=False, timeout=10) as client:
         listed = client.get(f"{management.url}/api/connections").json()
         names = [
