@@ -44,7 +44,7 @@ def test_defaults() -> None:
 def test_derived_values() -> None:
     settings = Settings()
     assert [settings.database_name(s) for s in SERVICES] == ["loupe_shop", "loupe_crm", "loupe_mes"]
-    assert settings.object_store == Path(".data") / "objects"
+    assert settings.object_store("shop") == Path(".data") / "objects" / "shop"
     assert {s: settings.port(s) for s in SERVICES} == DEFAULT_PORTS
     assert set(SERVICE_NAMES) == set(SERVICES)
 
@@ -71,7 +71,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert settings.postgres_dsn == "postgresql:///postgres?host=/tmp"
     assert settings.database_name("mes") == "staging_mes"
     assert settings.data_dir == tmp_path
-    assert settings.object_store == tmp_path / "objects"
+    assert settings.object_store("mes") == tmp_path / "objects" / "mes"
     assert settings.host == "127.0.0.2"
     assert settings.service_urls["shop"] == "http://127.0.0.1:9001"
     assert (settings.port("shop"), settings.port("crm"), settings.port("mes")) == (9001, 9002, 9003)

@@ -15,13 +15,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from loupe.environment import EnvSettings, Variable, names_or_default, url
+from loupe.environment import EnvSettings, Variable, names_or_default, number, url
 
 # Asymmetric algorithms only: an HMAC "signature" made with a public key must never pass.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
@@ -44,7 +45,12 @@ class Jwks:
     """The issuer's signing keys, fetched through its discovery document and cached.
 
     Keys are kept for `ttl` seconds; a token signed with a key id not seen yet triggers one
-    early refetch (at most every `min_refetch` seconds), so key rotation is picked up.
+    early refetch (at most every `min_refetch` seconds), so key rotation is picked up. When a
+    refetch fails (the provider briefly unreachable, or answering nonsense), the keys held
+    stay in use for up to `max_stale` seconds past their `ttl`, and the next try waits
+    `min_refetch`, so requests are neither refused nor held up by each failed fetch. Past that
+    bound, or with no keys at all, tokens are refused: a key the provider revoked must not
+    stay good for ever.
     """
 
     def __init__(
@@ -53,55 +59,82 @@ class Jwks:
         *,
         ttl: float = 3600.0,
         min_refetch: float = 30.0,
+        max_stale: float = 900.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.issuer = issuer.rstrip("/")
         self._ttl = ttl
         self._min_refetch = min_refetch
+        self._max_stale = max_stale
         self._transport = transport
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
+        self._tried_at = float("-inf")
+        self._problem: str | None = None
         self._lock = asyncio.Lock()
 
-    async def _fetch(self) -> None:
+    async def _fetch(self) -> dict[str, jwt.PyJWK]:
         async with httpx.AsyncClient(
             transport=self._transport, timeout=5.0, trust_env=False
         ) as client:
             discovery = await client.get(f"{self.issuer}/.well-known/openid-configuration")
             discovery.raise_for_status()
             document = discovery.json()
-            if document.get("issuer", "").rstrip("/") != self.issuer:
-                raise Unauthenticated(
-                    "the identity provider's discovery document names another issuer"
-                )
-            answer = await client.get(document["jwks_uri"])
+            if not isinstance(document, dict):
+                raise ValueError("the discovery document is not a JSON object")
+            if str(document.get("issuer", "")).rstrip("/") != self.issuer:
+                raise ValueError("the discovery document names another issuer")
+            jwks_uri = document.get("jwks_uri")
+            if not isinstance(jwks_uri, str):
+                raise ValueError("the discovery document names no jwks_uri")
+            answer = await client.get(jwks_uri)
             answer.raise_for_status()
+        published = answer.json()
+        listed = published.get("keys") if isinstance(published, dict) else None
+        if not isinstance(listed, list):
+            raise ValueError("the key set is not a JSON object with a list of keys")
         keys = {}
-        for data in answer.json().get("keys", []):
-            if data.get("use", "sig") != "sig" or "kid" not in data:
+        for data in listed:
+            if not isinstance(data, dict) or data.get("use", "sig") != "sig":
+                continue
+            if not isinstance(data.get("kid"), str):
                 continue
             try:
                 keys[data["kid"]] = jwt.PyJWK(data)
-            except jwt.PyJWKError:
+            except (jwt.PyJWTError, ValueError, TypeError):
                 continue
-        self._keys = keys
-        self._fetched_at = time.monotonic()
+        return keys
 
     async def key(self, kid: str) -> jwt.PyJWK:
         async with self._lock:
-            age = time.monotonic() - self._fetched_at
-            if age > self._ttl or (kid not in self._keys and age > self._min_refetch):
+            now = time.monotonic()
+            age = now - self._fetched_at
+            due = age > self._ttl or (kid not in self._keys and age > self._min_refetch)
+            if due and now - self._tried_at > self._min_refetch:
+                self._tried_at = now
                 try:
-                    await self._fetch()
-                except (httpx.HTTPError, KeyError, ValueError) as exc:
-                    raise Unauthenticated(
+                    self._keys = await self._fetch()
+                except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                    # Never the provider's own text: it could echo anything back to a caller.
+                    self._problem = (
                         f"cannot fetch the identity provider's keys ({type(exc).__name__})"
-                    ) from exc
+                    )
+                else:
+                    self._fetched_at, self._problem = now, None
+            if time.monotonic() - self._fetched_at > self._ttl + self._max_stale:
+                raise Unauthenticated(
+                    self._problem or "the identity provider's keys are out of date"
+                )
         if kid not in self._keys:
             raise Unauthenticated(
-                "the token is signed with a key the identity provider does not publish"
+                self._problem
+                or "the token is signed with a key the identity provider does not publish"
             )
         return self._keys[kid]
+
+
+MAX_TOKEN_LENGTH = 16 * 1024
+"""Longer is no ID token (a provider's run to a few kilobytes); refused before any parsing."""
 
 
 class TokenVerifier:
@@ -121,13 +154,17 @@ class TokenVerifier:
         return await self.verify(token.strip())
 
     async def verify(self, token: str) -> Identity:
+        """The identity a valid ID token names; any other token, however malformed, raises
+        Unauthenticated (a 401), never anything else."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated(f"malformed token: over {MAX_TOKEN_LENGTH} characters")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"malformed token: {exc}") from exc
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise Unauthenticated(f"malformed token: {type(exc).__name__}") from exc
         algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in ALGORITHMS:
-            raise Unauthenticated(f"token algorithm {algorithm!r} is not accepted")
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+            raise Unauthenticated(f"token algorithm {str(algorithm)[:20]!r} is not accepted")
         if not isinstance(kid, str):
             raise Unauthenticated("the token names no signing key (kid)")
         key = await self._jwks.key(kid)
@@ -151,6 +188,13 @@ class TokenVerifier:
             raise Unauthenticated("the token's signature does not verify") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from exc
+        # A key of another type than the algorithm (an EC algorithm naming an RSA key's kid)
+        # makes PyJWT raise TypeError or InvalidKeyError rather than an invalid-token error.
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise Unauthenticated(
+                f"the token's algorithm {algorithm} does not fit the key it names"
+            ) from exc
+        self._check_authorized_party(claims)
         groups = claims.get(self._groups_claim) or []
         if not isinstance(groups, list):
             groups = []
@@ -160,6 +204,18 @@ class TokenVerifier:
             groups=tuple(str(g) for g in groups),
             claims=claims,
         )
+
+    def _check_authorized_party(self, claims: dict[str, Any]) -> None:
+        """OpenID Connect Core 3.1.3.7: a token for several audiences must name, in `azp`, the
+        client it was issued to, and that must be ours; otherwise another client that shares
+        the audience could pass its tokens off as ours."""
+        audience = claims["aud"]
+        several = isinstance(audience, list) and len(audience) > 1
+        party = claims.get("azp")
+        if several and party is None:
+            raise Unauthenticated("the token names several audiences and no authorized party (azp)")
+        if party is not None and party != self._client_id:
+            raise Unauthenticated("the token was issued to another client (azp)")
 
 
 # -- roles --------------------------------------------------------------------------------
@@ -198,6 +254,14 @@ ACT_GROUPS = Variable(
     names_or_default,
 )
 
+KEYS_MAX_STALE = Variable(
+    "LOUPE_OIDC_KEYS_MAX_STALE_SECONDS",
+    900.0,
+    "the issuer's signing keys are fetched again hourly; while it cannot be reached, the keys"
+    " held stay in use this much longer (a refetch is tried every 30 s), then tokens get 401",
+    number,
+)
+
 
 @dataclass(frozen=True)
 class AccessSettings(EnvSettings):
@@ -209,6 +273,42 @@ class AccessSettings(EnvSettings):
     groups_claim: str = GROUPS_CLAIM.field()
     read_groups: tuple[str, ...] = READ_GROUPS.field()
     act_groups: tuple[str, ...] = ACT_GROUPS.field()
+    keys_max_stale: float = KEYS_MAX_STALE.field()
+
+
+class CrossSiteRefused(Exception):
+    """An action that does not come from the console's own pages; the text says why."""
+
+
+# What a browser's Sec-Fetch-Site says of a request the console's own page made, or one a
+# person made by typing the URL. "same-site" is not enough: another port of 127.0.0.1, or
+# another subdomain, is the same site.
+_OWN_REQUESTS = ("same-origin", "none")
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def refuse_cross_site(request: Request, allowed_origins: tuple[str, ...]) -> None:
+    """Refuses an action a page of another site made the browser send. Browsers say where a
+    request comes from, and a page cannot make them lie: Origin on every cross-origin POST,
+    Sec-Fetch-Site on every request (the current Chromium, Firefox and Safari). Either, when
+    present, must say the console. A script sends neither, and proves itself with its token.
+    This comes on top of the session cookie's SameSite=Lax, which older browsers ignore."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.lower() not in allowed_origins:
+        raise CrossSiteRefused(
+            f"refused: this action comes from {origin[:200]}, not from the console "
+            f"({', '.join(allowed_origins)})"
+        )
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in _OWN_REQUESTS:
+        raise CrossSiteRefused(
+            f"refused: the browser says this action comes from a {site[:40]} page, not from"
+            " the console"
+        )
 
 
 class Forbidden(Exception):
@@ -231,10 +331,20 @@ class Access:
     signed-in person allowed to read, or to act), `require` the check, and `install` adds the
     401/403 answers (JSON, with the reason) to the app."""
 
-    def __init__(self, settings: AccessSettings, verifier: TokenVerifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: AccessSettings,
+        verifier: TokenVerifier | None = None,
+        console_url: str | None = None,
+    ) -> None:
+        """`console_url`: actions (the `operator` dependency) must come from its origin
+        (refuse_cross_site)."""
         self.settings = settings
+        self.allowed_origins = (origin_of(console_url),) if console_url else ()
         self.verifier = verifier or TokenVerifier(
-            Jwks(settings.issuer), settings.client_id, settings.groups_claim
+            Jwks(settings.issuer, max_stale=settings.keys_max_stale),
+            settings.client_id,
+            settings.groups_claim,
         )
 
         # The dependencies routes declare: a person allowed to read, or to act; else 403.
@@ -245,6 +355,8 @@ class Access:
         async def dependency(request: Request) -> Identity:
             who = await self.identity(request)
             self.require(who, role)
+            if role == "operator":
+                refuse_cross_site(request, self.allowed_origins)
             return who
 
         return dependency
@@ -278,6 +390,10 @@ class Access:
                 status_code=401,
                 headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
             )
+
+        @app.exception_handler(CrossSiteRefused)
+        async def cross_site(_: Request, exc: CrossSiteRefused) -> JSONResponse:
+            return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
 
         @app.exception_handler(Forbidden)
         async def forbidden(_: Request, exc: Forbidden) -> JSONResponse:

@@ -29,6 +29,7 @@ from loupe.environment import (
     file_path,
     names,
     number,
+    positive,
     url,
     whole,
 )
@@ -114,6 +115,35 @@ PRICING_SECONDS = Variable(
     "how long pricing pretends to work (production: up to 30 minutes)",
     number,
 )
+PRICING_MAX_TRIANGLES = Variable(
+    "LOUPE_PRICING_MAX_TRIANGLES",
+    250_000,
+    "a model with more triangles is not priced: the order becomes FAILED with the reason"
+    " (pricing 250 000 takes about 2 s and 250 MB)",
+    whole,
+)
+PRICING_TIMEOUT_SECONDS = Variable(
+    "LOUPE_PRICING_TIMEOUT_SECONDS",
+    30.0,
+    "wall-clock limit on computing one model's price, in a process of its own that is killed"
+    " past it; the order becomes FAILED with the reason",
+    positive,
+)
+MAX_MODEL_BYTES = Variable(
+    "LOUPE_MAX_MODEL_BYTES",
+    50 * 1024 * 1024,
+    "the largest 3D model: an upload past it gets 413 while it streams (a request body is cut"
+    " at this plus 64 KiB for the form's other fields), and MES stops downloading a model past"
+    " it and fails the order",
+    whole,
+)
+ORPHAN_MODEL_MINUTES = Variable(
+    "LOUPE_ORPHAN_MODEL_MINUTES",
+    60.0,
+    "a stored model that no order of its service refers to is deleted once it is this old (its"
+    " upload's order was never created); swept every tenth of it",
+    positive,
+)
 MAX_DELIVERY_ATTEMPTS = Variable(
     "LOUPE_MAX_DELIVERY_ATTEMPTS",
     5,
@@ -171,6 +201,10 @@ class Settings(EnvSettings):
     host: str = HOST.field()
     service_urls: dict[str, str] = each(SERVICE_URLS)
     pricing_seconds: float = PRICING_SECONDS.field()
+    pricing_max_triangles: int = PRICING_MAX_TRIANGLES.field()
+    pricing_timeout_seconds: float = PRICING_TIMEOUT_SECONDS.field()
+    max_model_bytes: int = MAX_MODEL_BYTES.field()
+    orphan_model_minutes: float = ORPHAN_MODEL_MINUTES.field()
     max_delivery_attempts: int = MAX_DELIVERY_ATTEMPTS.field()
     retry_delay_ms: int = RETRY_DELAY_MS.field()
     prefetch: int = PREFETCH.field()
@@ -182,6 +216,12 @@ class Settings(EnvSettings):
     def __post_init__(self) -> None:
         if self.max_delivery_attempts < 1:
             raise ValueError("LOUPE_MAX_DELIVERY_ATTEMPTS must be at least 1")
+        for variable, value in (
+            (PRICING_MAX_TRIANGLES, self.pricing_max_triangles),
+            (MAX_MODEL_BYTES, self.max_model_bytes),
+        ):
+            if value < 1:
+                raise ValueError(f"{variable.name} must be at least 1")
 
     def amqp_url_of(self, account: Account) -> str:
         """LOUPE_AMQP_URL signed in as `account`'s own broker user, unless it names a user."""
@@ -228,9 +268,10 @@ class Settings(EnvSettings):
     def database_name(self, service: str) -> str:
         return f"{self.database_prefix}_{service}"
 
-    @property
-    def object_store(self) -> Path:
-        return self.data_dir / "objects"
+    def object_store(self, service: str) -> Path:
+        """Where a service keeps the models uploaded to it: a prefix of its own, so it can tell
+        which models its orders must refer to (see loupe.service.model_files)."""
+        return self.data_dir / "objects" / service
 
     def port(self, service: str) -> int:
         return int(self.service_urls[service].rsplit(":", 1)[1].split("/")[0])

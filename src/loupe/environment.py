@@ -15,6 +15,7 @@ variable and quotes the value.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -84,6 +85,22 @@ def names(raw: str, _name: str) -> tuple[str, ...]:
 def names_or_default(raw: str, name: str) -> tuple[str, ...] | None:
     """Comma-separated like `names`, but a list with no item means the default."""
     return names(raw, name) or None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(raw: str, name: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or networks (CIDR); an address is a network of one."""
+    found = []
+    for item in names(raw, name):
+        try:
+            found.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{name} must list addresses or networks (CIDR), got {item!r}"
+            ) from None
+    return tuple(found)
 
 
 def flag(raw: str, _name: str) -> bool:
@@ -221,7 +238,7 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
     from loupe.monitor import settings as monitor
     from loupe.portal import settings as portal
     from loupe.stack import components, gateway
-    from loupe.telemetry import logs, sampling
+    from loupe.telemetry import edge, encoding, logs, sampling
 
     return {
         "loupe": (
@@ -229,6 +246,8 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
             logs.LOG_LEVEL,
             config.ACTOR_RATE,
             sampling.TRACE_TRANSACTION_CONTROL,
+            encoding.SDK_ENCODER,
+            edge.TRUSTED_CLIENTS,
         ),
         "provision": tuple(provision.ProvisionSettings.variables()),
         "jaeger": (*components.JaegerPorts.variables(), *components.JAEGER_FILES),

@@ -15,6 +15,7 @@ from rich.console import Console
 from loupe.drills.faults import Fault, all_faults
 from loupe.drills.run import drill, running_loupe
 from loupe.drills.stack import LoupeUp
+from loupe.monitor.models import FindingKind
 
 pytestmark = [pytest.mark.e2e, pytest.mark.drills]
 
@@ -31,6 +32,9 @@ def test_no_order_is_lost_or_ghosted_and_no_finding_is_wrong(loupe: LoupeUp, fau
     assert result.lost == 0, result.row()
     assert result.ghosts == 0, result.row()
     assert result.contradicted == [], result.row()
+    if fault.blinds_monitor:
+        # The monitor heard nothing: it says so, and reports no order stuck for it.
+        assert result.incident_kinds == {FindingKind.TELEMETRY_GAP}, result.row()
     # Every span the services' exporters sent reached the monitor (a kill -9 loses only what
     # the killed process had not sent yet, which no counter can see).
     assert (result.spans.lost, result.spans.unreceived) == (0, []), result.row()

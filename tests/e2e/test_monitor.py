@@ -217,6 +217,13 @@ def test_the_api_behind_the_gateway_checks_the_role(monitored: Monitored) -> Non
 
     with gateway.client() as client:
         assert sign_in(gateway, client, "devops@example.com", "/").status_code == 200
+        # Another site's page cannot make a devops engineer's browser act.
+        for elsewhere in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            forged = client.post(
+                f"{base}/incidents/{incident_id}/acknowledge", headers={**API, **elsewhere}
+            )
+            assert forged.status_code == 403, forged.text
+            assert forged.json()["detail"].startswith("refused: ")
         done = client.post(f"{base}/incidents/{incident_id}/acknowledge", headers=API)
         assert done.status_code == 200, done.text
         assert done.json()["acknowledged_by"] == "devops@example.com"

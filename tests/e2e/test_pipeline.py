@@ -7,6 +7,7 @@ orders through the whole lifecycle, the rest read what that left in Jaeger.
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from loupe.actors import Workshop
+from loupe.actors.models import random_ring
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
 from tests.support.integration import admin_amqp_url
@@ -180,6 +182,44 @@ def test_consumer_spans_are_children_of_producer_spans(pipeline: Pipeline) -> No
     assert fanouts == SHOP_ORDERS
 
 
+async def test_an_untrusted_traceparent_with_sampling_off_is_still_traced(
+    pipeline: Pipeline,
+) -> None:
+    """A customer's request carries a traceparent saying "not sampled", naming a trace of
+    someone else's: the shop starts a new trace anyway, linked to it, and the order is traced
+    from there on, MES's pricing included."""
+    caller_trace, caller_span = f"{random.getrandbits(128):032x}", f"{random.getrandbits(64):016x}"
+    async with httpx.AsyncClient(timeout=15) as client:
+        response = await client.post(
+            f"{pipeline.settings.service_urls['shop']}/orders",
+            headers={"traceparent": f"00-{caller_trace}-{caller_span}-00"},
+            data={
+                "customer_name": "Edge Case",
+                "customer_email": "edge@example.com",
+                "customer_phone": "+1 555 0100 200",
+                "shipping_address": "1 Boundary Road",
+            },
+            files={"model": ("ring.stl", random_ring(random.Random(11)), "model/stl")},
+        )
+    assert response.status_code == 201, response.text
+    order_id = response.json()["id"]
+
+    def submission() -> dict[str, Any] | None:
+        for trace in pipeline.traces_for_order(order_id).values():
+            names = {(service_of(trace, s), s["operationName"]) for s in trace["spans"]}
+            if {("shop-api", "POST /orders"), ("mes-api", "price order")} <= names:
+                return trace
+        return None
+
+    trace = wait_for(submission, 30, f"the submission of {order_id}, priced, in one trace")
+    assert trace["traceID"] != caller_trace
+    [server] = [s for s in trace["spans"] if s["operationName"] == "POST /orders"]
+    assert parent_id(server) is None
+    links = [r for r in server["references"] if r["refType"] == "FOLLOWS_FROM"]
+    assert [(r["traceID"], r["spanID"]) for r in links] == [(caller_trace, caller_span)]
+    assert tags(server)["loupe.trace_context.note"].startswith("the caller is not a trusted")
+
+
 def test_no_personal_data_reaches_jaeger(pipeline: Pipeline) -> None:
     assert pipeline.customers, "the lifecycle test must have run first"
     stored = json.dumps(pipeline.all_traces())
@@ -209,9 +249,10 @@ async def _dead_letters(pipeline: Pipeline) -> list[aio_pika.abc.AbstractIncomin
     async with connection:
         channel = await connection.channel()
         queue = await channel.get_queue("loupe.dead-letter")
+        # Held unacked, so each letter is handed over once (a letter put back goes to the head
+        # of a queue with a delivery limit); closing the connection puts them all back.
         while (message := await queue.get(no_ack=False, fail=False)) is not None:
             messages.append(message)
-            await message.nack(requeue=True)
             if len(messages) > 100:
                 break
     return messages

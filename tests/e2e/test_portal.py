@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from loupe.messaging.consumer import ATTEMPT_HEADER, ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
 from loupe.messaging.topology import DEAD_LETTER_EXCHANGE
@@ -134,6 +137,11 @@ def test_requeue_needs_devops(portal: tuple[Gateway, Sandbox, str]) -> None:
         token = client.get(f"{gateway.url}/api/whoami", headers=API).json()["csrf_token"]
         elsewhere = {**API, "X-Loupe-Csrf": token, "Origin": "http://evil.example"}
         assert client.post(requeue, headers=elsewhere, json=body).status_code == 403
+        cross_site = {**API, "X-Loupe-Csrf": token, "Sec-Fetch-Site": "cross-site"}
+        assert client.post(requeue, headers=cross_site, json=body).status_code == 403
+        # An empty body names nothing, and nothing is requeued.
+        empty = client.post(requeue, headers={**API, "X-Loupe-Csrf": token}, json={})
+        assert empty.status_code == 422
         done = client.post(requeue, headers={**API, "X-Loupe-Csrf": token}, json=body)
         assert done.status_code == 200, done.text
         assert [d["order_id"] for d in done.json()["requeued"]] == ["order-e2e-1"]
@@ -161,3 +169,44 @@ def test_portal_direct_with_forged_headers_is_401(portal: tuple[Gateway, Sandbox
             response = client.request(method, f"{portal_url}{path}", headers=forged)
             assert response.status_code == 401, response.text
             assert response.json()["error"] == "unauthenticated"
+
+
+def test_malformed_and_mismatched_tokens_are_401_from_the_real_portal(
+    portal: tuple[Gateway, Sandbox, str],
+) -> None:
+    """Straight to the portal, which checks tokens against the real Dex's keys: whatever the
+    token, an answer of 401 with its reason, never a 500."""
+    gateway, _, portal_url = portal
+    keys = httpx.get(f"{gateway.settings.dex_issuer}/keys", timeout=10).json()["keys"]
+    kid = keys[0]["kid"]
+    now = int(time.time())
+    claims = {"iss": gateway.settings.dex_issuer, "aud": CLIENT_ID, "sub": "x", "iat": now}
+    claims["exp"] = now + 600
+    forged = {
+        # An EC algorithm naming Dex's RSA key: PyJWT raised TypeError here once.
+        "ec algorithm, rsa key": jwt.encode(
+            claims, ec.generate_private_key(ec.SECP256R1()), "ES256", {"kid": kid}
+        ),
+        "signed by another key": jwt.encode(
+            claims,
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "RS256",
+            {"kid": kid},
+        ),
+        "a key Dex does not publish": jwt.encode(
+            claims,
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "RS256",
+            {"kid": "not-dex"},
+        ),
+        "not a token": "not-a-jwt",
+        "three parts of nothing": "a.b.c",
+        "huge": "x." * 20_000 + "x",
+    }
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        for name, text in forged.items():
+            response = client.get(
+                f"{portal_url}/api/whoami", headers={**API, "Authorization": f"Bearer {text}"}
+            )
+            assert response.status_code == 401, (name, response.text)
+            assert response.json()["error"] == "unauthenticated", name

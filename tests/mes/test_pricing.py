@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
+import os
 import random
 import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,7 +22,9 @@ from loupe.mes.pricing import (
     CURRENCY,
     MAX_VOLUME_MM3,
     ModelError,
+    PricingLimits,
     parse_stl,
+    price_isolated,
     price_model,
     volume,
 )
@@ -283,3 +291,89 @@ def test_any_finite_mesh_is_priced_or_refused_with_model_error(
     # Rounded to 0.001 mm³, a speck of a model may show as 0.
     assert 0 <= quote.volume_mm3 <= MAX_VOLUME_MM3
     assert quote.triangles == len(triangles)
+
+
+@pytest.mark.parametrize("stl", [packed_stl, ascii_stl], ids=["binary", "ascii"])
+def test_a_model_with_more_triangles_than_the_limit_is_refused(
+    stl: Callable[[list[Triangle]], bytes],
+) -> None:
+    data = stl(cube(10))
+    assert price_model(data, max_triangles=12).triangles == 12
+    with pytest.raises(ModelError, match="more than 11 triangles, the limit"):
+        price_model(data, max_triangles=11)
+
+
+def test_a_binary_model_s_triangle_count_is_refused_before_any_is_read() -> None:
+    # The header claims four billion triangles; the body holds none.
+    claim = b"x" * 80 + struct.pack("<I", 2**32 - 1) + b"\0" * 100
+    with pytest.raises(ModelError, match="more than 1000 triangles"):
+        parse_stl(claim, max_triangles=1000)
+
+
+LIMITS = PricingLimits(max_triangles=10_000, seconds=10.0)
+
+
+async def test_pricing_in_a_process_gives_the_same_quote() -> None:
+    data = binary_stl(ring_triangles(9.0, 1.5))
+    assert await price_isolated(data, LIMITS) == price_model(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "why"),
+    [
+        (b"not a model", LIMITS, "not an STL model"),
+        (packed_stl(cube(10)), PricingLimits(11, 10.0), "more than 11 triangles"),
+    ],
+)
+async def test_a_model_the_process_refuses_is_a_model_error(
+    data: bytes, limits: PricingLimits, why: str
+) -> None:
+    with pytest.raises(ModelError, match=why):
+        await price_isolated(data, limits)
+
+
+async def test_pricing_past_the_time_limit_is_stopped_while_the_loop_keeps_answering() -> None:
+    # About 1.5 s of pricing on this machine (more on a loaded one), stopped at 0.5 s.
+    slow = binary_stl(ring_triangles(9.0, 1.5, 300, 300))
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    with pytest.raises(ModelError, match=r"took longer than 0\.5 s"):
+        await price_isolated(slow, PricingLimits(max_triangles=10**6, seconds=0.5))
+    stopped = time.monotonic() - started
+    ticker.cancel()
+    assert stopped < 1.5
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.25, "the event loop was blocked while the model was priced"
+    assert not _pricing_processes(), "the pricing process outlived its time limit"
+
+
+async def test_a_cancelled_pricing_leaves_no_process_behind() -> None:
+    slow = binary_stl(ring_triangles(9.0, 1.5, 300, 300))
+    task = asyncio.create_task(price_isolated(slow, PricingLimits(10**6, 30.0)))
+    await asyncio.sleep(0.3)
+    assert _pricing_processes()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not _pricing_processes()
+
+
+def _pricing_processes() -> list[int]:
+    """This process's children that are pricing a model."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    found = []
+    for pid in children:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"loupe.mes.pricing" in command:
+            found.append(int(pid))
+    return found

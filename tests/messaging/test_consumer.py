@@ -346,3 +346,43 @@ async def test_missing_traceparent_starts_a_new_trace_with_a_note(
     assert span.parent is None
     assert "no traceparent" in str(_attributes(span)["loupe.trace_context.note"])
     assert len(handler.calls) == 1
+
+
+FORGED = [
+    pytest.param(
+        {
+            "x-loupe-attempt": -1_000_000,
+            "x-delivery-count": -7,
+            "x-loupe-order-id": "someone-else",
+            "x-death": [{"queue": f"{QUEUE}.retry", "reason": "expired", "count": -1_000_000}],
+        },
+        id="claims-endless-retries",
+    ),
+    pytest.param(
+        {"x-loupe-attempt": 99, "x-delivery-count": 50, "x-loupe-reason": "forged"},
+        id="claims-the-budget-is-spent",
+    ),
+]
+
+
+@pytest.mark.parametrize("forged", FORGED)
+async def test_a_producer_s_headers_neither_add_nor_remove_retries(
+    broker: Broker, spans: InMemorySpanExporter, forged: dict[str, Any]
+) -> None:
+    handler = Recorder(failures=1_000, error="pricing service said no")
+    await broker.consume(QUEUE, handler, max_attempts=3, retry_delay_ms=100)
+    event = _event()
+    await broker.exchanges.orders.publish(
+        _raw_message(event.to_json(), f"forged-{uuid.uuid4()}", forged),
+        routing_key="order.submitted",
+    )
+
+    dead = await broker.get(DEAD_LETTER_QUEUE, "the dead-lettered event")
+    headers = dict(dead.headers)
+    assert str(headers["x-loupe-reason"]).startswith("gave up after 3 attempts")
+    assert headers["x-loupe-attempt"] == 3
+    assert headers["x-loupe-order-id"] == event.order_id
+    assert [d.attempt for _, d in handler.calls] == [1, 2, 3]
+    await broker.consume_channel.close()
+    assert await broker.depth(QUEUE) == 0
+    assert await broker.depth(f"{QUEUE}.retry") == 0

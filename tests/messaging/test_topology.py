@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import aio_pika
+import httpx
 import pytest
 
 from loupe.config import SERVICES, Settings
 from loupe.messaging.consumer import DeadLetterHook, Handler
 from loupe.messaging.topology import (
     BROKER_DELIVERY_LIMIT,
+    DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
+    HOLDING_LIMITS,
     QUEUES,
+    UNROUTABLE_EXCHANGE,
     UNROUTABLE_QUEUE,
     QueueSpec,
     declare_topology,
@@ -24,6 +32,7 @@ from loupe.messaging.topology import (
 from loupe.orders import OrderStatus, routing_key
 from loupe.service.kernel import ServiceKernel
 from tests.support.integration import POLL_INTERVAL, TIMEOUT, Broker
+from tests.support.monitor import management as monitor_management
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +129,58 @@ def test_every_queue_is_consumed_by_the_service_it_belongs_to(
     for service in SERVICES:
         importlib.import_module(f"loupe.{service}.app").create_app(Settings(data_dir=tmp_path))
     assert sorted(consumed) == sorted((spec.name, spec.service) for spec in QUEUES.values())
+
+
+async def _queue_arguments(name: str) -> dict[str, Any]:
+    management = monitor_management()  # as the monitor, which reads these queues
+    async with httpx.AsyncClient(auth=management.credentials, trust_env=False) as client:
+        response = await client.get(
+            f"{management.url}/api/queues/{quote(management.vhost, safe='')}/{quote(name)}"
+        )
+    response.raise_for_status()
+    return dict(response.json()["arguments"])
+
+
+@pytest.mark.parametrize("name", [DEAD_LETTER_QUEUE, UNROUTABLE_QUEUE])
+async def test_what_waits_for_a_person_is_never_dropped_by_a_limit_or_a_reading(
+    broker: Broker, name: str
+) -> None:
+    arguments = await _queue_arguments(name)
+    assert {k: arguments.get(k) for k in HOLDING_LIMITS} == HOLDING_LIMITS
+    assert "x-max-length" not in arguments and "x-max-length-bytes" not in arguments
+    exchange = DEAD_LETTER_EXCHANGE if name == DEAD_LETTER_QUEUE else UNROUTABLE_EXCHANGE
+    target = await broker.channel.get_exchange(exchange)
+    await target.publish(aio_pika.Message(b"letter"), routing_key="any")
+    # Each reading puts the message back, and RabbitMQ counts that as a delivery: far more
+    # readings than a work queue's delivery limit leave it where it was.
+    management = monitor_management()  # as the monitor, which reads these queues
+    for _ in range(BROKER_DELIVERY_LIMIT + 5):
+        assert [m["payload"] for m in await management.peek(name, 10)] == ["letter"]
+    assert [m["payload"] for m in await management.peek(name, 10)] == ["letter"]
+
+
+async def test_a_holding_queue_declared_before_its_limits_keeps_working(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As an install from before the limits has it: RabbitMQ refuses to change its arguments.
+    channel = await broker.connection.channel()
+    await channel.queue_delete(UNROUTABLE_QUEUE)
+    await channel.declare_queue(
+        UNROUTABLE_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    try:
+        with caplog.at_level(logging.WARNING, "loupe.messaging.topology"):
+            exchanges = await declare_topology(channel)
+        assert not channel.is_closed
+        assert "queue loupe.unroutable predates its explicit limits" in caplog.text
+        assert "x-delivery-limit" not in await _queue_arguments(UNROUTABLE_QUEUE)
+        # Still bound: what no queue is bound for lands there.
+        await broker.publisher.publish(exchanges.orders, b"{}", "invoice.sent")
+        assert await broker.depth(UNROUTABLE_QUEUE) == 1
+    finally:
+        await channel.queue_delete(UNROUTABLE_QUEUE)
+        await declare_topology(channel)
+    assert await _queue_arguments(UNROUTABLE_QUEUE) == {
+        "x-queue-type": "quorum",
+        **HOLDING_LIMITS,
+    }

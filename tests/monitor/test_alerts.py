@@ -5,6 +5,7 @@ up after MAX_ATTEMPTS."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -276,18 +277,26 @@ async def test_a_tick_queues_one_delivery_per_url_per_event(
 
 
 async def test_delivery_stops_after_max_attempts(
-    pool: asyncpg.Pool, http: httpx.AsyncClient, receiver: Callable[[list[int]], Receiver]
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Callable[[list[int]], Receiver],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     hook = receiver([503] * 100)
     await move(pool, "shop-api", "o-stuck", "NEW", "SUBMITTED", 40)
     await detection.tick(pool, SLO, None, [hook.url])
     for attempt in range(1, MAX_ATTEMPTS + 1):
         await make_due(pool)
-        assert await deliver_due(pool, http) == (0, 1), attempt
+        with caplog.at_level(logging.WARNING, "loupe.monitor.alerts"):
+            assert await deliver_due(pool, http) == (0, 1), attempt
         (row,) = await deliveries(pool)
         assert row["attempts"] == attempt
     assert row["last_error"] == "HTTP 503" and row["delivered_at"] is None
     assert len(hook.requests) == MAX_ATTEMPTS
+    # The URL's path is the webhook's credential: the logs name its host only.
+    assert f"giving up after {MAX_ATTEMPTS} attempts" in caplog.text
+    assert "/hooks/loupe" not in caplog.text
+    assert f"{hook.url.rsplit('/hooks', 1)[0]}/***" in caplog.text
 
     # Given up: however long one waits, it is not sent again.
     await make_due(pool)
@@ -304,8 +313,9 @@ async def test_an_unreachable_url_counts_as_a_failed_attempt(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     await move(pool, "shop-api", "o-stuck", "NEW", "SUBMITTED", 40)
-    await detection.tick(pool, SLO, None, [f"http://127.0.0.1:{port}/hook"])
+    await detection.tick(pool, SLO, None, [f"http://127.0.0.1:{port}/hook/T0KEN"])
     assert await deliver_due(pool, http) == (0, 1)
     (row,) = await deliveries(pool)
     assert row["attempts"] == 1 and row["last_error"].startswith("ConnectError")
+    assert "T0KEN" not in row["last_error"]
     assert row["due_in"] == pytest.approx(1.0, abs=0.5)

@@ -37,7 +37,7 @@ class FakeBroker:
 
     async def requeue(self, _: PortalSettings, *named: str | None) -> dict[str, Any]:
         self.asked.append(("requeue", *named))
-        return {"requeued": [{"message_id": "m-1"}], "skipped": []}
+        return {"requeued": [{"message_id": "m-1"}], "skipped": [], "left": 0}
 
 
 Api = tuple[httpx.AsyncClient, FakeBroker]
@@ -114,6 +114,28 @@ async def test_a_requeue_that_does_not_name_one_thing_does_nothing(
     answer = await client.post("/api/dead-letters/requeue", json=body)
     assert answer.status_code == 422
     assert (broker.asked, audited(tmp_path)) == ([], [])
+
+
+async def test_requeueing_every_letter_is_an_action_of_its_own_that_says_so(
+    api: Api, tmp_path: Path
+) -> None:
+    client, broker = api
+    for body in ({}, {"all": False}, {"all": "yes"}, {"order_id": "o", "all": True}):
+        refused = await client.post("/api/dead-letters/requeue-all", json=body)
+        assert refused.status_code == 422, body
+    # Neither does the single-letter route read "nothing named" as "everything".
+    assert (await client.post("/api/dead-letters/requeue", json={"all": True})).status_code == 422
+    assert (broker.asked, audited(tmp_path)) == ([], [])
+
+    answer = await client.post("/api/dead-letters/requeue-all", json={"all": True})
+    assert answer.status_code == 200, answer.text
+    assert broker.asked == [("requeue", "devops@example.com")]
+    (entry,) = audited(tmp_path)
+    assert (entry["action"], entry["target"], entry["outcome"]) == (
+        "requeue every dead letter",
+        {"all": True},
+        "1 requeued, 0 skipped, 0 left",
+    )
 
 
 async def test_acknowledging_no_such_incident_is_logged_as_such(api: Api, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
+from loupe.access import CrossSiteRefused
 from loupe.portal.antiforgery import HEADER, Antiforgery, ForgeryRefused, origin_of
 
 GUARD = Antiforgery(b"k" * 32, ("https://Loupe.example.org/console/",))
@@ -28,6 +29,8 @@ def test_the_persons_token_from_the_console_passes() -> None:
     GUARD.check(_request(**{HEADER: token, "Origin": "https://loupe.example.org"}), "user-1")
     # No Origin at all (a script, or an old browser): the token alone decides.
     GUARD.check(_request(**{HEADER: token}), "user-1")
+    for site in ("same-origin", "none"):
+        GUARD.check(_request(**{HEADER: token, "Sec-Fetch-Site": site}), "user-1")
 
 
 @pytest.mark.parametrize(
@@ -39,6 +42,9 @@ def test_the_persons_token_from_the_console_passes() -> None:
         ("mine", "https://evil.example", "comes from https://evil.example"),
         ("mine", "http://loupe.example.org", "comes from http://loupe.example.org"),
         ("mine", "null", "comes from null"),
+        ("mine", "cross-site", "comes from a cross-site page"),
+        # Another port of the same host is the same site, not the console.
+        ("mine", "same-site", "comes from a same-site page"),
     ],
 )
 def test_anything_else_is_refused_with_its_reason(
@@ -47,9 +53,11 @@ def test_anything_else_is_refused_with_its_reason(
     headers = {}
     if token is not None:
         headers[HEADER] = GUARD.token("user-1") if token == "mine" else token
-    if origin is not None:
+    if origin is not None and origin.endswith("-site"):
+        headers["Sec-Fetch-Site"] = origin
+    elif origin is not None:
         headers["Origin"] = origin
-    with pytest.raises(ForgeryRefused, match=why):
+    with pytest.raises(CrossSiteRefused, match=why):
         GUARD.check(_request(**headers), "user-1")
 
 

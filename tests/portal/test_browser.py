@@ -134,3 +134,24 @@ def test_the_order_page_shows_the_statuses_passed_unseen(
     assert all(unseen.nth(i).is_visible() for i in range(2))
     assert unseen.first.inner_text().startswith("? → PRICE_CALCULATED\tnot seen the order passed")
     page.screenshot(path=str(tmp_path / "order.png"), full_page=True)
+
+
+def test_on_a_phone_each_move_of_the_journey_fits_the_screen(
+    portal: str, page: Page, tmp_path: Path
+) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    response = page.goto(f"{portal}/orders/order-gap")
+    assert response is not None and response.status == 200
+    moves = page.locator("tr[data-move]")
+    assert moves.count() == 5
+    for i in range(moves.count()):
+        # Every cell of a move, its Jaeger link last, inside the screen: nothing to scroll to.
+        for cell in moves.nth(i).locator("td").all():
+            if cell.is_visible():
+                box = cell.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= 390, cell.inner_text()
+    # Labelled where the hidden header no longer says what the figure is.
+    after = moves.nth(1).locator("td[data-label]")
+    assert after.evaluate("cell => getComputedStyle(cell, '::before').content") == '"after "'
+
+    page.screenshot(path=str(tmp_path / "order-phone.png"), full_page=True)

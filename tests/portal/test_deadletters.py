@@ -13,6 +13,7 @@ import pytest
 
 from loupe.messaging.consumer import ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
 from loupe.messaging.topology import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
+from loupe.portal import deadletters
 from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
 from loupe.portal.settings import PortalSettings
 from tests.support.integration import SANDBOX, Broker
@@ -23,7 +24,7 @@ SETTINGS = PortalSettings(base=SANDBOX.settings)
 FANNED_OUT = ("mes.order-submitted", "crm.order-status", "shop.order-status")
 
 
-async def _dead_letter(broker: Broker, order_id: str, queue: str, message_id: str) -> None:
+async def _dead_letter(broker: Broker, order_id: str, queue: str, message_id: str | None) -> None:
     exchange = await broker.channel.get_exchange(DEAD_LETTER_EXCHANGE)
     headers: dict[str, Any] = {
         REASON_HEADER: "poison message",
@@ -102,3 +103,42 @@ async def test_requeue_never_loops_while_letters_come_straight_back(broker: Brok
     )
     assert bounced >= 1
     assert "another-order" in {d["order_id"] for d in await list_dead_letters(SETTINGS, 20)}
+
+
+async def test_a_letter_without_a_message_id_that_comes_straight_back_is_left_alone(
+    broker: Broker,
+) -> None:
+    order_id = str(uuid.uuid4())
+    await _dead_letter(broker, order_id, "crm.order-status", None)
+    bounced = 0
+
+    async def bounce(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        nonlocal bounced
+        async with message.process():
+            exchange = await broker.consume_channel.get_exchange(DEAD_LETTER_EXCHANGE)
+            copy = aio_pika.Message(message.body, headers=dict(message.headers or {}))
+            await exchange.publish(copy, routing_key="crm.order-status")
+            bounced += 1
+
+    work = await broker.consume_channel.get_queue("crm.order-status")
+    tag = await work.consume(bounce)
+    try:
+        result = await asyncio.wait_for(
+            requeue_dead_letters(SETTINGS, "devops@example.com", order_id=order_id), 30
+        )
+    finally:
+        await work.cancel(tag)
+    assert [d["order_id"] for d in result["requeued"]] == [order_id]
+    assert bounced == 1, "requeued once, however soon it came back"
+    assert await _depth(broker, DEAD_LETTER_QUEUE, 1) == 1
+
+
+async def test_one_action_reads_a_bounded_number_of_letters_and_says_how_many_it_left(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deadletters, "MAX_LETTERS_PER_ACTION", 2)
+    for _ in range(3):
+        await _dead_letter(broker, "an-order", "crm.order-status", str(uuid.uuid4()))
+    result = await requeue_dead_letters(SETTINGS, "devops@example.com")
+    assert (len(result["requeued"]), result["left"]) == (2, 1)
+    assert await _depth(broker, DEAD_LETTER_QUEUE, 1) == 1

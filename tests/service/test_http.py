@@ -90,10 +90,30 @@ async def test_healthz_names_what_a_kernel_that_never_started_lacks(
     assert response.json() == {
         "status": "unavailable",
         "problems": {
-            "database": "RuntimeError: the service has not started",
+            "database": "database unavailable (RuntimeError)",
             "broker": "not connected to RabbitMQ",
         },
     }
+
+
+class _RefusingPool:
+    """A pool whose driver explains, at length, why it cannot connect."""
+
+    def acquire(self, timeout: float) -> None:
+        raise asyncpg.InvalidAuthorizationSpecificationError(
+            'role "loupe_mes" is not permitted to log in to "db.internal:5432/loupe_mes"'
+        )
+
+
+async def test_healthz_names_the_databases_error_class_never_the_drivers_text(
+    client: httpx.AsyncClient, kernel: ServiceKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "_pool", _RefusingPool())
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    problem = response.json()["problems"]["database"]
+    assert problem == "database unavailable (InvalidAuthorizationSpecificationError)"
+    assert "loupe_mes" not in response.text and "db.internal" not in response.text
 
 
 async def test_healthz_is_ok_under_the_services_name_when_nothing_is_wrong(

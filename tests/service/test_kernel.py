@@ -24,7 +24,7 @@ from tests.support.service_fakes import status_event
 pytestmark = pytest.mark.integration
 
 QUEUE = "crm.order-status"
-NOT_STARTED = {"database": "RuntimeError: the service has not started"}
+NOT_STARTED = {"database": "database unavailable (RuntimeError)"}
 DISCONNECTED = {"broker": "not connected to RabbitMQ"}
 
 
@@ -69,7 +69,7 @@ async def test_health_follows_the_connections_from_start_to_stop(kernel: Service
     assert seen == [1]
     problems = await kernel.health()
     assert problems["broker"] == DISCONNECTED["broker"]
-    assert "closed" in problems["database"]
+    assert problems["database"] == "database unavailable (InterfaceError)"
 
 
 async def test_consumers_retry_and_dead_letter_as_the_settings_say(

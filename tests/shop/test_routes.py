@@ -92,3 +92,18 @@ async def test_unknown_orders_and_models_are_404(client: httpx.AsyncClient) -> N
     assert (missing.status_code, missing.json()) == (404, {"detail": "order nope does not exist"})
     assert (await client.get(f"/models/{'0' * 64}")).status_code == 404
     assert (await client.get("/models/not-a-digest")).status_code == 404
+
+
+async def test_a_model_past_the_limit_is_413_and_neither_stored_nor_ordered(
+    tmp_path: Path, orders: FakeOrders
+) -> None:
+    async with offline_client(create_app, tmp_path, orders, max_model_bytes=1000) as client:
+        response = await _place(client, b"s" * 200_000)
+    assert response.status_code == 413
+    assert response.json()["detail"] == {"field": "model", "message": "is larger than 1000 bytes"}
+    assert orders.calls == []
+    assert _stored(tmp_path) == []
+
+
+def _stored(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]

@@ -6,12 +6,15 @@ import asyncio
 import dataclasses
 import getpass
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import uvicorn
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -154,3 +157,23 @@ async def wait_for_consumer_spans(
         return found if len(found) >= count else None
 
     return await eventually(probe, f"{count} consumer span(s) of {queue}")
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, port: int) -> AsyncIterator[str]:
+    """`app` served by uvicorn on 127.0.0.1:`port` in this event loop, its lifespan run (a
+    service connects to the sandbox); yields its base URL, and stops it at the end."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started or task.done(), f"the app on port {port} to start")
+    if task.done():
+        task.result()
+        raise AssertionError(f"the app on port {port} stopped as it started")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

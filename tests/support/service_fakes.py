@@ -117,11 +117,11 @@ def status_event(
 
 
 def offline_client(
-    create_app: Callable[[Settings], FastAPI], data_dir: Path, orders: FakeOrders
+    create_app: Callable[[Settings], FastAPI], data_dir: Path, orders: FakeOrders, **settings: Any
 ) -> httpx.AsyncClient:
-    """A client of a service's real app (objects kept in `data_dir`) whose order table is
-    `orders`; nothing is opened: the lifespan, which would connect, never runs under
-    ASGITransport."""
-    app = create_app(Settings(data_dir=data_dir))
+    """A client of a service's real app (objects kept in `data_dir`, other `settings` as given)
+    whose order table is `orders`; nothing is opened: the lifespan, which would connect, never
+    runs under ASGITransport."""
+    app = create_app(Settings(data_dir=data_dir, **settings))
     app.state.orders = orders
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")

@@ -4,21 +4,24 @@ counted as sent or dropped."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import REGISTRY
 
 from loupe.telemetry.attributes import HEARTBEAT
 from loupe.telemetry.delivery import (
+    RETRY_SECONDS,
     SPANS_EXPORTED_METRIC,
     SPANS_HELD_METRIC,
     Exported,
     Kind,
     RetryingSpanExporter,
+    count_queue_drops,
     kind,
 )
 
@@ -100,14 +103,17 @@ def collector() -> Collector:
 
 def test_what_the_collector_refused_is_sent_first_once_it_is_back(collector: Collector) -> None:
     sent, dropped = exported(Exported.SENT), exported(Exported.DROPPED)
-    exporter = RetryingSpanExporter(collector)
+    clock = Clock()
+    exporter = RetryingSpanExporter(collector, clock=clock)
     assert exporter.export(batch("a1", "a2")) is OK
     collector.up = False
     assert exporter.export(batch("b1")) is FAIL
+    clock.now += RETRY_SECONDS
     assert exporter.export(batch("c1", "c2")) is FAIL
     assert (exporter.held, held()) == (3, 3)
 
     collector.up = True
+    clock.now += RETRY_SECONDS
     assert exporter.export(batch("d1")) is OK
     assert collector.took == [["a1", "a2"], ["b1"], ["c1", "c2"], ["d1"]]
     assert (exporter.held, held()) == (0, 0)
@@ -115,7 +121,7 @@ def test_what_the_collector_refused_is_sent_first_once_it_is_back(collector: Col
 
 
 def test_an_exporter_that_raises_is_a_refusal_not_a_crash(collector: Collector) -> None:
-    exporter = RetryingSpanExporter(collector)
+    exporter = RetryingSpanExporter(collector, retry_seconds=0)
     collector.error = ConnectionError("collector gone")
     assert exporter.export(batch("a")) is FAIL
     collector.error = None
@@ -126,7 +132,9 @@ def test_an_exporter_that_raises_is_a_refusal_not_a_crash(collector: Collector) 
 def test_past_its_bounds_the_oldest_is_given_up_and_counted(collector: Collector) -> None:
     clock = Clock()
     dropped = exported(Exported.DROPPED)
-    exporter = RetryingSpanExporter(collector, max_spans=4, max_seconds=60, clock=clock)
+    exporter = RetryingSpanExporter(
+        collector, max_spans=4, max_seconds=60, retry_seconds=0, clock=clock
+    )
     collector.up = False
     exporter.export(batch("a1", "a2"))
     exporter.export(batch("b1", "b2"))
@@ -160,3 +168,86 @@ def test_flush_tries_again_and_shutdown_gives_up_what_is_still_held(
     exporter.shutdown()
     assert (exporter.held, held(), collector.shut) == (0, 0, True)
     assert exported(Exported.DROPPED) - dropped == 2
+
+
+class Blocked(Collector):
+    """A collector frozen mid-request: each export waits until it is let go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        self.release.wait(10)
+        return FAIL
+
+
+def test_after_a_failed_attempt_batches_are_held_at_once_until_the_retry_is_due(
+    collector: Collector,
+) -> None:
+    # A frozen collector blocks each attempt for the exporter's timeout; trying again at once
+    # for every batch would keep the batch processor's worker blocked while its queue fills.
+    clock = Clock()
+    exporter = RetryingSpanExporter(collector, retry_seconds=2, clock=clock)
+    collector.up = False
+    collector.took.clear()
+    calls = []
+    inner_export = collector.export
+
+    def counted(spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        calls.append([span.name for span in spans])
+        return inner_export(spans)
+
+    collector.export = counted  # type: ignore[method-assign]
+    assert exporter.export(batch("a")) is FAIL
+    clock.now += 1.9
+    assert exporter.export(batch("b")) is FAIL
+    assert exporter.export(batch("c")) is FAIL
+    assert calls == [["a"]]
+    assert exporter.held == 3
+
+    collector.up = True
+    clock.now += 0.1
+    assert exporter.export(batch("d")) is OK
+    assert calls == [["a"], ["a"], ["b"], ["c"], ["d"]]
+
+
+def test_a_flush_tries_at_once_even_before_the_retry_is_due(collector: Collector) -> None:
+    clock = Clock()
+    exporter = RetryingSpanExporter(collector, retry_seconds=60, clock=clock)
+    collector.up = False
+    exporter.export(batch("a"))
+    collector.up = True
+    assert exporter.force_flush(100)
+    assert collector.took == [["a"]]
+
+
+def test_spans_a_full_batch_queue_drops_are_counted_as_dropped() -> None:
+    # The real processor, its worker stuck in an export, and a queue of four: the spans ended
+    # past that are dropped by the SDK, and counted here.
+    count_queue_drops()
+    blocked = Blocked()
+    processor = BatchSpanProcessor(
+        blocked, max_queue_size=4, max_export_batch_size=1, schedule_delay_millis=1
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    unknown = exported(Exported.DROPPED, Kind.UNKNOWN)
+    try:
+        with tracer.start_as_current_span("first"):
+            pass
+        for _ in range(100):  # until the worker has taken the first span and is stuck
+            if blocked.calls:
+                break
+            threading.Event().wait(0.01)
+        assert blocked.calls == 1
+        for n in range(10):
+            with tracer.start_as_current_span(f"span {n}"):
+                pass
+        assert exported(Exported.DROPPED, Kind.UNKNOWN) - unknown == 6
+    finally:
+        blocked.release.set()
+        provider.shutdown()

@@ -10,7 +10,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 
-from loupe.telemetry.logs import JsonFormatter
+from loupe.telemetry.logs import JsonFormatter, shown_url
 
 
 def _record(message: str = "order %s moved", *args: object, **extra: object) -> logging.LogRecord:
@@ -79,3 +79,27 @@ def test_values_json_cannot_hold_are_written_as_text() -> None:
     entry = json.loads(JsonFormatter("mes-api").format(_record(path=object(), raw=b"\x00")))
     assert isinstance(entry["path"], str)
     assert entry["raw"] == "b'\\x00'"
+
+
+def test_no_urls_password_reaches_a_line_whoever_wrote_it() -> None:
+    url = "amqp://loupe_shop:Zq9%2Fs3cret@127.0.0.1:5672/loupe"
+    try:
+        raise ConnectionError(f"cannot connect to {url}")
+    except ConnectionError:
+        record = _record("connecting to %s", url, dsn="postgresql://mes:pw0rd@db/loupe_mes")
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter("shop-api").format(record)
+    assert "Zq9" not in line and "pw0rd" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "connecting to amqp://loupe_shop:***@127.0.0.1:5672/loupe"
+    assert entry["dsn"] == "postgresql://mes:***@db/loupe_mes"
+    assert "amqp://loupe_shop:***@127.0.0.1" in entry["exception"]
+
+
+def test_a_url_is_shown_by_its_host_only() -> None:
+    assert shown_url("https://hooks.slack.com/services/T0/B0/XXXX?x=1") == (
+        "https://hooks.slack.com/***"
+    )
+    assert shown_url("http://user:pw@127.0.0.1:8080/hook") == "http://127.0.0.1:8080/***"
+    # A port that is not one makes no error of its own.
+    assert shown_url("http://h:99999/t") == "http://h/***"

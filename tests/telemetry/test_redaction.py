@@ -16,7 +16,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from loupe.telemetry.redaction import DROPPED_COUNT, REDACTED, RedactingSpanExporter
+from loupe.telemetry.redaction import (
+    DROPPED_COUNT,
+    REDACTED,
+    SCRUB_CACHE_MAX_CHARS,
+    SCRUB_CACHE_SIZE,
+    RedactingSpanExporter,
+    _scrub_remembered,
+    redact_attributes,
+    redact_span,
+)
 
 EMAIL = "jane.doe+orders@example-mail.co.uk"
 PHONE = "+44 20 7946 0958"
@@ -367,3 +376,86 @@ def test_resource_attributes_the_operator_configured_pass(monkeypatch: pytest.Mo
     assert resource["k8s.namespace.name"] == "workshop"
     assert resource["team"] == "devops"
     assert "customer.email" not in resource, "only keys the operator named get through"
+
+
+# -- the cheap path for spans that need nothing (issue 12) -------------------------------------
+
+
+def _finished(attributes: Mapping[str, Any], name: str = "SELECT") -> ReadableSpan:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop-api"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with trace.get_tracer(__name__, tracer_provider=provider).start_as_current_span(
+        name, links=[Link(_remote_context(), {"loupe.link.reason": "previous order step"})]
+    ) as span:
+        span.set_attributes(attributes)
+        span.add_event("stale status event ignored", {"order.status": "SUBMITTED"})
+    (finished,) = exporter.get_finished_spans()
+    provider.shutdown()
+    return finished
+
+
+def test_a_span_that_needs_no_change_is_passed_on_not_copied() -> None:
+    span = _finished(
+        {"db.system.name": "postgresql", "db.query.text": "SELECT 1 FROM orders WHERE id = $1"}
+    )
+    assert redact_span(span) is span
+    assert redact_span(span) is span, "the second time, from the remembered decisions"
+
+
+def test_remembered_scrubbing_still_scrubs_every_time() -> None:
+    text = f"could not notify {EMAIL}"
+    for _ in range(3):
+        redacted = redact_span(_finished({"exception.message": text}, name=f"notify {EMAIL}"))
+        assert (redacted.attributes or {})["exception.message"] == f"could not notify {REDACTED}"
+        assert redacted.name == f"notify {REDACTED}"
+
+
+def test_long_texts_are_scrubbed_but_not_remembered() -> None:
+    stack = "Traceback (most recent call last):\n" + "  frame\n" * 400 + f"Error: {EMAIL}"
+    assert len(stack) > SCRUB_CACHE_MAX_CHARS
+    before = _scrub_remembered.cache_info()
+    redacted = redact_span(_finished({"exception.stacktrace": stack}))
+    assert (redacted.attributes or {})["exception.stacktrace"].endswith(f"Error: {REDACTED}")
+    after = _scrub_remembered.cache_info()
+    assert after.currsize <= before.currsize + 2, "only the short name and event name"
+    assert after.maxsize == SCRUB_CACHE_SIZE
+
+
+attribute_keys = st.sampled_from(
+    [
+        "db.query.text",
+        "exception.message",
+        "order.id",
+        "order.failure.reason",
+        "messaging.system",
+        "customer.email",
+        "url.full",
+        "loupe.trace_context.note",
+        "server.port",
+    ]
+)
+attribute_values = st.one_of(
+    st.sampled_from(["SELECT 1", f"mail {EMAIL}", f"call {PHONE}", ORDER_ID, "shop"]),
+    st.integers(0, 70000),
+    st.lists(st.sampled_from(["a", f"to {EMAIL}"]), max_size=2).map(tuple),
+)
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(attribute_keys, attribute_values, max_size=6))
+def test_the_cheap_path_exports_what_a_full_redaction_would(
+    attributes: dict[str, Any],
+) -> None:
+    span = _finished(attributes)
+    expected, dropped = redact_attributes(span.attributes)
+    if dropped:
+        expected[DROPPED_COUNT] = dropped
+    redacted = redact_span(span)
+    assert dict(redacted.attributes or {}) == expected
+    assert [(e.name, dict(e.attributes or {})) for e in redacted.events] == [
+        ("stale status event ignored", {"order.status": "SUBMITTED"})
+    ]
+    assert [dict(link.attributes or {}) for link in redacted.links] == [
+        {"loupe.link.reason": "previous order step"}
+    ]

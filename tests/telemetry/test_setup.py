@@ -13,12 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 
 from loupe.monitor.spans import decode
 from loupe.telemetry import setup
 from loupe.telemetry.delivery import Exported
+from loupe.telemetry.encoding import LoupeOTLPSpanExporter
 from tests.telemetry.test_delivery import exported
 
 VARIABLES = (
@@ -33,6 +35,11 @@ VARIABLES = (
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_SEMCONV_STABILITY_OPT_IN",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+    "LOUPE_OTLP_SDK_ENCODER",
 )
 
 
@@ -199,3 +206,24 @@ def test_stable_semantic_conventions_are_asked_for_unless_the_operator_chose(
     chosen = {"OTEL_SEMCONV_STABILITY_OPT_IN": given} if given else {}
     _configure(monkeypatch, OTEL_SDK_DISABLED="true", **chosen)
     assert setup.os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] == (given or "http,database")
+
+
+def test_otlp_over_http_is_encoded_by_loupe_unless_asked_for_the_sdks(
+    made: list[TracerProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = setup._exporter()
+    assert isinstance(ours, LoupeOTLPSpanExporter)
+    ours.shutdown()
+    monkeypatch.setenv("LOUPE_OTLP_SDK_ENCODER", "true")
+    sdks = setup._exporter()
+    assert type(sdks) is OTLPSpanExporter
+    sdks.shutdown()
+
+
+def test_spans_encoded_by_the_sdk_reach_the_collector_as_well(
+    made: list[TracerProvider], collector: Received, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _trace_one_span(monkeypatch, LOUPE_OTLP_SDK_ENCODER="true")
+    ((_path, _headers, body),) = collector
+    (span,), _received = decode(body)
+    assert (span.name, span.order_id) == ("price order", "o-1")

@@ -4,8 +4,10 @@
 * `monitor` — what the order-flow monitor ingests, how late it detects, and what attaching
   it costs Jaeger;
 * `console` — how long the console's heaviest pages take to render, and to be usable in
-  Chromium.
+  Chromium;
+* `spans` — what one span costs a service's process, component by component, in one process
+  (no stack needed).
 
-`python -m loupe.bench` runs them all (`--only pipeline|monitor|console` one); each writes its
-own section of docs/benchmarks.md and leaves the others' as they were.
+`python -m loupe.bench` runs them all (`--only pipeline|monitor|console|spans` one); each
+writes its own section of docs/benchmarks.md and leaves the others' as they were.
 """

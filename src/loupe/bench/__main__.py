@@ -1,4 +1,5 @@
-"""`python -m loupe.bench [--only pipeline|monitor]`: run loupe's benchmarks (see __init__)."""
+"""`python -m loupe.bench [--only pipeline|monitor|console|spans]`: run loupe's benchmarks
+(see __init__)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loupe.bench import console, monitor, pipeline
+from loupe.bench import console, monitor, pipeline, spans
 from loupe.bench.report import REPORT
 
-BENCHMARKS = {"pipeline": pipeline, "monitor": monitor, "console": console}
+BENCHMARKS = {"pipeline": pipeline, "monitor": monitor, "console": console, "spans": spans}
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loupe.bench",
-        description="loupe's benchmarks: what tracing costs the pipeline, what the monitor "
-        "ingests and costs. Each writes its own section of the report.",
+        description="loupe's benchmarks: what tracing costs the pipeline and each span, what "
+        "the monitor ingests and costs. Each writes its own section of the report.",
     )
     parser.add_argument(
         "--only",

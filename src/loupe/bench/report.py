@@ -12,8 +12,8 @@ REPORT = REPO_ROOT / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
 
 Produced by `make bench` (`uv run python -m loupe.bench`, which runs every benchmark;
-`--only pipeline`, `--only monitor` or `--only console` runs one). Each section comes from
-one run of its benchmark, and each benchmark rewrites only its own section.
+`--only pipeline`, `--only monitor`, `--only console` or `--only spans` runs one). Each
+section comes from one run of its benchmark, and each benchmark rewrites only its own section.
 """
 
 

@@ -181,7 +181,8 @@ def _delta(now: float, then: float) -> float:
 @dataclass(frozen=True)
 class SpanCounters:
     """The services' monitored spans (those Jaeger forwards to the monitor) on each hop: sent by
-    their exporters (or given up after holding them through a collector outage), forwarded by
+    their exporters (or given up: held past their bounds through a collector outage, or dropped
+    by a full batch queue before the exporter saw them), forwarded by
     Jaeger to the monitor (or dropped: failed to send or to queue), and received by the monitor
     from those services. Each counter restarts with its process, so the services' are kept
     apart."""
@@ -224,16 +225,20 @@ def read_spans(loupe: LoupeUp) -> SpanCounters:
     jaeger = httpx.get(f"http://127.0.0.1:{loupe.jaeger.metrics}/metrics", timeout=5).text
     monitor = httpx.get(f"{loupe.sandbox.monitor_url}/metrics", timeout=5).text
 
-    def by_result(result: Exported) -> PerService:
-        # Jaeger forwards no others to the monitor.
-        labels = {"result": result.value, "kind": Kind.MONITORED.value}
+    def by_result(result: Exported, *kinds: Kind) -> PerService:
         return {
-            name: metric_sum(text, SPANS_EXPORTED_METRIC, labels) for name, text in exported.items()
+            name: sum(
+                metric_sum(text, SPANS_EXPORTED_METRIC, {"result": result, "kind": kind})
+                for kind in kinds
+            )
+            for name, text in exported.items()
         }
 
     return SpanCounters(
-        sent=by_result(Exported.SENT),
-        given_up=by_result(Exported.DROPPED),
+        # Jaeger forwards no others to the monitor.
+        sent=by_result(Exported.SENT, Kind.MONITORED),
+        # A span a full queue dropped may have been one it forwards: counted as lost.
+        given_up=by_result(Exported.DROPPED, Kind.MONITORED, Kind.UNKNOWN),
         forwarded=metric_sum(jaeger, "otelcol_exporter_sent_spans_total", MONITOR_EXPORTER),
         dropped=metric_sum(jaeger, "otelcol_exporter_send_failed_spans_total", MONITOR_EXPORTER)
         + metric_sum(jaeger, "otelcol_exporter_enqueue_failed_spans_total", MONITOR_EXPORTER),

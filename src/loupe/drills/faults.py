@@ -30,6 +30,9 @@ class Fault:
     """Causes the fault and returns once it has run its course (or is undone)."""
     broker_only: bool = False
     """Only RabbitMQ is affected: customers must not see a single 5xx."""
+    blinds_monitor: bool = False
+    """Spans stop reaching the monitor while everything else works: it must say it is blind
+    (a telemetry gap) and report no order stuck."""
 
 
 def _run(*argv: str) -> None:
@@ -111,7 +114,11 @@ def all_faults(broker_seconds: float = 20.0, frozen_seconds: float = 60.0) -> li
         Fault("PostgreSQL restarted", postgres_restarted),
         *(Fault(f"kill -9 {name}", killed(name)) for name in SERVICES),
         Fault("kill -9 monitor", killed("monitor")),
-        Fault(f"Jaeger frozen {frozen_seconds:g} s", frozen("jaeger", frozen_seconds)),
+        Fault(
+            f"Jaeger frozen {frozen_seconds:g} s",
+            frozen("jaeger", frozen_seconds),
+            blinds_monitor=True,
+        ),
         Fault(f"monitor frozen {frozen_seconds:g} s", frozen("monitor", frozen_seconds)),
         Fault("whole stack Ctrl-C, started again", whole_stack_restarted),
     ]

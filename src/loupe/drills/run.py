@@ -27,6 +27,7 @@ from loupe.drills.audit import (
 )
 from loupe.drills.faults import Fault
 from loupe.drills.stack import LoupeUp
+from loupe.monitor.models import FindingKind
 from loupe.orders import OrderStatus
 from loupe.stack.sandbox import Sandbox
 
@@ -101,6 +102,8 @@ class DrillResult:
     monitor_behind: int
     """Orders submitted during the fault whose last move the monitor has not seen."""
     incidents: list[str]
+    incident_kinds: set[str]
+    blinds_monitor: bool
     contradicted: list[str]
     """Each order the monitor reports stuck although the databases show it moved on."""
     settled: float | None
@@ -109,14 +112,15 @@ class DrillResult:
     @property
     def passed(self) -> bool:
         """What the drills promise: nothing lost, no ghost, every span the services sent
-        received by the monitor, no finding the databases contradict, and no 5xx while only
-        the broker was away."""
+        received by the monitor, no finding the databases contradict, no 5xx while only the
+        broker was away, and a monitor that, blinded, says so and reports nothing else."""
         return (
             self.lost == 0
             and self.spans.lost == 0
             and not self.spans.unreceived
             and self.ghosts == 0
             and not self.contradicted
+            and not (self.blinds_monitor and self.incident_kinds != {FindingKind.TELEMETRY_GAP})
             and self.answered_500 == 0
             and self.settled is not None
             and not (self.broker_only and (self.answered_5xx or self.unanswered))
@@ -234,6 +238,8 @@ async def _audit(
         broker_only=fault.broker_only,
         spans=spans_since(loupe, spans_before),
         incidents=[i.describe() for i in monitor.incidents],
+        incident_kinds={i.state for i in monitor.incidents},
+        blinds_monitor=fault.blinds_monitor,
         monitor_behind=len(monitor.behind(orders, submitted)),
         contradicted=[
             f"{order_id}: stuck at {at[order_id]}, the databases say {orders.status(order_id)}"

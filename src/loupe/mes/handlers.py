@@ -4,19 +4,26 @@ decisions sellers take are followed.
 Pricing holds its message unacknowledged until the price is recorded, so an MES crash mid-way
 redelivers the order instead of losing it. Production pricing can take up to 30 minutes:
 RabbitMQ's consumer_timeout (30 minutes by default) must exceed it (docs/runbook.md).
+
+An event's `model_url` is whatever its publisher wrote, so MES fetches a model only from the
+object store as the services serve it (`<LOUPE_SHOP_URL or LOUPE_MES_URL>/models/<sha256>`),
+reads at most LOUPE_MAX_MODEL_BYTES of it, and prices it off the event loop within limits
+(pricing.py); a model refused by any of these makes the order FAILED with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import httpx
 from opentelemetry import trace
 
-from loupe.mes.pricing import ModelError, price_model
+from loupe.mes.pricing import ModelError, PricingLimits, price_isolated
 from loupe.messaging import Delivery, PoisonMessage
 from loupe.messaging.inbox import claim_delivery
 from loupe.messaging.propagation import span_context_to_text
@@ -29,6 +36,12 @@ _tracer = trace.get_tracer("loupe.mes")
 
 SUBMITTED_QUEUE = "mes.order-submitted"
 DECISIONS_QUEUE = "mes.order-decisions"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def model_sources(service_urls: dict[str, str]) -> tuple[str, ...]:
+    """Where models may be fetched from: the object store as shop-api and mes-api serve it."""
+    return tuple(f"{service_urls[service]}/models/" for service in ("shop", "mes"))
 
 
 @dataclass
@@ -39,14 +52,40 @@ class Intake:
     http: httpx.AsyncClient
     # Stands in for the slicer and cost model, which take minutes in production.
     pricing_seconds: float
+    limits: PricingLimits
+    max_model_bytes: int
+    # Base URLs ending in `/models/` (model_sources).
+    sources: Sequence[str]
+
+    def model_location(self, event: OrderEvent) -> str:
+        """The event's `model_url` when it is exactly a source plus the event's `model_sha256`;
+        ModelError otherwise (another host, another scheme such as file://, a path with `..`,
+        a query, credentials). Compared as text, so no URL parser's reading can differ."""
+        sha256 = event.model_sha256 or ""
+        if not _SHA256.fullmatch(sha256):
+            raise ModelError("model_sha256 is missing or not a SHA-256 hex digest")
+        if event.model_url not in {f"{source}{sha256}" for source in self.sources}:
+            # The URL itself stays out of the reason: it may carry anything, credentials too.
+            raise ModelError("model_url is not the object store's URL of model_sha256")
+        return event.model_url
 
     async def fetch_model(self, event: OrderEvent) -> bytes:
-        assert event.model_url is not None
-        response = await self.http.get(event.model_url)
-        # A failed download is transient (file storage down): raising makes it a retry.
-        response.raise_for_status()
-        data = response.content
-        if event.model_sha256 and hashlib.sha256(data).hexdigest() != event.model_sha256:
+        url = self.model_location(event)
+        async with self.http.stream("GET", url, follow_redirects=False) as response:
+            # A failed download is transient (file storage down): raising makes it a retry.
+            response.raise_for_status()
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_model_bytes:
+                raise ModelError(f"the model is larger than {self.max_model_bytes} bytes")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                # Refused while reading: a store that sends more never fills MES's memory.
+                if size > self.max_model_bytes:
+                    raise ModelError(f"the model is larger than {self.max_model_bytes} bytes")
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != event.model_sha256:
             raise ModelError("the downloaded model does not match its SHA-256")
         return data
 
@@ -78,7 +117,7 @@ class Intake:
             try:
                 data = await self.fetch_model(event)
                 await asyncio.sleep(self.pricing_seconds)
-                quote = price_model(data)
+                quote = await price_isolated(data, self.limits)
             except ModelError as exc:
                 failure = f"model cannot be priced: {exc}"
                 span.set_status(trace.Status(trace.StatusCode.ERROR, failure))

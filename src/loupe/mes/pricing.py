@@ -1,11 +1,24 @@
-"""Pricing a piece from its 3D model (STL): the metal it takes and the work its detail needs."""
+"""Pricing a piece from its 3D model (STL): the metal it takes and the work its detail needs.
+
+`price_isolated` prices in a child process (`python -m loupe.mes.pricing`), never on the
+service's event loop: pricing is pure-Python CPU work (250 000 triangles take about 2 s), and
+on the loop it would freeze the service's consumers and `/healthz` for that long. A process,
+not a thread: a thread cannot be stopped and still holds the GIL the loop needs, while a
+process is killed at the time limit and its memory returned. One process per model (about 30
+ms to start), so a model that is killed takes nothing else down with it; at most
+`LOUPE_PREFETCH` run at once, as MES holds one message per pricing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import resource
 import struct
+import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 # Cast in 14-carat gold: grams per cubic millimetre, and the workshop's demo tariff.
 GOLD_DENSITY_G_PER_MM3 = 0.0131
@@ -21,6 +34,14 @@ class ModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class PricingLimits:
+    """What one model may cost to price (LOUPE_PRICING_MAX_TRIANGLES, _TIMEOUT_SECONDS)."""
+
+    max_triangles: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Quote:
     price: float
     currency: str
@@ -31,8 +52,15 @@ class Quote:
 Triangle = tuple[tuple[float, float, float], ...]
 
 
-def _binary_triangles(data: bytes) -> list[Triangle]:
+def _too_many(max_triangles: int | None) -> ModelError:
+    return ModelError(f"the model has more than {max_triangles} triangles, the limit of pricing")
+
+
+def _binary_triangles(data: bytes, max_triangles: int | None) -> list[Triangle]:
     count = struct.unpack_from("<I", data, 80)[0]
+    # Checked before a single triangle is unpacked: the header alone says how many there are.
+    if max_triangles is not None and count > max_triangles:
+        raise _too_many(max_triangles)
     if len(data) != 84 + count * 50:
         raise ModelError(f"binary STL says {count} triangles but has {len(data)} bytes")
     triangles = []
@@ -42,11 +70,14 @@ def _binary_triangles(data: bytes) -> list[Triangle]:
     return triangles
 
 
-def _ascii_triangles(text: str) -> list[Triangle]:
+def _ascii_triangles(text: str, max_triangles: int | None) -> list[Triangle]:
     vertices = []
+    most = None if max_triangles is None else 3 * max_triangles
     for line in text.splitlines():
         words = line.split()
         if words[:1] == ["vertex"]:
+            if most is not None and len(vertices) == most:
+                raise _too_many(max_triangles)
             try:
                 if len(words) != 4:
                     raise ValueError
@@ -59,13 +90,15 @@ def _ascii_triangles(text: str) -> list[Triangle]:
     return [tuple(vertices[i : i + 3]) for i in range(0, len(vertices), 3)]  # type: ignore[misc]
 
 
-def parse_stl(data: bytes) -> list[Triangle]:
+def parse_stl(data: bytes, max_triangles: int | None = None) -> list[Triangle]:
+    """The model's triangles; ModelError when it is not an STL or has more than
+    `max_triangles` (None: no limit)."""
     if len(data) >= 84 and len(data) == 84 + struct.unpack_from("<I", data, 80)[0] * 50:
-        return _binary_triangles(data)
+        return _binary_triangles(data, max_triangles)
     if data.lstrip().startswith(b"solid"):
-        return _ascii_triangles(data.decode("ascii", "replace"))
+        return _ascii_triangles(data.decode("ascii", "replace"), max_triangles)
     if len(data) >= 84:
-        return _binary_triangles(data)
+        return _binary_triangles(data, max_triangles)
     raise ModelError("not an STL model (too short for binary, no 'solid' header)")
 
 
@@ -95,8 +128,8 @@ def volume(triangles: list[Triangle]) -> float:
     return abs(total) / 6.0
 
 
-def price_model(data: bytes) -> Quote:
-    triangles = parse_stl(data)
+def price_model(data: bytes, max_triangles: int | None = None) -> Quote:
+    triangles = parse_stl(data, max_triangles)
     if not triangles:
         raise ModelError("the model has no triangles")
     check_closed(triangles)
@@ -110,3 +143,55 @@ def price_model(data: bytes) -> Quote:
         BASE_PRICE + grams * PRICE_PER_GRAM + len(triangles) / 1000 * PRICE_PER_THOUSAND_TRIANGLES
     )
     return Quote(round(price, 2), CURRENCY, round(mm3, 3), len(triangles))
+
+
+async def price_isolated(data: bytes, limits: PricingLimits) -> Quote:
+    """`price_model` in a child process killed past `limits.seconds` (see the module's
+    docstring). ModelError when the model cannot be priced within the limits; RuntimeError
+    when the process failed for another reason (retried like any transient failure)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        __name__,
+        str(limits.max_triangles),
+        str(limits.seconds),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(limits.seconds):
+            out, err = await process.communicate(data)
+    except TimeoutError:
+        raise ModelError(f"pricing the model took longer than {limits.seconds:g} s") from None
+    finally:
+        # Also when the consumer is cancelled (the service stops): no pricing outlives it.
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"pricing process exited with {process.returncode}: {tail[0][:200]}")
+    if "error" in answer:
+        raise ModelError(str(answer["error"]))
+    return Quote(**answer["quote"])
+
+
+def _price_from_stdin(max_triangles: int, seconds: float) -> None:
+    """The child's side: the model on stdin, the quote or the refusal as JSON on stdout."""
+    # A second bound should the parent die before it kills this process: the kernel stops it.
+    limit = math.ceil(seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
+    try:
+        answer = {"quote": asdict(price_model(sys.stdin.buffer.read(), max_triangles))}
+    except ModelError as exc:
+        answer = {"error": str(exc)}
+    json.dump(answer, sys.stdout)
+
+
+if __name__ == "__main__":
+    _price_from_stdin(int(sys.argv[1]), float(sys.argv[2]))

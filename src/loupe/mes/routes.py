@@ -10,7 +10,12 @@ from fastapi import APIRouter, Form
 from loupe.mes.contract import MesOrder, OperatorAction
 from loupe.orders import OrderSource, OrderStatus
 from loupe.service.http import Orders, ServiceSettings, Store, order_view
-from loupe.service.model_files import ModelUpload, model_reader, read_model_upload
+from loupe.service.model_files import (
+    UPLOAD_REFUSALS,
+    ModelUpload,
+    model_reader,
+    read_model_upload,
+)
 from loupe.service.orders_table import OrderTable
 
 router = APIRouter()
@@ -24,7 +29,13 @@ async def _operate(
     return order_view(MesOrder, row)
 
 
-@router.post("/b2b/orders", status_code=201, response_model=MesOrder, tags=["b2b"])
+@router.post(
+    "/b2b/orders",
+    status_code=201,
+    response_model=MesOrder,
+    tags=["b2b"],
+    responses=UPLOAD_REFUSALS,
+)
 async def submit_b2b_order(
     partner_id: Annotated[str, Form(min_length=1, max_length=100)],
     partner_reference: Annotated[str, Form(min_length=1, max_length=100)],
@@ -34,7 +45,7 @@ async def submit_b2b_order(
     settings: ServiceSettings,
 ) -> MesOrder:
     """A business partner submits an order straight into MES; it is priced like any other."""
-    sha256 = store.put(await read_model_upload(model))
+    sha256 = store.put(await read_model_upload(model, settings.max_model_bytes))
     model_url = f"{settings.service_urls['mes']}/models/{sha256}"
     event = await orders.submit(
         OrderSource.B2B,

@@ -5,6 +5,14 @@ Every delivery ends in exactly one of: ack after the handler succeeded; a delaye
 copy is confirmed before the original is acked); the dead-letter queue with its reason (same);
 or, when even that publish fails, a nack with requeue, which the queue's delivery limit bounds.
 So a message is never lost and never loops forever.
+
+Whoever publishes to `loupe.orders` chooses a message's headers, so none of them bounds the
+retries: a message published there is always at attempt 1, and loupe's own `x-loupe-*`
+headers on it are dropped. Only a copy delivered through the default exchange keeps them:
+the broker routes a retry there when it expires from the delay queue, and the portal
+requeues a dead letter there; no producer may publish there (RabbitMQ's permissions). Its
+attempt is clamped to the budget, and RabbitMQ's `x-delivery-count` counts only on a delivery
+the broker flagged as redelivered (docs/security.md).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from loupe.messaging.propagation import extract_context
 from loupe.messaging.publisher import Publisher
-from loupe.messaging.topology import Exchanges, QueueSpec
+from loupe.messaging.topology import BROKER_DELIVERY_LIMIT, Exchanges, QueueSpec
 from loupe.orders import OrderEvent, OrderEventError
 from loupe.telemetry.attributes import (
     DEAD_LETTER_REASON,
@@ -37,6 +45,7 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("loupe.messaging")
 
 # Headers loupe adds when it re-sends a message; the dead-letter queue's readers rely on them.
+OWN_HEADER_PREFIX = "x-loupe-"
 ATTEMPT_HEADER = "x-loupe-attempt"
 REASON_HEADER = "x-loupe-reason"
 QUEUE_HEADER = "x-loupe-queue"
@@ -47,6 +56,11 @@ SERVICE_HEADER = "x-loupe-service"
 ORDER_HEADER = "x-loupe-order-id"
 # The broker's own dead-lettering and redelivery history: meaningless on a re-sent copy.
 BROKER_HISTORY_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+# RabbitMQ's count of this copy's earlier deliveries; quorum queues set it on a redelivery.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+# The exchange a copy is delivered through when the broker dead-letters it from a delay queue
+# (and when the portal requeues a letter): the default exchange, which no producer may use.
+RETURNED_THROUGH = ""
 
 
 def order_id_of(headers: dict[str, Any], body: str | bytes | None) -> str | None:
@@ -84,8 +98,36 @@ DeadLetterHook = Callable[[str, str, OrderEvent | None], Awaitable[None]]
 def _int_header(headers: dict[str, Any], name: str, default: int) -> int:
     try:
         return int(headers.get(name, default))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
+
+
+def trusted_headers(headers: dict[str, Any], exchange: str) -> dict[str, Any]:
+    """The headers the consumer may believe: all of them on a copy that came back through the
+    default exchange; on anything a producer published, all but loupe's own `x-loupe-*`."""
+    if exchange == RETURNED_THROUGH:
+        return dict(headers)
+    return {k: v for k, v in headers.items() if not str(k).startswith(OWN_HEADER_PREFIX)}
+
+
+def delivery_attempt(
+    headers: dict[str, Any], *, exchange: str, redelivered: bool, max_attempts: int
+) -> int:
+    """Which attempt this delivery is, between 1 and `max_attempts` + the broker's delivery
+    limit, whatever the headers say.
+
+    loupe's retry count is read only from a copy that came back through the default exchange
+    (see the module's docstring), clamped to the budget; RabbitMQ's redelivery count only when
+    the broker itself flagged the delivery as redelivered (a producer may have set the header
+    on a first delivery), clamped to the queue's delivery limit.
+    """
+    attempt = 1
+    if exchange == RETURNED_THROUGH:
+        attempt = min(max(_int_header(headers, ATTEMPT_HEADER, 1), 1), max_attempts)
+    if redelivered:
+        redeliveries = _int_header(headers, DELIVERY_COUNT_HEADER, 0)
+        attempt += min(max(redeliveries, 0), BROKER_DELIVERY_LIMIT)
+    return attempt
 
 
 def _text_header(headers: dict[str, Any], name: str) -> str | None:
@@ -124,13 +166,15 @@ class Consumer:
         await queue.consume(self._on_message, no_ack=False)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        headers: dict[str, Any] = dict(message.headers or {})
+        headers = trusted_headers(dict(message.headers or {}), message.exchange or "")
         context, note = extract_context(headers)
         exchange = _text_header(headers, EXCHANGE_HEADER) or message.exchange or ""
         key = _text_header(headers, ROUTING_KEY_HEADER) or message.routing_key or ""
-        # Our own retries count in a header; the broker counts redeliveries of one copy.
-        attempt = _int_header(headers, ATTEMPT_HEADER, 1) + _int_header(
-            headers, "x-delivery-count", 0
+        attempt = delivery_attempt(
+            headers,
+            exchange=message.exchange or "",
+            redelivered=bool(message.redelivered),
+            max_attempts=self._max_attempts,
         )
         message_id = message.message_id or hashlib.sha256(message.body).hexdigest()
         attributes: dict[str, Any] = {

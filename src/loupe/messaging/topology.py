@@ -11,10 +11,14 @@ through the topic exchange's alternate exchange, so nothing is dropped silently.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+log = logging.getLogger(__name__)
 
 ORDERS_EXCHANGE = "loupe.orders"
 UNROUTABLE_EXCHANGE = "loupe.unroutable"
@@ -25,6 +29,14 @@ RETRY_EXCHANGE = "loupe.retry"
 # A consumer that crashes on a message before acking it would otherwise get it back forever;
 # past this many broker redeliveries the quorum queue dead-letters it itself.
 BROKER_DELIVERY_LIMIT = 20
+# The dead-letter and unroutable queues hold what waits for a person, so their limits are
+# set, not left to the broker's defaults, and none of them can drop a message: no length
+# limit, and should a policy add one, a new message is refused (its publisher's confirm fails
+# and the consumer retries it) rather than the oldest dropped; and a delivery limit no reading
+# reaches: the portal's and the monitor's peeks put each message back, which RabbitMQ counts
+# as a delivery, and from RabbitMQ 4.0 a quorum queue without one drops a message after 20
+# (it has no dead-letter exchange to send it to). -1 ("none") is 4.0's; 3.x refuses it.
+HOLDING_LIMITS = {"x-overflow": "reject-publish", "x-delivery-limit": 1_000_000_000}
 
 
 @dataclass(frozen=True)
@@ -110,10 +122,9 @@ async def declare_topology(channel: AbstractChannel) -> Exchanges:
     )
     retry = await channel.declare_exchange(RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable)
     quorum = {"x-queue-type": "quorum"}
-    queue = await channel.declare_queue(UNROUTABLE_QUEUE, arguments=quorum, **durable)
-    await queue.bind(unroutable)
-    queue = await channel.declare_queue(DEAD_LETTER_QUEUE, arguments=quorum, **durable)
-    await queue.bind(dead_letter)
+    for name, exchange in ((UNROUTABLE_QUEUE, unroutable), (DEAD_LETTER_QUEUE, dead_letter)):
+        queue = await _declare_holding_queue(channel, name)
+        await queue.bind(exchange)
     for spec in QUEUES.values():
         queue = await channel.declare_queue(
             spec.name,
@@ -143,3 +154,23 @@ async def declare_topology(channel: AbstractChannel) -> Exchanges:
         )
         await delay.bind(retry, routing_key=spec.name)
     return Exchanges(orders=orders, retry=retry, dead_letter=dead_letter)
+
+
+async def _declare_holding_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """A queue that holds messages for a person, with HOLDING_LIMITS; one declared before the
+    limits were set keeps its arguments (RabbitMQ refuses to change them, PRECONDITION_FAILED,
+    and the channel closes), with a warning: docs/runbook.md says how to recreate it."""
+    quorum = {"x-queue-type": "quorum"}
+    try:
+        return await channel.declare_queue(
+            name, arguments={**quorum, **HOLDING_LIMITS}, durable=True
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        log.warning(
+            "queue %s predates its explicit limits (%s); it keeps the broker's defaults until"
+            " it is recreated (docs/runbook.md, Dead-letter and unroutable queues)",
+            name,
+            exc.args[0] if exc.args else exc,
+        )
+    await channel.reopen()
+    return await channel.declare_queue(name, arguments=quorum, durable=True)

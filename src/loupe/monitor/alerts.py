@@ -1,6 +1,7 @@
 """Webhook alerts: each incident opened or resolved is POSTed as JSON to every configured URL,
 retried with exponential backoff until it is accepted (2xx). Deliveries wait in PostgreSQL,
-so a restart does not lose one."""
+so a restart does not lose one. A webhook's URL is usually its credential: logs name it by
+host only (with the delivery's id, which leads to the row)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from datetime import timedelta
 
 import asyncpg
 import httpx
+
+from loupe.telemetry.logs import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,9 @@ async def deliver_due(
             ok = 200 <= response.status_code < 300
             problem = None if ok else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
-            ok, problem = False, f"{type(exc).__name__}: {exc}"
+            # The URL is the webhook's credential: kept out of what is stored and logged.
+            text = str(exc).replace(row["url"], shown_url(row["url"]))
+            ok, problem = False, f"{type(exc).__name__}: {text}"
         attempts = row["attempts"] + 1
         async with pool.acquire() as connection:
             if ok:
@@ -69,11 +74,17 @@ async def deliver_due(
                 )
                 if attempts >= MAX_ATTEMPTS:
                     log.error(
-                        "webhook %s: giving up after %d attempts: %s",
-                        row["url"],
+                        "webhook %s (delivery %s): giving up after %d attempts: %s",
+                        shown_url(row["url"]),
+                        row["id"],
                         attempts,
                         problem,
                     )
                 else:
-                    log.warning("webhook %s failed (%s); will retry", row["url"], problem)
+                    log.warning(
+                        "webhook %s (delivery %s) failed (%s); will retry",
+                        shown_url(row["url"]),
+                        row["id"],
+                        problem,
+                    )
     return delivered, failed

@@ -229,7 +229,7 @@ def create_app(
 ) -> FastAPI:
     """`run_loops=False` leaves detection to the caller (tests call `detect_once`)."""
     monitor = Monitor(settings, slo or Slo.load(settings.slo_file))
-    access = Access(settings.access, verifier)
+    access = Access(settings.access, verifier, settings.base.console_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -33,16 +33,20 @@ from loupe.monitor.projection import BROKEN_STATUSES, TELEMETRY, place_key
 from loupe.monitor.settings import STUCK_HORIZON_HOURS, TELEMETRY_GAP_SECONDS
 from loupe.monitor.slo import Slo, Step
 from loupe.monitor.store import ALL_DISMISSED, writing
+from loupe.telemetry.delivery import HELD_SECONDS_MAX
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STUCK_HORIZON = timedelta(hours=STUCK_HORIZON_HOURS.default)
 PLACE = "place:"
 DEFAULT_TELEMETRY_GAP = timedelta(seconds=TELEMETRY_GAP_SECONDS.default)
-# How much later than another a service's spans may arrive in normal operation: its batch
-# processor's delay (OTEL_BSP_SCHEDULE_DELAY, 5 s) and Jaeger's batch. Heard from the others
-# this far past a deadline, a service still silent is silent itself.
-SILENT_MARGIN = timedelta(seconds=6)
+# How long a stuck order may wait for its silent service to be heard: the services'
+# exporters give up a span they could not send for this long, so a move older than that
+# will never be told.
+SILENCE_HELD_MAX = timedelta(seconds=HELD_SECONDS_MAX)
+# A service is down by its probes when this many in a row failed: one that timed out on a
+# loaded machine says little, a frozen or dead service fails every one.
+PROBES_DOWN = 2
 # How long after an order's row last changed its broken finding may still follow the move's
 # origin: the services export within seconds of each other (OTEL_BSP_SCHEDULE_DELAY, 5 s).
 ORIGIN_GRACE = timedelta(minutes=1)
@@ -442,33 +446,37 @@ async def _broker_findings(
 
 async def _hearing(connection: asyncpg.Connection) -> tuple[dict[str, datetime], set[str]]:
     """Up to when the monitor has heard from each service that sends heartbeats, and the
-    services whose last health probe failed."""
+    services down by their probes (the last PROBES_DOWN failed)."""
     heard = await connection.fetch(
         "SELECT split_part(place_key, '|', 1) AS service, last_at FROM flow"
         " WHERE place_key LIKE '%|' || $1",
         TELEMETRY,
     )
+    # The latest probes of each, through the (service, at) key: a week of samples is kept.
     down = await connection.fetch(
-        "SELECT service FROM (SELECT DISTINCT ON (service) service, ok FROM health_samples"
-        " ORDER BY service, at DESC) latest WHERE NOT ok"
+        "SELECT s.service FROM unnest($1::text[]) AS s (service) CROSS JOIN LATERAL"
+        " (SELECT bool_or(ok) AS up FROM (SELECT ok FROM health_samples h"
+        "   WHERE h.service = s.service ORDER BY h.at DESC LIMIT $2) latest) probes"
+        " WHERE NOT probes.up",
+        [r["service"] for r in heard],
+        PROBES_DOWN,
     )
     return {r["service"]: r["last_at"] for r in heard}, {r["service"] for r in down}
 
 
 def _unheard(
-    step: Step | None, deadline: datetime, heard: dict[str, datetime], down: set[str]
+    step: Step | None, deadline: datetime, now: datetime, heard: dict[str, datetime], down: set[str]
 ) -> bool:
     """An order at `step` is due, but the monitor has not heard from the service it waits on
     since the deadline: spans leave a service in the order they end, so a move made in time
     may still be on its way (Jaeger frozen or restarting, an exporter holding spans). It is not
-    judged until that service is heard again, unless the others have been heard well past the
-    deadline (it has gone silent itself: frozen, hung) or its probe fails (it is down)."""
+    judged until that service is heard again, unless its probes fail (it is down: frozen, hung,
+    gone) or SILENCE_HELD_MAX has passed. The others being heard says nothing: after an outage
+    each service's backlog arrives in its own time, and a service up but unheard is a telemetry
+    gap, reported as such."""
     if step is None or step.service not in heard or step.service in down:
         return False
-    others = [at for service, at in heard.items() if service != step.service]
-    if others and max(others) >= deadline + SILENT_MARGIN:
-        return False
-    return heard[step.service] < deadline
+    return heard[step.service] < deadline and now - deadline < SILENCE_HELD_MAX
 
 
 async def _telemetry_gaps(
@@ -608,7 +616,9 @@ async def tick(
         heard, down = await _hearing(connection)
         for order in due:
             broken = order["broken_at"] is not None and order["broken_at"] <= now
-            if not broken and _unheard(slo.step(order["status"]), order["deadline"], heard, down):
+            if not broken and _unheard(
+                slo.step(order["status"]), order["deadline"], now, heard, down
+            ):
                 continue
             finding = (
                 await _broken(connection, order)

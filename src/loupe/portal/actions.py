@@ -5,10 +5,10 @@ actions log."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loupe.access import Role
 from loupe.monitor.models import Dismissal, Finding, Incident
@@ -47,6 +47,15 @@ class RequeueRequest(BaseModel):
         return self
 
 
+class RequeueAllRequest(BaseModel):
+    """Every dead letter back to work: an action of its own, which says so in its body, so
+    that no empty or half-filled requeue request can stand for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: Literal[True]
+
+
 @router.get("/whoami", response_model=WhoAmI)
 async def whoami(viewer: Reader) -> dict[str, Any]:
     who = viewer.identity
@@ -78,6 +87,21 @@ async def requeue(console: ConsoleDep, viewer: Operator, request: RequeueRequest
         "requeue dead letters",
         target,
         f"{len(result['requeued'])} requeued, {len(result['skipped'])} skipped",
+    )
+    return {"requested_by": viewer.name, **result}
+
+
+@router.post("/dead-letters/requeue-all")
+async def requeue_all(
+    console: ConsoleDep, viewer: Operator, _: RequeueAllRequest
+) -> dict[str, Any]:
+    result = await requeue_dead_letters(console.settings, viewer.name)
+    console.audit(
+        viewer.identity,
+        "requeue every dead letter",
+        {"all": True},
+        f"{len(result['requeued'])} requeued, {len(result['skipped'])} skipped,"
+        f" {result['left']} left",
     )
     return {"requested_by": viewer.name, **result}
 

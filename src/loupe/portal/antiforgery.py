@@ -1,31 +1,28 @@
 """Cross-site request forgery kept out of the console's actions.
 
-An action must carry the person's anti-forgery token in the X-Loupe-Csrf header, and, when the
-browser says where the request comes from (Origin), come from the console's own origin. The
-token is an HMAC of the person's subject under a key only this portal holds: a page elsewhere
-can neither read it (the same-origin policy) nor send a custom header without a CORS preflight,
-which the portal never grants. The key is LOUPE_PORTAL_ANTIFORGERY_KEY, or made when the portal
-starts (a page opened before a restart then asks to be reloaded).
+An action must carry the person's anti-forgery token in the X-Loupe-Csrf header, and not come
+from another site by what the browser says of it (Origin, Sec-Fetch-Site: see
+loupe.access.refuse_cross_site, which the monitor's actions pass too). The token is an HMAC
+of the person's subject under a key only this portal holds: a page elsewhere can neither read
+it (the same-origin policy) nor send a custom header without a CORS preflight, which the
+portal never grants. The key is LOUPE_PORTAL_ANTIFORGERY_KEY, or made when the portal starts
+(a page opened before a restart then asks to be reloaded).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import urlsplit
 
 from fastapi import Request
+
+from loupe.access import CrossSiteRefused, origin_of, refuse_cross_site
 
 HEADER = "X-Loupe-Csrf"
 
 
-class ForgeryRefused(Exception):
-    """The action did not prove it comes from the console; the text says why."""
-
-
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
+class ForgeryRefused(CrossSiteRefused):
+    """The action carries no valid anti-forgery token."""
 
 
 class Antiforgery:
@@ -37,12 +34,7 @@ class Antiforgery:
         return hmac.new(self._key, subject.encode(), hashlib.sha256).hexdigest()
 
     def check(self, request: Request, subject: str) -> None:
-        origin = request.headers.get("origin")
-        if origin is not None and origin.lower() not in self.allowed_origins:
-            raise ForgeryRefused(
-                f"refused: this action comes from {origin}, not from the console "
-                f"({', '.join(self.allowed_origins)})"
-            )
+        refuse_cross_site(request, self.allowed_origins)
         sent = request.headers.get(HEADER, "")
         if not hmac.compare_digest(sent, self.token(subject)):
             raise ForgeryRefused(

@@ -15,7 +15,6 @@ from fastapi.staticfiles import StaticFiles
 from loupe.access import Access, TokenVerifier
 from loupe.hosts import answer_only_known_hosts
 from loupe.portal import actions, pages
-from loupe.portal.antiforgery import ForgeryRefused
 from loupe.portal.console import Console
 from loupe.portal.monitor_api import MonitorRefused, MonitorUnavailable
 from loupe.portal.settings import PortalSettings
@@ -51,10 +50,6 @@ def create_app(
     app.state.console = Console(settings, access, client)
     answer_only_known_hosts(app, settings.base)
     access.install(app, "loupe-portal")
-
-    @app.exception_handler(ForgeryRefused)
-    async def forged(_: Request, exc: ForgeryRefused) -> JSONResponse:
-        return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
 
     @app.exception_handler(MonitorRefused)
     async def refused(_: Request, exc: MonitorRefused) -> JSONResponse:

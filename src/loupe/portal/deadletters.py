@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +22,11 @@ from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES
 from loupe.portal.settings import PortalSettings
 
 REQUEUED_BY_HEADER = "x-loupe-requeued-by"
+# Which requeue action sent a letter back to work: a letter that fails again at once comes
+# back carrying it, and that action leaves it alone (message ids may be missing or repeated).
+REQUEUE_ROUND_HEADER = "x-loupe-requeue-round"
+MAX_LETTERS_PER_ACTION = 1000
+"""Letters one requeue action reads: those it does not take are held unacked until it ends."""
 # Dropped when a dead letter goes back to work: a fresh start, and no stale broker history.
 _STRIPPED = (ATTEMPT_HEADER, REASON_HEADER, FAILED_AT_HEADER, QUEUE_HEADER, SERVICE_HEADER)
 
@@ -79,14 +85,17 @@ async def requeue_dead_letters(
     order_id: str | None = None,
     message_id: str | None = None,
     queue_name: str | None = None,
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """Moves dead letters back to their work queue: those of `order_id`, or those with
     `message_id` (one event fanned out to several queues leaves one letter per queue, so
-    `queue_name` picks one of them), or all when none is given.
+    `queue_name` picks one of them), or all when none is given (the API asks for that
+    explicitly, on a route of its own).
 
-    It works on a snapshot: at most the letters that were in the queue when it began, each at
-    most once. A requeued letter that fails again comes straight back to the dead-letter
-    queue, and without the snapshot it would be read and requeued again and again.
+    It works on a snapshot: at most the letters that were in the queue when it began (and at
+    most MAX_LETTERS_PER_ACTION; `left` says how many it did not read), each at most once. A
+    requeued letter that fails again comes straight back to the dead-letter queue, carrying
+    this action's round id, and is left alone; without that it would be read and requeued
+    again and again.
 
     Each copy goes through the default exchange to the queue named in x-loupe-queue, and is
     confirmed by the broker before its dead letter is acked; on any failure the dead letter
@@ -95,16 +104,19 @@ async def requeue_dead_letters(
     requeued: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     held: list[AbstractIncomingMessage] = []
+    round_id = uuid.uuid4().hex
+    read = 0
     connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     try:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
         in_queue = queue.declaration_result.message_count or 0
         seen: set[tuple[str | None, str | None]] = set()
-        for _ in range(in_queue):
+        for _ in range(min(in_queue, MAX_LETTERS_PER_ACTION)):
             message = await queue.get(no_ack=False, fail=False, timeout=10)
             if message is None:
                 break
+            read += 1
             headers = dict(message.headers or {})
             letter = describe(headers, message.body, message.message_id)
             wanted = (
@@ -113,7 +125,9 @@ async def requeue_dead_letters(
                 and (queue_name is None or letter.queue == queue_name)
             )
             # Already handled in this round (requeued, failed again, dead-lettered again).
-            again = letter.message_id is not None and (letter.message_id, letter.queue) in seen
+            again = _text(headers.get(REQUEUE_ROUND_HEADER)) == round_id or (
+                letter.message_id is not None and (letter.message_id, letter.queue) in seen
+            )
             if not wanted or again:
                 held.append(message)
                 continue
@@ -128,6 +142,7 @@ async def requeue_dead_letters(
                 if k not in _STRIPPED and not k.startswith(BROKER_HISTORY_HEADERS)
             }
             kept[REQUEUED_BY_HEADER] = requested_by
+            kept[REQUEUE_ROUND_HEADER] = round_id
             copy = aio_pika.Message(
                 message.body,
                 headers=kept,
@@ -154,4 +169,4 @@ async def requeue_dead_letters(
                 await message.nack(requeue=True)
         finally:
             await connection.close()
-    return {"requeued": requeued, "skipped": skipped}
+    return {"requeued": requeued, "skipped": skipped, "left": max(in_queue - read, 0)}

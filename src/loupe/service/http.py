@@ -15,16 +15,26 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
+from starlette.types import ASGIApp
 
 from loupe.config import SERVICE_NAMES, Settings
 from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
+from loupe.environment import Network
 from loupe.hosts import answer_only_known_hosts
 from loupe.objectstore import ObjectStore
 from loupe.orders import IllegalTransition
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderNotFound, OrderTable
+from loupe.telemetry import edge
+from loupe.telemetry.edge import (
+    TRUSTED_CLIENTS,
+    TraceKey,
+    UntrustedTraceContext,
+    link_untrusted_caller,
+)
 
 View = TypeVar("View", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -156,23 +166,27 @@ def order_view(view: type[View], row: Mapping[str, Any]) -> View:
 
 
 def serve(
-    app: FastAPI, host: str, port: int, excluded_urls: str = "healthz,readyz,metrics"
+    app: FastAPI,
+    host: str,
+    port: int,
+    excluded_urls: str = "healthz,readyz,metrics",
 ) -> None:
-    """Serve an instrumented app with uvicorn until SIGINT/SIGTERM, then flush telemetry.
-
-    `excluded_urls` (comma-separated regular expressions) are served untraced.
-    """
+    """Serve the app, `instrumented`, with uvicorn until SIGINT/SIGTERM, then flush
+    telemetry."""
     import uvicorn
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     from loupe.telemetry import shutdown_telemetry
 
-    # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls=excluded_urls, exclude_spans=["receive", "send"]
-    )
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+        instrumented(app, excluded_urls, TRUSTED_CLIENTS.read(), edge.process_key()),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        # The TCP peer is who decides whether a trace context is trusted (telemetry/edge.py):
+        # X-Forwarded-For, which any local process can send, must not replace it.
+        proxy_headers=False,
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
     # found. With the default one that kills the process before the `finally` below, and the
@@ -183,6 +197,29 @@ def serve(
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutdown_telemetry()
+
+
+def instrumented(
+    app: FastAPI,
+    excluded_urls: str = "healthz,readyz,metrics",
+    trusted: tuple[Network, ...] = (),
+    key: TraceKey | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> ASGIApp:
+    """The app traced, behind the public edge: only the trace context of `trusted` clients,
+    and of requests `key` vouches for, is continued (telemetry/edge.py). `excluded_urls`
+    (comma-separated regular expressions) are served untraced."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    # The ASGI receive/send sub-spans add nothing an operator reads; health probes are noise.
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls=excluded_urls,
+        exclude_spans=["receive", "send"],
+        server_request_hook=link_untrusted_caller,
+        tracer_provider=tracer_provider,
+    )
+    return UntrustedTraceContext(app, trusted, key)
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -196,11 +233,14 @@ def run_service(service: str, port: int | None = None) -> None:
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+    from loupe.stack.gateway import SECRETS_DIR, trace_context_key
     from loupe.telemetry import configure_telemetry
 
     settings = Settings.from_env()
     configure_telemetry(SERVICE_NAMES[service])
     AsyncPGInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
+    # Like the propagator, one per process: the services vouch for their calls to each other.
+    edge.use_process_key(TraceKey(trace_context_key(SECRETS_DIR.read())))
     module = importlib.import_module(f"loupe.{service}.app")
     serve(module.create_app(settings), settings.host, port or settings.port(service))

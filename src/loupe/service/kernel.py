@@ -50,6 +50,7 @@ class ServiceKernel:
         self.settings = settings
         self._migrations = migrations
         self._consumers: list[tuple[str, Handler, DeadLetterHook | None]] = []
+        self._on_start: list[Callable[[], Awaitable[Any]]] = []
         self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self._pool: asyncpg.Pool | None = None
         self._connections: list[AbstractRobustConnection] = []
@@ -69,6 +70,10 @@ class ServiceKernel:
                 f"queue {queue} belongs to {QUEUES[queue].service}, not {self.service}"
             )
         self._consumers.append((queue, handler, on_dead_letter))
+
+    def on_start(self, callback: Callable[[], Awaitable[Any]]) -> None:
+        """Run `callback` once the database is open (RabbitMQ may still be connecting)."""
+        self._on_start.append(callback)
 
     def on_stop(self, callback: Callable[[], Awaitable[Any]]) -> None:
         self._on_stop.append(callback)
@@ -106,6 +111,8 @@ class ServiceKernel:
         )
         await self._relay.start()
         self._heartbeat = asyncio.create_task(heartbeat.beat())
+        for callback in self._on_start:
+            await callback()
         try:
             await self._connect()
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -194,7 +201,10 @@ class ServiceKernel:
             async with self.pool.acquire(timeout=2) as connection:
                 await connection.fetchval("SELECT 1")
         except Exception as exc:
-            problems["database"] = f"{type(exc).__name__}: {exc}"
+            # The class, never the driver's text: /healthz answers anyone who can reach the
+            # port, and that text can name hosts, users, databases or the statement.
+            problems["database"] = f"database unavailable ({type(exc).__name__})"
+            log.debug("health: the database does not answer: %s: %s", type(exc).__name__, exc)
         # A robust connection that is reconnecting is not closed, only not connected.
         if not self._connections or not all(c.connected.is_set() for c in self._connections):
             problems["broker"] = "not connected to RabbitMQ"

@@ -159,7 +159,8 @@ class Relay:
             except Exception as exc:
                 # Never the end of the loop: events would pile up unseen.
                 log.exception("outbox: relaying failed")
-                self.problem = f"the relay failed: {type(exc).__name__}: {exc}"
+                # Shown by /healthz: the class only; the log line above has the whole error.
+                self.problem = f"the relay failed: {type(exc).__name__}"
                 failed = True
             if failed:
                 await asyncio.sleep(backoff)

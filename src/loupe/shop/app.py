@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from loupe.config import Settings
 from loupe.objectstore import ObjectStore
-from loupe.service import http
+from loupe.service import http, model_files
 from loupe.service.kernel import ServiceKernel
 from loupe.service.orders_table import OrderTable
 from loupe.shop import handlers, routes
@@ -26,5 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
     kernel = ServiceKernel("shop", settings, Path(__file__).parent / "migrations")
     orders = OrderTable(kernel)
     handlers.subscribe(kernel, orders)
-    store = ObjectStore(settings.object_store)
-    return http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
+    store = ObjectStore(settings.object_store("shop"))
+    app = http.create_app(kernel, orders, DESCRIPTION, [routes.router, routes.models], store=store)
+    model_files.keep_models(app, kernel, store)
+    return app

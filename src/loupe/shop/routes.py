@@ -9,7 +9,12 @@ from fastapi import APIRouter, Form
 
 from loupe.orders import OrderSource
 from loupe.service.http import Orders, ServiceSettings, Store, field_error, order_view
-from loupe.service.model_files import ModelUpload, model_reader, read_model_upload
+from loupe.service.model_files import (
+    UPLOAD_REFUSALS,
+    ModelUpload,
+    model_reader,
+    read_model_upload,
+)
 from loupe.shop.contract import OrderView
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -22,7 +27,7 @@ models = model_reader(
 )
 
 
-@router.post("", status_code=201, response_model=OrderView)
+@router.post("", status_code=201, response_model=OrderView, responses=UPLOAD_REFUSALS)
 async def place_order(
     customer_name: Annotated[str, Form(min_length=1, max_length=200)],
     customer_email: Annotated[str, Form(max_length=320)],
@@ -38,7 +43,7 @@ async def place_order(
         raise field_error("customer_email", "is not an e-mail address")
     if not _PHONE.match(customer_phone):
         raise field_error("customer_phone", "is not a phone number")
-    data = await read_model_upload(model)
+    data = await read_model_upload(model, settings.max_model_bytes)
     sha256 = store.put(data)
     event = await orders.submit(
         OrderSource.SHOP,

@@ -109,6 +109,14 @@ class Secrets:
         return cls(directory, password, source, client_secret)
 
 
+def trace_context_key(directory: Path = DEFAULT_SECRETS_DIR) -> bytes:
+    """The key with which loupe's services vouch for the trace context of their calls to each
+    other (telemetry/edge.py): `trace-context-key`, made on first use by whichever service
+    starts first, so that all services of one installation share it."""
+    value, _ = generated(directory.resolve() / "trace-context-key", _token)
+    return value.encode()
+
+
 def bcrypt_hash(password: str, rounds: int = 10) -> str:
     """The bcrypt hash Dex expects in staticPasswords[].hash."""
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()

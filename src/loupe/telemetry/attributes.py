@@ -33,6 +33,8 @@ HEARTBEAT = "telemetry heartbeat"
 # On the link from a person's step to the order's previous step (a trace of its own).
 LINK_REASON = "loupe.link.reason"
 PREVIOUS_STEP = "previous order step"
+# On the link from a server span to the context an untrusted caller sent (telemetry/edge.py).
+UNTRUSTED_CALLER = "untrusted caller"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
-from loupe.telemetry.delivery import RetryingSpanExporter
+from loupe.telemetry.delivery import RetryingSpanExporter, count_queue_drops
 from loupe.telemetry.logs import configure_logging
 from loupe.telemetry.redaction import RedactingSpanExporter
 from loupe.telemetry.sampling import configured_sampler
@@ -59,6 +59,15 @@ def _exporter() -> SpanExporter | None:
             OTLPSpanExporter as HTTPSpanExporter,
         )
 
+        try:
+            from loupe.telemetry.encoding import LoupeOTLPSpanExporter
+        except ImportError:
+            log.exception("loupe's OTLP encoder is not available; the SDK's encodes")
+            return HTTPSpanExporter()
+        exporter = LoupeOTLPSpanExporter()
+        if exporter.usable():
+            return exporter
+        exporter.shutdown()
         return HTTPSpanExporter()
     raise ValueError(f"OTLP protocol {protocol!r} is not supported; use grpc or http/protobuf")
 
@@ -82,6 +91,7 @@ def configure_telemetry(service_name: str, service_version: str = "0.1.0") -> Tr
     provider = TracerProvider(resource=resource, sampler=configured_sampler())
     exporter = _exporter()
     if exporter is not None:
+        count_queue_drops()
         provider.add_span_processor(
             BatchSpanProcessor(RedactingSpanExporter(RetryingSpanExporter(exporter)))
         )
