@@ -14,12 +14,14 @@ help: ## Show this help
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## Install and start RabbitMQ + PostgreSQL, sync Python deps, build Jaeger, Dex, oauth2-proxy, fetch Jaeger UI
+setup: ## Install and start RabbitMQ + PostgreSQL, sync Python deps, set up each process's accounts, build Jaeger, Dex, oauth2-proxy, fetch Jaeger UI
 	$(call say,infrastructure: RabbitMQ and PostgreSQL)
 	@scripts/setup-infra.sh
 	@$(MAKE) ensure-uv
 	$(call say,Python dependencies: uv sync --frozen)
 	@uv sync --frozen
+	$(call say,accounts: loupe provision --delete-guest)
+	@uv run loupe provision --delete-guest
 	$(call say,pinned tools: scripts/build-tools.sh)
 	@scripts/build-tools.sh
 

@@ -59,26 +59,67 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   done
   rabbitmqctl -q await_startup >/dev/null || { echo "error: RabbitMQ did not start; see /var/log/rabbitmq/" >&2; exit 1; }
 fi
-for vhost in loupe; do
-  if ! rabbitmqctl -q list_vhosts | grep -qx "$vhost"; then
-    rabbitmqctl -q add_vhost "$vhost"
-    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*'
+
+# RabbitMQ's administrator for loupe's set-up and tests, never for a running process (each of
+# those gets a user of its own from `loupe provision`, which `make setup` runs next and which
+# then deletes `guest`). Its password is generated once into the secrets folder, mode 0600.
+# Checked through the management API (milliseconds); rabbitmqctl (about a second a call) only
+# runs when the check fails: a fresh broker, or a fresh clone whose new password it must take.
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+secrets_dir=${LOUPE_SECRETS_DIR:-$repo/.secrets}
+admin_user=${LOUPE_RABBITMQ_ADMIN_USER:-loupe-admin}
+admin_file="$secrets_dir/rabbitmq/$admin_user"
+if [ ! -s "$admin_file" ]; then
+  mkdir -p -m 700 "$secrets_dir" "$secrets_dir/rabbitmq"
+  (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > "$admin_file")
+fi
+rabbit_admin_works() {
+  python3 - "$admin_user" "$admin_file" <<'PY'
+import base64, sys, urllib.request
+user, path = sys.argv[1], sys.argv[2]
+token = base64.b64encode(f"{user}:{open(path).read().strip()}".encode()).decode()
+request = urllib.request.Request("http://127.0.0.1:15672/api/whoami")
+request.add_header("Authorization", f"Basic {token}")
+try:
+    with urllib.request.urlopen(request, timeout=5) as response:
+        sys.exit(0 if b'"administrator"' in response.read() else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+if ! rabbit_admin_works; then
+  need_root "creating RabbitMQ's administrator $admin_user"
+  say "RabbitMQ administrator $admin_user (password in $admin_file)"
+  # rabbitmqctl 3.10 takes the password only as an argument: on the command line for a moment.
+  if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx "$admin_user"; then
+    rabbitmqctl -q change_password "$admin_user" "$(cat "$admin_file")"
+  else
+    rabbitmqctl -q add_user "$admin_user" "$(cat "$admin_file")"
   fi
-done
-if ! rabbitmqctl -q list_users | grep -q '^guest.*monitoring'; then
-  rabbitmqctl -q set_user_tags guest administrator monitoring >/dev/null
+  rabbitmqctl -q set_user_tags "$admin_user" administrator
+  for _ in $(seq 1 30); do rabbit_admin_works && break; sleep 1; done
+  rabbit_admin_works || { echo "error: RabbitMQ's management API refuses $admin_user" >&2; exit 1; }
 fi
 
-# PostgreSQL: the Debian cluster listens on localhost by default; loupe connects over the
-# Unix socket as the invoking OS user (peer authentication), so no password exists to leak.
+# PostgreSQL: the Debian cluster listens on localhost by default. The set-up and the tests
+# connect over the Unix socket as the invoking OS user's role (peer authentication, no
+# password), which may create roles and databases: `loupe provision` gives each process a role
+# of its own (password in the secrets folder) and each database to its role; the processes
+# connect over TCP to 127.0.0.1 with those passwords (Debian's pg_hba: scram-sha-256).
 if ! pg_lsclusters -h | awk '$1 == "15" && $2 == "main" {print $4}' | grep -q online; then
   need_root "starting PostgreSQL"
   say "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect 15 main start
 fi
 db_user=$(id -un)
-if ! su postgres -c "psql -tAc \"select 1 from pg_roles where rolname = '$db_user'\"" | grep -q 1; then
-  say "creating PostgreSQL role $db_user (may create its own databases)"
-  su postgres -c "createuser --createdb $db_user"
+db_role=$(su postgres -c "psql -tAc \"select rolcreatedb and rolcreaterole from pg_roles where rolname = '$db_user'\"")
+if [ "$db_role" != t ]; then
+  need_root "letting PostgreSQL role $db_user create roles and databases"
+  say "PostgreSQL role $db_user (the set-up's: may create roles and databases)"
+  if [ -z "$db_role" ]; then
+    su postgres -c "createuser --createdb --createrole $db_user"
+  else
+    su postgres -c "psql -qc 'ALTER ROLE \"$db_user\" CREATEDB CREATEROLE'"
+  fi
 fi
 say "RabbitMQ and PostgreSQL are running"

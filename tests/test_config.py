@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from loupe.accounts import Account
 from loupe.config import DEFAULT_PORTS, SERVICE_NAMES, SERVICES, Settings
 from loupe.monitor.settings import MonitorSettings
 
@@ -23,8 +24,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     settings = Settings.from_env()
     assert settings == Settings()
-    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/loupe"
-    assert settings.postgres_dsn == "postgresql:///postgres?host=/var/run/postgresql"
+    assert settings.amqp_url == "amqp://127.0.0.1:5672/loupe"
+    assert settings.postgres_dsn == "postgresql://127.0.0.1:5432/postgres"
+    assert settings.secrets_dir == Path(".secrets")
     assert settings.database_prefix == "loupe"
     assert settings.data_dir == Path(".data")
     assert settings.host == "127.0.0.1"
@@ -174,3 +176,36 @@ def test_the_apps_answer_to_loopback_the_console_and_the_allowed_hosts() -> None
         "loupe.workshop.example",
         "ops.workshop.example",
     )
+
+
+def test_each_process_signs_in_as_its_own_account_with_the_password_the_set_up_made(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(secrets_dir=tmp_path, database_prefix="p")
+    (tmp_path / "rabbitmq").mkdir()
+    (tmp_path / "rabbitmq" / "loupe-mes").write_text("s3cret/+=\n")
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "p_monitor_reader").write_text("pw")
+    assert (
+        settings.amqp_url_of(Account.MES) == "amqp://loupe-mes:s3cret%2F%2B%3D@127.0.0.1:5672/loupe"
+    )
+    # No password kept for the portal: its user still names itself, and the broker refuses it.
+    assert settings.amqp_url_of(Account.PORTAL) == "amqp://loupe-portal@127.0.0.1:5672/loupe"
+    assert settings.postgres_dsn_of("p_monitor", "p_monitor_reader") == (
+        "postgresql://p_monitor_reader:pw@127.0.0.1:5432/p_monitor"
+    )
+    assert settings.postgres_dsn_of("p_shop") == "postgresql://p_shop@127.0.0.1:5432/p_shop"
+    monitor = settings.management(Account.MONITOR)
+    assert monitor.credentials == ("loupe-monitor", "") and monitor.vhost == "loupe"
+
+
+def test_a_url_that_names_a_user_is_used_as_it_is(tmp_path: Path) -> None:
+    (tmp_path / "rabbitmq").mkdir()
+    (tmp_path / "rabbitmq" / "other-shop").write_text("unused")
+    settings = Settings(
+        secrets_dir=tmp_path,
+        amqp_url="amqp://u:p@rabbit:5672/other",
+        postgres_dsn="postgresql://admin@/postgres?host=/run/pg",
+    )
+    assert settings.amqp_url_of(Account.SHOP) == "amqp://u:p@rabbit:5672/other"
+    assert settings.postgres_dsn_of("loupe_shop") == "postgresql://admin@/loupe_shop?host=/run/pg"

@@ -215,9 +215,39 @@ def openapi(
 
 
 @app.command()
+def provision(
+    delete_guest: bool = typer.Option(
+        False, "--delete-guest", help="Then delete RabbitMQ's guest user (`make setup` does)."
+    ),
+) -> None:
+    """Set up each process's RabbitMQ user and PostgreSQL role, the topology and the databases
+    (idempotent; as the administrators of LOUPE_RABBITMQ_ADMIN_USER, LOUPE_POSTGRES_ADMIN_DSN)."""
+    import asyncio
+
+    from loupe.config import DATABASE_OWNERS
+    from loupe.provision import GUEST, ProvisionError, ProvisionSettings, provision
+
+    settings = ProvisionSettings.from_env()
+    try:
+        done = asyncio.run(provision(settings, retire=(GUEST,) if delete_guest else ()))
+    except ProvisionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    changed = ", ".join(done.broker_users) or "none changed"
+    typer.echo(f"RabbitMQ vhost {settings.vhost}: users {changed}")
+    for user in done.deleted:
+        typer.echo(f"RabbitMQ: {user} deleted")
+    databases = ", ".join(settings.base.database_name(o) for o in DATABASE_OWNERS)
+    typer.echo(
+        f"PostgreSQL: databases {databases}, each owned by its own role;"
+        f" {settings.base.reader_role} reads the monitor's"
+    )
+
+
+@app.command()
 def settings(
     component: str = typer.Argument(
-        "", help="loupe, jaeger, gateway, portal, access or monitor (default: all)."
+        "", help="loupe, provision, jaeger, gateway, portal, access or monitor (default: all)."
     ),
 ) -> None:
     """Print the LOUPE_* variables as docs/runbook.md's Markdown tables: name, default, meaning."""

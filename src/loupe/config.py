@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from loupe.accounts import (
+    READER_SUFFIX,
+    Account,
+    broker_password_file,
+    broker_user,
+    database_password_file,
+    read_password,
+    signed_in,
+    vhost_of,
+)
+from loupe.database import dsn_for
 from loupe.environment import (
     EnvSettings,
     Variable,
@@ -30,6 +41,9 @@ SERVICES = ("shop", "crm", "mes")
 SERVICE_NAMES = {"shop": "shop-api", "crm": "crm-api", "mes": "mes-api"}
 """OpenTelemetry `service.name` of each service."""
 
+DATABASE_OWNERS = (*SERVICES, Account.MONITOR.value)
+"""Who has a database of its own, each owned by a role of the same name."""
+
 DEFAULT_PORTS = {"shop": 8081, "crm": 8082, "mes": 8083}
 
 DEFAULT_CONSOLE_URL = "http://127.0.0.1:4180"
@@ -38,21 +52,36 @@ DEFAULT_CONSOLE_URL = "http://127.0.0.1:4180"
 # src/loupe/config.py -> the repository root, where deploy/, docs/ and tools/ live.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+DEFAULT_SECRETS_DIR = Path(".secrets")
+
 
 AMQP_URL = Variable(
-    "LOUPE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/loupe", "RabbitMQ; the path is the vhost"
+    "LOUPE_AMQP_URL",
+    "amqp://127.0.0.1:5672/loupe",
+    "RabbitMQ; the path is the vhost. Without a user in it, each process signs in as its own"
+    " user `<vhost>-<process>` (shop, crm, mes, portal, monitor) with the password in"
+    " `LOUPE_SECRETS_DIR/rabbitmq/<user>`, both made by `make setup` (`loupe provision`)",
 )
 POSTGRES_DSN = Variable(
     "LOUPE_POSTGRES_DSN",
-    # PostgreSQL over the Unix socket with peer authentication: no password to keep.
-    "postgresql:///postgres?host=/var/run/postgresql",
-    "PostgreSQL server; the database part is replaced per service. Default: Unix socket, peer"
-    " authentication, no password",
+    "postgresql://127.0.0.1:5432/postgres",
+    "PostgreSQL server; the database part is replaced per service. Without a user in it, each"
+    " process signs in as its database's own role (named like the database; the CLI as"
+    " `<prefix>_monitor_reader`, read-only) with the password in"
+    " `LOUPE_SECRETS_DIR/postgres/<role>`, both made by `make setup` (`loupe provision`)",
+)
+SECRETS_DIR = Variable(
+    "LOUPE_SECRETS_DIR",
+    DEFAULT_SECRETS_DIR,
+    "local secrets (the gateway's, the broker users' and database roles' passwords), each"
+    " file mode 0600, the folder 0700, git-ignored",
+    file_path,
 )
 DATABASE_PREFIX = Variable(
     "LOUPE_DATABASE_PREFIX",
     "loupe",
-    "databases are `<prefix>_shop`, `<prefix>_crm`, `<prefix>_mes`; created on first start",
+    "databases are `<prefix>_shop`, `<prefix>_crm`, `<prefix>_mes` (and `<prefix>_monitor`),"
+    " each owned by a role of the same name; made by `make setup` (`loupe provision`)",
 )
 DATA_DIR = Variable(
     "LOUPE_DATA_DIR",
@@ -182,6 +211,7 @@ class Settings(EnvSettings):
     console_url: str = CONSOLE_URL.field()
     allowed_hosts: tuple[str, ...] = ALLOWED_HOSTS.field()
     management_url: str = RABBITMQ_MANAGEMENT_URL.field()
+    secrets_dir: Path = SECRETS_DIR.field()
 
     def __post_init__(self) -> None:
         if self.max_delivery_attempts < 1:
@@ -193,9 +223,41 @@ class Settings(EnvSettings):
             if value < 1:
                 raise ValueError(f"{variable.name} must be at least 1")
 
-    def management(self, timeout: float = 5.0) -> Management:
-        """RabbitMQ's management API, with the broker's own credentials and vhost."""
-        return Management(self.management_url, self.amqp_url, timeout)
+    def amqp_url_of(self, account: Account) -> str:
+        """LOUPE_AMQP_URL signed in as `account`'s own broker user, unless it names a user."""
+        user = broker_user(vhost_of(self.amqp_url), account)
+        password = read_password(broker_password_file(self.secrets_dir, user))
+        return signed_in(self.amqp_url, user, password)
+
+    def postgres_dsn_of(self, database: str, role: str | None = None) -> str:
+        """LOUPE_POSTGRES_DSN pointed at `database`, signed in as `role` (the database's own
+        role by default), unless the DSN names a user."""
+        role = role or database
+        password = read_password(database_password_file(self.secrets_dir, role))
+        return signed_in(dsn_for(self.postgres_dsn, database), role, password)
+
+    @property
+    def reader_role(self) -> str:
+        """The read-only role of the monitor's database (the CLI's)."""
+        return self.database_name(Account.MONITOR) + READER_SUFFIX
+
+    def password_files(self) -> list[Path]:
+        """Where the set-up keeps each account's password, for the accounts this machine's
+        processes sign in as (none where a URL or DSN names its user itself)."""
+        files = []
+        if not urlsplit(self.amqp_url).username:
+            vhost = vhost_of(self.amqp_url)
+            files += [
+                broker_password_file(self.secrets_dir, broker_user(vhost, a)) for a in Account
+            ]
+        if not urlsplit(self.postgres_dsn).username:
+            roles = [*(self.database_name(o) for o in DATABASE_OWNERS), self.reader_role]
+            files += [database_password_file(self.secrets_dir, role) for role in roles]
+        return files
+
+    def management(self, account: Account, timeout: float = 5.0) -> Management:
+        """RabbitMQ's management API, as `account`'s broker user, for its vhost."""
+        return Management(self.management_url, self.amqp_url_of(account), timeout)
 
     @property
     def known_hosts(self) -> tuple[str, ...]:

@@ -10,9 +10,14 @@ service's inbox and outbox, service/migrations/) is numbered on its own and reco
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import re
+import secrets
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -164,3 +169,116 @@ async def open_database(
         await pool.close()
         raise
     return pool
+
+
+# -- roles: one per database, set up by `loupe provision` as the set-up's administrator -------
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802, RFC 7677),
+    made here so the password itself never reaches the server or its statement log."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class DatabaseAdmin:
+    """PostgreSQL as the set-up's administrator (a role that may create roles and databases):
+    one role per database, each database closed to every other role."""
+
+    dsn: str
+
+    @contextlib.asynccontextmanager
+    async def _connected(self, database: str = "postgres") -> AsyncIterator[asyncpg.Connection]:
+        connection = await asyncpg.connect(dsn_for(self.dsn, database))
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+    async def ensure_role(self, role: str, password: str) -> None:
+        """A role that may sign in with `password` and do nothing else of its own (no
+        superuser, no new databases or roles); the administrator becomes a member, so that it
+        can hand the role a database and what is in it."""
+        async with self._connected() as admin:
+            exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            verifier = scram_verifier(password).replace("'", "''")
+            if exists:
+                # Only a superuser may even restate the attributes CREATE gave it.
+                await admin.execute(f"ALTER ROLE {_ident(role)} WITH LOGIN PASSWORD '{verifier}'")
+            else:
+                await admin.execute(
+                    f"CREATE ROLE {_ident(role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                    f" NOREPLICATION PASSWORD '{verifier}'"
+                )
+            member = await admin.fetchval(
+                "SELECT rolsuper OR pg_has_role(current_user, $1, 'MEMBER') FROM pg_roles"
+                " WHERE rolname = current_user",
+                role,
+            )
+            if not member:
+                await admin.execute(f"GRANT {_ident(role)} TO current_user")
+
+    async def ensure_owned_database(self, database: str, owner: str) -> None:
+        """`database`, owned by `owner` with every table in it, and closed to every other
+        role (PostgreSQL lets any role connect to any database unless told not to).
+
+        A database made before roles existed (the administrator's) is handed over."""
+        async with self._connected() as admin:
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+            if not exists:
+                with contextlib.suppress(
+                    asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError
+                ):
+                    await admin.execute(f"CREATE DATABASE {_ident(database)} OWNER {_ident(owner)}")
+            await admin.execute(f"ALTER DATABASE {_ident(database)} OWNER TO {_ident(owner)}")
+            await admin.execute(f"REVOKE ALL ON DATABASE {_ident(database)} FROM PUBLIC")
+        async with self._connected(database) as inside:
+            # Tables (their indexes and serial sequences follow) and views that migrations made
+            # while the administrator owned the database.
+            rows = await inside.fetch(
+                "SELECT c.relname, c.relkind FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')"
+                " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)",
+                owner,
+            )
+            for row in rows:
+                kind = {"v": "VIEW", "m": "MATERIALIZED VIEW"}.get(row["relkind"], "TABLE")
+                await inside.execute(
+                    f"ALTER {kind} public.{_ident(row['relname'])} OWNER TO {_ident(owner)}"
+                )
+
+    async def grant_reader(self, database: str, owner: str, reader: str) -> None:
+        """`reader` may connect to `database` and read every table its owner has made or will
+        make there, and nothing else."""
+        async with self._connected() as admin:
+            await admin.execute(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(reader)}")
+        async with self._connected(database) as inside:
+            # As the owner, so that the default covers the tables its migrations make later.
+            await inside.execute(f"SET ROLE {_ident(owner)}")
+            await inside.execute(
+                f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {_ident(reader)};"
+                " ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES"
+                f" TO {_ident(reader)}"
+            )
+
+    async def drop(self, databases: Iterable[str], roles: Iterable[str]) -> None:
+        """Drops the databases, then the roles (what they were granted went with them)."""
+        async with self._connected() as admin:
+            for database in databases:
+                await drop_database(admin, database)
+            for role in roles:
+                await admin.execute(f"DROP ROLE IF EXISTS {_ident(role)}")

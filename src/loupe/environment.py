@@ -234,7 +234,7 @@ class ListensAtUrl:
 
 def documented() -> dict[str, tuple[Variable[Any], ...]]:
     """Every LOUPE_* variable, per component, in the order docs/runbook.md lists them."""
-    from loupe import access, config
+    from loupe import access, config, provision
     from loupe.monitor import settings as monitor
     from loupe.portal import settings as portal
     from loupe.stack import components, gateway
@@ -249,6 +249,7 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
             encoding.SDK_ENCODER,
             edge.TRUSTED_CLIENTS,
         ),
+        "provision": tuple(provision.ProvisionSettings.variables()),
         "jaeger": (*components.JaegerPorts.variables(), *components.JAEGER_FILES),
         "gateway": (*gateway.GatewaySettings.variables(), gateway.DEMO_PASSWORD),
         "portal": tuple(portal.PortalSettings.variables()),

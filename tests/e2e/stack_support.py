@@ -25,7 +25,6 @@ import asyncpg
 from loupe.actors import Workshop
 from loupe.bench.slo import slo_toml
 from loupe.config import SERVICES, Settings
-from loupe.database import dsn_for
 from loupe.messaging.topology import ORDERS_EXCHANGE
 from loupe.stack.components import (
     JaegerPorts,
@@ -41,6 +40,7 @@ from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.process import free_port
 from loupe.stack.sandbox import Sandbox
 from loupe.stack.supervisor import Stack
+from tests.support.integration import admin_amqp_url
 
 from .gateway_support import Gateway
 
@@ -89,7 +89,7 @@ class Monitored:
         """Rows from the monitor's database (or another of the sandbox's, by name)."""
 
         async def run() -> list[dict[str, Any]]:
-            dsn = dsn_for(self.settings.postgres_dsn, database or self.database)
+            dsn = self.settings.postgres_dsn_of(database or self.database)
             connection = await asyncpg.connect(dsn)
             try:
                 return [dict(r) for r in await connection.fetch(sql, *args)]
@@ -118,7 +118,7 @@ class Monitored:
         status, no occurred_at): MES fails the order, and every consumer dead-letters it."""
 
         async def publish() -> None:
-            connection = await aio_pika.connect(self.settings.amqp_url)
+            connection = await aio_pika.connect(admin_amqp_url(self.settings))
             try:
                 channel = await connection.channel(publisher_confirms=True)
                 exchange = await channel.get_exchange(ORDERS_EXCHANGE)

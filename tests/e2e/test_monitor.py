@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from loupe.messaging.management import Management
+from tests.support.integration import admin_amqp_url
 
 from .gateway_support import API, sign_in
 from .pipeline_support import wait_for
@@ -160,7 +161,7 @@ def test_a_poison_message_is_broken_with_its_reason(monitored: Monitored) -> Non
 
     # MES may still be working off what piled up while it was frozen; the poison message
     # would wait behind that backlog.
-    management = Management("http://127.0.0.1:15672", monitored.settings.amqp_url)
+    management = Management("http://127.0.0.1:15672", admin_amqp_url(monitored.settings))
 
     async def backlog() -> int:
         stats = await management.queue_stats("mes.order-submitted")

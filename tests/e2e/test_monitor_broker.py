@@ -19,7 +19,9 @@ import aio_pika
 import httpx
 import pytest
 
+from loupe.messaging.management import Management
 from loupe.messaging.topology import ORDERS_EXCHANGE, UNROUTABLE_QUEUE
+from tests.support.integration import admin_amqp_url
 
 from .pipeline_support import wait_for
 from .stack_support import SLO_FILE, Monitored, monitored_stack, run_async
@@ -58,7 +60,7 @@ def test_an_unroutable_publish_is_reported_at_once_and_resolves_when_handled(
     body = json.dumps({"order_id": order_id, "status": "SHIPPED"}).encode()
 
     async def publish() -> None:
-        connection = await aio_pika.connect(monitored.settings.amqp_url)
+        connection = await aio_pika.connect(admin_amqp_url(monitored.settings))
         try:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await channel.get_exchange(ORDERS_EXCHANGE)
@@ -95,7 +97,7 @@ def test_an_unroutable_publish_is_reported_at_once_and_resolves_when_handled(
 
     async def handle() -> None:
         # What a person does once the message is published again with the right key.
-        connection = await aio_pika.connect(monitored.settings.amqp_url)
+        connection = await aio_pika.connect(admin_amqp_url(monitored.settings))
         try:
             channel = await connection.channel()
             queue = await channel.get_queue(UNROUTABLE_QUEUE, ensure=False)
@@ -120,7 +122,8 @@ def test_an_unroutable_publish_is_reported_at_once_and_resolves_when_handled(
 def _close_connection(monitored: Monitored, connection_name: str) -> None:
     """Closes the named connection of the sandbox's vhost, as the broker does to a peer whose
     heartbeats stopped."""
-    management = monitored.settings.management()
+    # As the administrator: the monitor's own user may not close connections.
+    management = Management(monitored.settings.management_url, admin_amqp_url(monitored.settings))
     with httpx.Client(auth=management.credentials, trust_env=False, timeout=10) as client:
         listed = client.get(f"{management.url}/api/connections").json()
         names = [

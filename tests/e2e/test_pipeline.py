@@ -21,6 +21,7 @@ from loupe.actors import Workshop
 from loupe.actors.models import random_ring
 from loupe.orders import OrderStatus
 from loupe.orders.lifecycle import HAPPY_PATH
+from tests.support.integration import admin_amqp_url
 
 from .pipeline_support import Pipeline, wait_for, wait_for_async
 
@@ -231,7 +232,7 @@ def test_no_personal_data_reaches_jaeger(pipeline: Pipeline) -> None:
 
 
 async def _publish(pipeline: Pipeline, body: bytes, key: str, message_id: str) -> None:
-    connection = await aio_pika.connect(pipeline.settings.amqp_url)
+    connection = await aio_pika.connect(admin_amqp_url(pipeline.settings))
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange("loupe.orders")
@@ -243,7 +244,7 @@ async def _publish(pipeline: Pipeline, body: bytes, key: str, message_id: str) -
 
 
 async def _dead_letters(pipeline: Pipeline) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    connection = await aio_pika.connect(pipeline.settings.amqp_url)
+    connection = await aio_pika.connect(admin_amqp_url(pipeline.settings))
     messages = []
     async with connection:
         channel = await connection.channel()

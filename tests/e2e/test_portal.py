@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from loupe.messaging.consumer import ATTEMPT_HEADER, ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
-from loupe.messaging.topology import DEAD_LETTER_EXCHANGE, declare_topology
+from loupe.messaging.topology import DEAD_LETTER_EXCHANGE
 from loupe.stack.components import dex_process, gateway_process, portal_process
 from loupe.stack.gateway import CLIENT_ID, GatewaySettings, Secrets, render
 from loupe.stack.process import free_port
@@ -53,7 +53,6 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
             "LOUPE_OIDC_CLIENT_ID": CLIENT_ID,
             "OTEL_SDK_DISABLED": "true",
         }
-        asyncio.run(_declare(sandbox.env["LOUPE_AMQP_URL"]))
         stack = Stack(
             [
                 dex_process(settings, files, logs),
@@ -63,12 +62,6 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
         )
         with stack:
             yield Gateway(settings, files, None, password), sandbox, portal_url  # type: ignore[arg-type]
-
-
-async def _declare(amqp_url: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        await declare_topology(await connection.channel())
 
 
 async def _dead_letter(amqp_url: str, order_id: str) -> None:
@@ -119,7 +112,7 @@ def test_whoami_through_gateway(
 
 def test_requeue_needs_devops(portal: tuple[Gateway, Sandbox, str]) -> None:
     gateway, sandbox, _ = portal
-    amqp = sandbox.env["LOUPE_AMQP_URL"]
+    amqp = sandbox.admin_amqp_url
     asyncio.run(_dead_letter(amqp, "order-e2e-1"))
 
     with gateway.client() as client:

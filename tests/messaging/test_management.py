@@ -4,6 +4,7 @@ answers, a queue's figures as they change, and messages looked at without being 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -12,8 +13,8 @@ from loupe.messaging.consumer import Delivery
 from loupe.messaging.management import Management, QueueStats
 from loupe.orders import OrderEvent, OrderStatus
 from loupe.stack.process import free_port
-from tests.support.integration import AMQP_URL, TIMEOUT, Broker
-from tests.support.monitor import MANAGEMENT
+from tests.support.integration import TIMEOUT, Broker, amqp_url
+from tests.support.monitor import management
 from tests.support.service_fakes import status_event
 
 pytestmark = pytest.mark.integration
@@ -21,9 +22,14 @@ pytestmark = pytest.mark.integration
 QUEUE = "mes.order-submitted"
 
 
+def _admin() -> Management:
+    """The API as the broker's administrator, who may look into every queue."""
+    return Management(management().url, amqp_url())
+
+
 def _amqp(**changes: str) -> str:
-    """The session's AMQP URL with another user, password or vhost."""
-    parts = urlsplit(AMQP_URL)
+    """The session's AMQP URL, as the monitor, with another user, password or vhost."""
+    parts = urlsplit(management().amqp_url)
     user = changes.get("user", parts.username or "")
     password = changes.get("password", parts.password or "")
     netloc = f"{user}:{password}@{parts.hostname}:{parts.port}"
@@ -41,7 +47,7 @@ async def _stats_until(expected: str) -> QueueStats:
     # The management API's figures trail the queue by up to its statistics interval (5 s).
     stats = None
     for _ in range(int(TIMEOUT / 0.2)):
-        stats = await MANAGEMENT.queue_stats(QUEUE)
+        stats = await _admin().queue_stats(QUEUE)
         if stats is not None and stats.describe() == expected:
             return stats
         await asyncio.sleep(0.2)
@@ -49,23 +55,24 @@ async def _stats_until(expected: str) -> QueueStats:
 
 
 @pytest.mark.parametrize(
-    ("management", "problem"),
+    ("api", "problem"),
     [
-        (MANAGEMENT, None),
-        (Management(MANAGEMENT.url, _amqp(path="/no-such-vhost")), "answered 404"),
-        (Management(MANAGEMENT.url, _amqp(password="wrong")), "answered 401"),
-        (Management(f"http://127.0.0.1:{free_port()}", AMQP_URL), "cannot be reached"),
+        (management, None),
+        (lambda: Management(management().url, _amqp(path="/no-such-vhost")), "answered 404"),
+        (lambda: Management(management().url, _amqp(password="wrong")), "answered 401"),
+        (lambda: Management(f"http://127.0.0.1:{free_port()}", amqp_url()), "cannot be reached"),
     ],
     ids=["ours", "unknown vhost", "wrong password", "nothing listening"],
 )
 async def test_problem_says_why_the_api_cannot_be_used(
-    broker: Broker, management: Management, problem: str | None
+    broker: Broker, api: Callable[[], Management], problem: str | None
 ) -> None:
-    found = await management.problem()
+    asked = api()
+    found = await asked.problem()
     if problem is None:
         assert found is None
     else:
-        assert found is not None and problem in found and management.url in found
+        assert found is not None and problem in found and asked.url in found
 
 
 async def test_queue_figures_count_ready_unacknowledged_and_consumers(broker: Broker) -> None:
@@ -85,17 +92,17 @@ async def test_queue_figures_count_ready_unacknowledged_and_consumers(broker: Br
 
 
 async def test_a_queue_that_does_not_exist_has_no_figures(broker: Broker) -> None:
-    assert await MANAGEMENT.queue_stats("no.such.queue") is None
-    assert await MANAGEMENT.peek("no.such.queue", 5) == []
+    assert await _admin().queue_stats("no.such.queue") is None
+    assert await _admin().peek("no.such.queue", 5) == []
 
 
 async def test_peek_shows_messages_in_order_and_leaves_them_queued(broker: Broker) -> None:
     events = await _publish(broker, 3)
-    first_two = await MANAGEMENT.peek(QUEUE, 2)
+    first_two = await _admin().peek(QUEUE, 2)
     assert [m["payload"] for m in first_two] == [e.to_json().decode() for e in events[:2]]
     assert first_two[0]["properties"]["message_id"]
     # Looked at twice, still all there: the portal reads dead letters this way.
-    assert len(await MANAGEMENT.peek(QUEUE, 10)) == 3
+    assert len(await _admin().peek(QUEUE, 10)) == 3
     assert await broker.depth(QUEUE) == 3
 
 

@@ -31,7 +31,8 @@ from loupe.messaging.topology import (
 )
 from loupe.orders import OrderStatus, routing_key
 from loupe.service.kernel import ServiceKernel
-from tests.support.integration import AMQP_URL, POLL_INTERVAL, TIMEOUT, Broker
+from tests.support.integration import POLL_INTERVAL, TIMEOUT, Broker
+from tests.support.monitor import management as monitor_management
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +132,7 @@ def test_every_queue_is_consumed_by_the_service_it_belongs_to(
 
 
 async def _queue_arguments(name: str) -> dict[str, Any]:
-    management = Settings(amqp_url=AMQP_URL).management()
+    management = monitor_management()  # as the monitor, which reads these queues
     async with httpx.AsyncClient(auth=management.credentials, trust_env=False) as client:
         response = await client.get(
             f"{management.url}/api/queues/{quote(management.vhost, safe='')}/{quote(name)}"
@@ -152,7 +153,7 @@ async def test_what_waits_for_a_person_is_never_dropped_by_a_limit_or_a_reading(
     await target.publish(aio_pika.Message(b"letter"), routing_key="any")
     # Each reading puts the message back, and RabbitMQ counts that as a delivery: far more
     # readings than a work queue's delivery limit leave it where it was.
-    management = Settings(amqp_url=AMQP_URL).management()
+    management = monitor_management()  # as the monitor, which reads these queues
     for _ in range(BROKER_DELIVERY_LIMIT + 5):
         assert [m["payload"] for m in await management.peek(name, 10)] == ["letter"]
     assert [m["payload"] for m in await management.peek(name, 10)] == ["letter"]

@@ -6,6 +6,7 @@ uptime from health probes. Driven with httpx through ASGI, the app's lifespan en
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
@@ -35,13 +36,12 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from loupe.access import AccessSettings, Jwks, TokenVerifier
-from loupe.config import Settings
 from loupe.database import drop_database, dsn_for
 from loupe.monitor import store
 from loupe.monitor.app import Monitor, create_app
 from loupe.monitor.settings import MonitorSettings
 from loupe.monitor.spans import MAX_NAME_BYTES
-from tests.support.integration import AMQP_URL, POSTGRES_DSN
+from tests.support.integration import POSTGRES_DSN, SANDBOX
 from tests.support.otlp_requests import export_requests
 from tests.support.otlp_spans import Spans, ago, otlp, slo
 
@@ -141,8 +141,9 @@ async def prefix() -> AsyncIterator[str]:
 
 def settings_for(prefix: str, service_urls: dict[str, str] | None = None) -> MonitorSettings:
     urls = service_urls or {s: f"http://127.0.0.1:{closed_port()}" for s in ("shop", "crm", "mes")}
-    base = Settings(
-        database_prefix=prefix, postgres_dsn=POSTGRES_DSN, amqp_url=AMQP_URL, service_urls=urls
+    # The session's vhost as the monitor's own user; the throwaway database as the tests'.
+    base = dataclasses.replace(
+        SANDBOX.settings, database_prefix=prefix, postgres_dsn=POSTGRES_DSN, service_urls=urls
     )
     return MonitorSettings(base=base, access=ACCESS)
 

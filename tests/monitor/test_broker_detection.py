@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
+from loupe.accounts import Account
 from loupe.messaging.management import Management
 from loupe.messaging.topology import DEAD_LETTER_QUEUE, QUEUES, UNROUTABLE_QUEUE
 from loupe.monitor import detection, store
@@ -24,8 +25,8 @@ from loupe.monitor.broker import BrokerWatch
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import FindingKind, IncidentState
 from loupe.orders import OrderEvent, OrderSource, OrderStatus
-from tests.support.integration import AMQP_URL, Broker
-from tests.support.monitor import MANAGEMENT, SLO, send
+from tests.support.integration import Broker, amqp_url
+from tests.support.monitor import SLO, management, send
 from tests.support.otlp_spans import Spans, ago
 
 pytestmark = pytest.mark.integration
@@ -33,13 +34,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def watch() -> AsyncIterator[BrokerWatch]:
-    looking = BrokerWatch(AMQP_URL, MANAGEMENT)
+    looking = BrokerWatch(amqp_url(Account.MONITOR), management())
     yield looking
     await looking.close()
 
 
 async def _tick(pool: asyncpg.Pool, watch: BrokerWatch) -> detection.TickResult:
-    return await detection.tick(pool, SLO, MANAGEMENT, watch=watch)
+    return await detection.tick(pool, SLO, management(), watch=watch)
 
 
 async def _misroute(broker: Broker, key: str, app: str, order_id: str | None) -> None:
@@ -172,10 +173,11 @@ async def test_while_the_broker_cannot_be_asked_its_findings_stay(
     await broker.get(UNROUTABLE_QUEUE, "the unroutable message")
     # A broker nobody answers at: no news, so the finding neither clears nor reopens.
     unreachable = BrokerWatch(
-        "amqp://guest:guest@127.0.0.1:1/nowhere", Management("http://127.0.0.1:1", AMQP_URL)
+        "amqp://guest:guest@127.0.0.1:1/nowhere",
+        Management("http://127.0.0.1:1", amqp_url(Account.MONITOR)),
     )
     assert await unreachable.look() is None
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT, watch=unreachable)
+    result = await detection.tick(monitor_pool, SLO, management(), watch=unreachable)
     assert result.cleared == 0 and result.opened == []
     assert [f.id for f in await store.findings(monitor_pool)] == [finding.id]
     assert (await _tick(monitor_pool, watch)).cleared == 1
@@ -228,15 +230,15 @@ async def test_the_watch_connects_again_after_its_connection_is_closed(
     broker: Broker, watch: BrokerWatch
 ) -> None:
     assert await watch.look() is not None
-    management = MANAGEMENT
-    async with httpx.AsyncClient(auth=management.credentials, timeout=10) as client:
+    admin = Management(management().url, amqp_url())
+    async with httpx.AsyncClient(auth=admin.credentials, timeout=10) as client:
 
         async def own() -> list[str]:
-            listed = (await client.get(f"{management.url}/api/connections")).json()
+            listed = (await client.get(f"{admin.url}/api/connections")).json()
             return [
                 c["name"]
                 for c in listed
-                if c.get("vhost") == management.vhost
+                if c.get("vhost") == admin.vhost
                 and (c.get("client_properties") or {}).get("connection_name")
                 == "loupe-monitor broker watch"
             ]
@@ -246,7 +248,7 @@ async def test_the_watch_connects_again_after_its_connection_is_closed(
                 break
             await asyncio.sleep(0.1)
         for name in names:
-            await client.delete(f"{management.url}/api/connections/{name}")
+            await client.delete(f"{admin.url}/api/connections/{name}")
     # Its client has seen the connection close (aio_pika then raises RuntimeError on its use).
     await asyncio.sleep(1)
     # As when RabbitMQ restarts: a look may find it unanswered, none raises, and the watch

@@ -19,8 +19,8 @@ from loupe.monitor import detection, store
 from loupe.monitor.metrics import FlowMetrics
 from loupe.monitor.models import FindingKind, IncidentState
 from loupe.orders import OrderStatus
-from tests.support.integration import AMQP_URL
-from tests.support.monitor import HAPPY, MANAGEMENT, SLO, send
+from tests.support.integration import amqp_url
+from tests.support.monitor import HAPPY, SLO, management, send
 from tests.support.otlp_spans import Spans, ago
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ async def test_an_order_past_its_slo_is_stuck_in_the_queue_until_it_moves(
     await send(monitor_pool, [made.happy_move(0, "o-stuck", ago(40))])
     # Another order, fresh: not stuck.
     await send(monitor_pool, [made.happy_move(0, "o-fresh", ago(1))])
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert [f.order_id for f in result.opened] == ["o-stuck"]
     (finding,) = await store.findings(monitor_pool, FindingKind.STUCK)
     assert finding.state == FindingKind.STUCK and finding.status == "SUBMITTED"
@@ -55,13 +55,13 @@ async def test_an_order_past_its_slo_is_stuck_in_the_queue_until_it_moves(
     assert result.latencies[0] == pytest.approx(10, abs=3)
 
     # A second tick reports nothing new.
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []
 
     await send(
         monitor_pool,
         [made.consumed("mes.order-submitted", ago(0.5), order_id="o-stuck", move=HAPPY[1][2:])],
     )
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert result.cleared == 1
     assert await store.findings(monitor_pool) == []
     (resolved,) = result.incidents_resolved
@@ -76,7 +76,7 @@ async def test_a_hung_management_api_does_not_hold_up_ingest(monitor_pool: async
     # A port that accepts connections and never answers: RabbitMQ's management API hung.
     hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = hung.sockets[0].getsockname()[1]
-    management = Management(f"http://127.0.0.1:{port}", AMQP_URL, timeout=5.0)
+    management = Management(f"http://127.0.0.1:{port}", amqp_url(), timeout=5.0)
     made = Spans()
     await send(monitor_pool, [made.happy_move(0, "o-late", ago(40))])
     try:
@@ -105,7 +105,7 @@ async def test_after_a_status_reaches_crm_it_waits_for_the_seller(
             made.happy_move(1, "o", ago(44), by="crm-api"),
         ],
     )
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     step = SLO.steps[OrderStatus.PRICE_CALCULATED]
     assert (finding.service, finding.where) == ("crm-api", step.then)
@@ -136,7 +136,7 @@ async def test_dead_letter_is_broken_at_once_and_an_error_after_its_grace(
             ),
         ],
     )
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     assert finding.order_id == "dl" and finding.state == FindingKind.BROKEN
     assert finding.service == "crm-api" and finding.where == "queue crm.order-status"
@@ -148,7 +148,7 @@ async def test_dead_letter_is_broken_at_once_and_an_error_after_its_grace(
         await connection.execute(
             "UPDATE orders SET broken_at = now() - interval '1 second' WHERE order_id = 'err'"
         )
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     broken = {f.order_id: f for f in await store.findings(monitor_pool, FindingKind.BROKEN)}
     assert broken["err"].evidence == "ConnectionError: database is down"
     # Both share a place: one incident.
@@ -166,7 +166,7 @@ async def test_an_error_followed_by_progress_is_not_broken(monitor_pool: asyncpg
             made.happy_move(1, "r", ago(12)),
         ],
     )
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []
 
 
 async def test_failed_order_is_broken_until_acknowledged(monitor_pool: asyncpg.Pool) -> None:
@@ -188,7 +188,7 @@ async def test_failed_order_is_broken_until_acknowledged(monitor_pool: asyncpg.P
             ),
         ],
     )
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     assert finding.state == FindingKind.BROKEN and finding.status == "FAILED"
     assert finding.evidence == "FAILED: model cannot be priced: open surface"
@@ -200,7 +200,7 @@ async def test_failed_order_is_broken_until_acknowledged(monitor_pool: asyncpg.P
     detail = await store.incident(monitor_pool, finding.incident_id)
     assert detail is not None
     assert [f.cleared_reason for f in detail.findings] == ["acknowledged by devops@example.com"]
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []
 
 
 async def test_a_dead_letter_with_no_order_is_reported_once(monitor_pool: asyncpg.Pool) -> None:
@@ -216,8 +216,8 @@ async def test_a_dead_letter_with_no_order_is_reported_once(monitor_pool: asyncp
             )
         ],
     )
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
+    await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     assert finding.order_id is None and finding.state == FindingKind.BROKEN
     assert finding.where == "queue mes.order-submitted"
@@ -263,7 +263,7 @@ async def test_an_order_failed_by_a_dead_letter_is_broken_where_it_failed(
 ) -> None:
     poison = PoisonSpans.of(Spans(), "p")
     await send(monitor_pool, [poison.crm_dead_letter, poison.mes_failure, poison.crm_copy])
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     assert (finding.state, finding.status) == (FindingKind.BROKEN, "FAILED")
     assert (finding.service, finding.where) == ("mes-api", "queue mes.order-submitted")
@@ -281,14 +281,14 @@ async def test_a_broken_finding_follows_its_move_when_the_origin_arrives_after_a
     poison = PoisonSpans.of(Spans(), "q")
     # CRM's spans are exported first: its dead-lettered copy and its copy of the move.
     await send(monitor_pool, [poison.crm_dead_letter, poison.crm_copy])
-    first = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    first = await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     assert (finding.service, finding.where) == ("crm-api", "queue crm.order-status")
     (wrong,) = first.incidents_opened
 
     # MES's span, which failed the order, arrives seconds later.
     await send(monitor_pool, [poison.mes_failure])
-    second = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    second = await detection.tick(monitor_pool, SLO, management())
     (finding,) = await store.findings(monitor_pool)
     assert (finding.service, finding.where) == ("mes-api", "queue mes.order-submitted")
     assert finding.evidence == f"FAILED: {POISON}"
@@ -298,7 +298,7 @@ async def test_a_broken_finding_follows_its_move_when_the_origin_arrives_after_a
     # The incident opened on the copy's account held nothing: it resolves, and counts nowhere.
     (resolved,) = second.incidents_resolved
     assert (resolved.id, resolved.dismissed) == (wrong.id, True)
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).incidents_opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).incidents_opened == []
 
 
 DAY = 24 * 3600.0
@@ -317,19 +317,19 @@ async def test_a_stuck_order_silent_past_the_horizon_expires_and_its_incident_re
             made.happy_move(0, "o-heard", ago(3600), by="crm-api"),
         ],
     )
-    opened = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    opened = (await detection.tick(monitor_pool, SLO, management())).opened
     assert sorted(f.order_id or "" for f in opened) == ["o-heard", "o-silent"]
     # Orders flow through SUBMITTED again after them.
     await send(
         monitor_pool, [made.happy_move(0, "o-next", ago(10)), made.happy_move(1, "o-next", ago(5))]
     )
     # Both findings stand until they have stood for the horizon (24 h by default).
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert (result.expired, result.incidents_resolved) == ([], [])
 
     async with monitor_pool.acquire() as connection:
         await connection.execute("UPDATE findings SET detected_at = detected_at - interval '1 day'")
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     (expired,) = result.expired
     assert (expired.order_id, expired.cleared_reason) == ("o-silent", "expired: no span for 24 h")
     (still,) = await store.findings(monitor_pool)
@@ -337,7 +337,7 @@ async def test_a_stuck_order_silent_past_the_horizon_expires_and_its_incident_re
     assert result.incidents_resolved == [], "o-heard still holds the incident open"
 
     await send(monitor_pool, [made.happy_move(1, "o-heard", ago(1))])
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     (resolved,) = result.incidents_resolved
     assert resolved.id == expired.incident_id
     detail = await store.incident(monitor_pool, resolved.id)
@@ -347,7 +347,7 @@ async def test_a_stuck_order_silent_past_the_horizon_expires_and_its_incident_re
         "o-heard": None,  # it moved on
     }
     # Still at SUBMITTED and past its deadline, the silent order is not reported again.
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []
     # Nor kept forever: retention forgets it like a settled order.
     await detection.prune(monitor_pool, timedelta(hours=1))
     assert await store.journey(monitor_pool, "o-silent") is None
@@ -357,13 +357,13 @@ async def test_a_stuck_order_silent_past_the_horizon_expires_and_its_incident_re
 async def test_the_horizon_is_the_monitors_setting(monitor_pool: asyncpg.Pool) -> None:
     made = Spans()
     await send(monitor_pool, [made.happy_move(0, "o-late", ago(3600))])
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     async with monitor_pool.acquire() as connection:
         await connection.execute("UPDATE findings SET detected_at = now() - interval '31 minutes'")
     half_hour = timedelta(minutes=30)
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).expired == []
+    assert (await detection.tick(monitor_pool, SLO, management())).expired == []
     (expired,) = (
-        await detection.tick(monitor_pool, SLO, MANAGEMENT, stuck_horizon=half_hour)
+        await detection.tick(monitor_pool, SLO, management(), stuck_horizon=half_hour)
     ).expired
     assert expired.cleared_reason == "expired: no span for 0.5 h"
 
@@ -392,7 +392,7 @@ async def test_a_failed_request_that_created_no_order_breaks_its_place_until_it_
             ),
         ],
     )
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     (finding,) = [f for f in result.opened if f.order_id is None]
     assert (finding.state, finding.status, finding.service, finding.where) == (
         FindingKind.BROKEN,
@@ -415,11 +415,11 @@ async def test_a_failed_request_that_created_no_order_breaks_its_place_until_it_
     assert gauges("loupe_places_broken", {"service": "shop-api"}) == 1
     assert gauges("loupe_orders_broken", {"service": "shop-api"}) is None
     # Nor reported twice.
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []
 
     # The place works again: an order is taken there.
     await send(monitor_pool, [post_orders(0.5, order_id="o-after", move=("NEW", "SUBMITTED"))])
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert result.cleared == 1
     (resolved,) = result.incidents_resolved
     assert resolved.id == finding.incident_id and resolved.time_to_resolve_seconds
@@ -454,5 +454,5 @@ async def test_no_broken_place_when_the_trace_names_an_order_a_retry_works_or_no
         ),
     ]
     await send(monitor_pool, [made.happy_move(1, "o-1", ago(20)), approve, step, queue, *intake])
-    opened = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    opened = (await detection.tick(monitor_pool, SLO, management())).opened
     assert [(f.order_id, f.where) for f in opened] == [("o-1", "approve manufacturing")]

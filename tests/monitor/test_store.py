@@ -16,7 +16,7 @@ from loupe.monitor import detection, store
 from loupe.monitor.models import IncidentState
 from loupe.monitor.spans import decode
 from loupe.orders import OrderStatus
-from tests.support.monitor import HAPPY, MANAGEMENT, SLO, send
+from tests.support.monitor import HAPPY, SLO, management, send
 from tests.support.otlp_spans import Spans, ago, otlp, slo
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ async def test_journey_from_late_repeated_and_shuffled_spans(monitor_pool: async
     assert priced.seen_by and priced.seen_by[0].service == "crm-api"
     assert all(m.trace_id and m.span_id for m in journey.transitions)
 
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert result.opened == []
     assert await store.findings(monitor_pool) == []
 
@@ -63,15 +63,15 @@ async def test_a_changed_slo_file_moves_the_deadlines_of_waiting_orders(
     submitted = SLO.steps[OrderStatus.SUBMITTED]
     patient = replace(SLO, steps={submitted.status: replace(submitted, within=timedelta(hours=1))})
     assert await store.apply_slo(monitor_pool, patient) == 1
-    assert (await detection.tick(monitor_pool, patient, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, patient, management())).opened == []
     # Back to 30 s: 40 s waiting is stuck.
     assert await store.apply_slo(monitor_pool, SLO) == 1
-    (opened,) = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    (opened,) = (await detection.tick(monitor_pool, SLO, management())).opened
     assert opened.order_id == "o-wait"
     # A file with no step for SUBMITTED: no deadline, the finding clears, detection goes on.
     silent = slo("PRICE_CALCULATED")
     assert await store.apply_slo(monitor_pool, silent) == 1
-    await detection.tick(monitor_pool, silent, MANAGEMENT)
+    await detection.tick(monitor_pool, silent, management())
     assert await store.findings(monitor_pool) == []
 
 
@@ -95,7 +95,7 @@ async def test_a_dead_letter_with_no_order_in_a_request_with_orders(
         ],
     )
     assert (result.new_transitions, result.new_errors) == (1, 2)
-    await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    await detection.tick(monitor_pool, SLO, management())
     journey = await store.journey(monitor_pool, "o-1")
     assert journey is not None and [t.status for t in journey.transitions] == ["SUBMITTED"]
     orphan = [f for f in await store.findings(monitor_pool) if f.order_id is None]
@@ -130,7 +130,7 @@ async def test_refused_steps_and_errors_after_closing_do_not_break_an_order(
         # Past every grace: nothing may be due.
         rows = await connection.fetch("SELECT order_id, broken_at FROM orders")
     assert {r["order_id"]: r["broken_at"] for r in rows} == {"ok": None, "done": None}
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []
     journey = await store.journey(monitor_pool, "ok")
     assert journey is not None and [e.message[:8] for e in journey.errors] == ["order ok"]
 
@@ -174,9 +174,9 @@ async def test_a_dismissed_finding_leaves_its_incident_s_times_to_the_others(
 ) -> None:
     made = Spans()
     await send(monitor_pool, [made.happy_move(0, "o-false-alarm", ago(100))])
-    (first,) = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    (first,) = (await detection.tick(monitor_pool, SLO, management())).opened
     await send(monitor_pool, [made.happy_move(0, "o-real", ago(50))])
-    (second,) = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    (second,) = (await detection.tick(monitor_pool, SLO, management())).opened
     assert first.incident_id == second.incident_id
     before = await store.incident(monitor_pool, first.incident_id)
     assert before is not None and before.started_at == first.since
@@ -196,7 +196,7 @@ async def test_a_dismissed_finding_leaves_its_incident_s_times_to_the_others(
     assert report.mttd_seconds == pytest.approx((second.detected_at - second.since).total_seconds())
 
     await send(monitor_pool, [made.happy_move(1, "o-real", ago(1))])
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert result.opened == [], "the dismissed order is not reported again"
     (resolved,) = result.incidents_resolved
     assert not resolved.dismissed
@@ -218,7 +218,7 @@ async def test_figures_give_count_median_and_mean_and_leave_dismissed_incidents_
     spans += [made.happy_move(step, "o-also", ago(50 - step * 5)) for step in range(2)]
     spans += [made.happy_move(step, "o-forged", ago(610 - step * 5)) for step in range(3)]
     await send(monitor_pool, spans)
-    opened = (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened
+    opened = (await detection.tick(monitor_pool, SLO, management())).opened
     by_order = {f.order_id: f for f in opened}
     assert sorted(by_order) == ["o-also", "o-forged", "o-usual"]
     assert len({f.incident_id for f in opened}) == 3
@@ -243,7 +243,7 @@ async def test_figures_give_count_median_and_mean_and_leave_dismissed_incidents_
             (detect["o-usual"] + detect["o-also"]) / 2
         )
         assert report.open + report.resolved == 3, "it is still listed"
-        result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+        result = await detection.tick(monitor_pool, SLO, management())
     (resolved,) = [i for i in report.incidents if i.dismissed]
     assert resolved.id == by_order["o-forged"].incident_id
     assert resolved.time_to_resolve_seconds is None and result.opened == []
@@ -253,7 +253,7 @@ async def test_figures_give_count_median_and_mean_and_leave_dismissed_incidents_
         monitor_pool,
         [made.happy_move(1, "o-usual", ago(1)), made.happy_move(2, "o-also", ago(1))],
     )
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert len(result.incidents_resolved) == 2
     resolve = sorted(i.time_to_resolve_seconds or 0.0 for i in result.incidents_resolved)
     report = await store.incidents(monitor_pool)
@@ -275,10 +275,10 @@ async def test_a_later_status_without_the_earlier_is_not_seen_not_stuck(
     )
     # o-late: the same, but detection ran while only its submission had arrived.
     await send(monitor_pool, [made.happy_move(0, "o-late", ago(100))])
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert [(f.order_id, f.status) for f in result.opened] == [("o-late", "SUBMITTED")]
     await send(monitor_pool, [made.happy_move(3, "o-late", ago(4))])
-    result = await detection.tick(monitor_pool, SLO, MANAGEMENT)
+    result = await detection.tick(monitor_pool, SLO, management())
     assert result.opened == [] and result.cleared == 1
     assert await store.findings(monitor_pool) == []
 
@@ -296,4 +296,4 @@ async def test_a_later_status_without_the_earlier_is_not_seen_not_stuck(
     journey = await store.journey(monitor_pool, "o-gap")
     assert journey is not None and journey.status == OrderStatus.MANUFACTURING_STARTED
     assert [n.status for n in journey.not_seen] == ["MANUFACTURING_APPROVED"]
-    assert (await detection.tick(monitor_pool, SLO, MANAGEMENT)).opened == []
+    assert (await detection.tick(monitor_pool, SLO, management())).opened == []

@@ -11,17 +11,16 @@ from typing import Any
 import aio_pika
 import pytest
 
-from loupe.config import Settings
 from loupe.messaging.consumer import ORDER_HEADER, QUEUE_HEADER, REASON_HEADER
 from loupe.messaging.topology import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from loupe.portal import deadletters
 from loupe.portal.deadletters import list_dead_letters, requeue_dead_letters
 from loupe.portal.settings import PortalSettings
-from tests.support.integration import AMQP_URL, Broker
+from tests.support.integration import SANDBOX, Broker
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = PortalSettings(base=Settings(amqp_url=AMQP_URL))
+SETTINGS = PortalSettings(base=SANDBOX.settings)
 FANNED_OUT = ("mes.order-submitted", "crm.order-status", "shop.order-status")
 
 

@@ -104,7 +104,7 @@ async def test_a_service_starts_without_rabbitmq_and_publishes_once_it_is_back(
 ) -> None:
     # RabbitMQ "down": a port where nothing listens yet; later a relay to the real broker.
     port = free_port()
-    amqp = urlsplit(SANDBOX.settings.amqp_url)._replace(netloc=f"guest:guest@127.0.0.1:{port}")
+    amqp = urlsplit(SANDBOX.settings.amqp_url)._replace(netloc=f"127.0.0.1:{port}")
     settings = dataclasses.replace(SANDBOX.settings, amqp_url=urlunsplit(amqp))
     monkeypatch.setattr(kernel_module, "BROKER_RETRY_SECONDS", 0.1)
     kernel = ServiceKernel("crm", settings, MIGRATIONS["crm"])

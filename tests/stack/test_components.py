@@ -3,9 +3,11 @@ the monitor's pipeline, the services, the actors), and the preflight check; noth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,19 +161,40 @@ def test_preflight_names_what_is_down_and_the_fix(tmp_path: Path) -> None:
     assert "scripts/setup-infra.sh" in message
 
 
-def test_preflight_passes_when_both_answer(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _both_listening(tmp_path: Path) -> Iterator[int]:
+    """A port standing in for RabbitMQ, and a Unix socket in `tmp_path` for PostgreSQL."""
     with socket.socket() as amqp, socket.socket(socket.AF_UNIX) as pg:
         amqp.bind(("127.0.0.1", 0))
         amqp.listen()
         pg.bind(str(tmp_path / ".s.PGSQL.5432"))
         pg.listen()
-        port = amqp.getsockname()[1]
+        yield amqp.getsockname()[1]
+
+
+def test_preflight_passes_when_both_answer(tmp_path: Path) -> None:
+    with _both_listening(tmp_path) as port:
         preflight(
             Settings(
                 amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/loupe",
-                postgres_dsn=f"postgresql:///postgres?host={tmp_path}",
+                postgres_dsn=f"postgresql://me@/postgres?host={tmp_path}",
             )
         )
+
+
+def test_preflight_asks_for_the_set_up_when_accounts_have_no_password(tmp_path: Path) -> None:
+    with _both_listening(tmp_path) as port:
+        settings = Settings(
+            amqp_url=f"amqp://127.0.0.1:{port}/loupe",
+            postgres_dsn=f"postgresql:///postgres?host={tmp_path}",
+            secrets_dir=tmp_path / "secrets",
+        )
+        with pytest.raises(StackError, match=r"10 account password\(s\) missing.*make setup"):
+            preflight(settings)
+        for path in settings.password_files():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("made by the set-up")
+        preflight(settings)
 
 
 # ------------------------------------------------------------------ the monitor and its pipeline

@@ -262,10 +262,10 @@ class FakeBackends:
             if "jaeger" in self.down:
                 raise httpx.ConnectError("connection refused", request=request)
             return self._jaeger(request, request.url.path.removeprefix("/jaeger"))
-        if "/api/vhosts/" in url:  # RabbitMQ's management API
+        if "/api/queues/" in url:  # RabbitMQ's management API
             if "rabbitmq" in self.down:
                 raise httpx.ConnectError("connection refused", request=request)
-            return httpx.Response(200, json={"name": "loupe"})
+            return httpx.Response(200, json=[{"name": "loupe.dead-letter"}])
         return httpx.Response(404)
 
     def _monitor(self, request: httpx.Request, path: str) -> httpx.Response:

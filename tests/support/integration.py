@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import getpass
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -17,17 +19,23 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from loupe.accounts import Account, signed_in
+from loupe.config import Settings
 from loupe.messaging import QUEUES, Consumer, Publisher
 from loupe.messaging.consumer import DeadLetterHook, Handler
 from loupe.messaging.topology import DEAD_LETTER_QUEUE, UNROUTABLE_QUEUE, Exchanges
+from loupe.provision import ProvisionSettings
 from loupe.stack.sandbox import Sandbox
 
 # A vhost of its own for each test session (created and deleted by integration_fixtures.py), so
 # queues always carry the topology's current arguments and nothing of `make run` is touched.
 SANDBOX = Sandbox(Path(tempfile.gettempdir()))
 AMQP_URL = SANDBOX.env["LOUPE_AMQP_URL"]
+"""The session's vhost, signed in as nobody yet: see `amqp_url`."""
 SERVER = ("127.0.0.1", 5672)
-POSTGRES_DSN = "postgresql:///postgres?host=/var/run/postgresql"
+# The tests' own throwaway databases are made and read as the set-up's administrator (a user
+# named in the DSN, so that no process's role is put in its place).
+POSTGRES_DSN = signed_in(ProvisionSettings.from_env().postgres_admin_dsn, getpass.getuser(), None)
 SRC = Path(__file__).resolve().parents[2] / "src" / "loupe"
 MIGRATIONS = {service: SRC / service / "migrations" for service in ("shop", "crm", "mes")}
 # How long to wait for something that should happen promptly before calling it a failure.
@@ -41,6 +49,20 @@ ALL_QUEUES: Sequence[str] = [
 ]
 
 T = TypeVar("T")
+
+
+def admin_amqp_url(settings: Settings) -> str:
+    """`settings`' vhost as the broker's administrator: what a test publishes, peeks or
+    purges there itself, which no process of loupe may."""
+    return dataclasses.replace(ProvisionSettings.from_env(), base=settings).admin_amqp_url
+
+
+def amqp_url(account: Account | None = None) -> str:
+    """The session's vhost as `account` signs in to it (once the session made it), or as the
+    administrator."""
+    if account is None:
+        return admin_amqp_url(SANDBOX.settings)
+    return SANDBOX.settings.amqp_url_of(account)
 
 
 POLL_INTERVAL = 0.02

@@ -15,7 +15,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from loupe.database import drop_database, dsn_for
 from loupe.messaging import Publisher, declare_topology
 from loupe.monitor import store
-from tests.support.integration import ALL_QUEUES, AMQP_URL, POSTGRES_DSN, SANDBOX, SERVER, Broker
+from tests.support.integration import (
+    ALL_QUEUES,
+    POSTGRES_DSN,
+    SANDBOX,
+    SERVER,
+    Broker,
+    amqp_url,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +44,7 @@ def _vhost() -> Iterator[str]:
 @pytest.fixture
 async def broker(_vhost: str) -> AsyncIterator[Broker]:
     """The real topology in the session's vhost, every queue purged; consumers stop at the end."""
-    connection = await aio_pika.connect(AMQP_URL, client_properties={"connection_name": "tests"})
+    connection = await aio_pika.connect(amqp_url(), client_properties={"connection_name": "tests"})
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchanges = await declare_topology(channel)

@@ -8,15 +8,20 @@ from collections.abc import Sequence
 import asyncpg
 from opentelemetry.sdk.trace import ReadableSpan
 
+from loupe.accounts import Account
 from loupe.messaging.management import Management
 from loupe.monitor import store
 from loupe.monitor.spans import decode
-from tests.support.integration import AMQP_URL
+from tests.support.integration import SANDBOX
 from tests.support.otlp_spans import HAPPY_MOVES, otlp, slo
 
 SLO = slo()
-MANAGEMENT = Management("http://127.0.0.1:15672", AMQP_URL)
 HAPPY = list(HAPPY_MOVES)
+
+
+def management() -> Management:
+    """RabbitMQ's management API as the monitor's own user (once the session's vhost exists)."""
+    return SANDBOX.settings.management(Account.MONITOR)
 
 
 async def send(pool: asyncpg.Pool, spans: Sequence[ReadableSpan]) -> store.IngestResult:

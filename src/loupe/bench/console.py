@@ -48,7 +48,6 @@ from loupe.bench.measure import machine, percentile, spread
 from loupe.bench.report import write_section
 from loupe.bench.slo import slo_toml
 from loupe.config import SERVICE_NAMES
-from loupe.database import dsn_for
 from loupe.monitor import store
 from loupe.monitor.slo import Slo
 from loupe.monitor.spans import SpanFacts
@@ -372,7 +371,7 @@ def _running(root: Path, findings: int) -> Iterator[dict[str, Any]]:
                 order, moves = _export_order(jaeger, now)
                 asyncio.run(
                     _seed(
-                        sandbox.settings.postgres_dsn,
+                        sandbox.settings.postgres_dsn_of(sandbox.settings.database_name("monitor")),
                         sandbox.settings.database_name("monitor"),
                         # The linked order waits at SHIPPED past its SLO: one of the findings.
                         _findings_spans(findings - 1, now, slo) + moves,
@@ -385,8 +384,8 @@ def _running(root: Path, findings: int) -> Iterator[dict[str, Any]]:
                     "jaeger": jaeger,
                     "order": order,
                     "token": issuer.token(),
-                    "database": dsn_for(
-                        sandbox.settings.postgres_dsn, sandbox.settings.database_name("monitor")
+                    "database": sandbox.settings.postgres_dsn_of(
+                        sandbox.settings.database_name("monitor")
                     ),
                 }
     finally:

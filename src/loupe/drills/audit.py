@@ -13,7 +13,6 @@ import httpx
 
 from loupe.bench.measure import metric_sum
 from loupe.config import SERVICE_NAMES, SERVICES, Settings
-from loupe.database import dsn_for
 from loupe.drills.stack import LoupeUp
 from loupe.monitor.models import FindingKind
 from loupe.monitor.projection import TELEMETRY
@@ -67,7 +66,7 @@ async def read_orders(settings: Settings) -> tuple[Orders, set[str], int]:
     # being in the shop as read, which would look like a ghost.
     for service in sorted(SERVICES, key=lambda s: s == "shop"):
         connection = await asyncpg.connect(
-            dsn_for(settings.postgres_dsn, settings.database_name(service))
+            settings.postgres_dsn_of(settings.database_name(service))
         )
         try:
             rows = await connection.fetch("SELECT id, source, status, created_at FROM orders")
@@ -128,9 +127,7 @@ class MonitorView:
 
 
 async def read_monitor(settings: Settings, since: datetime) -> MonitorView:
-    connection = await asyncpg.connect(
-        dsn_for(settings.postgres_dsn, settings.database_name("monitor"))
-    )
+    connection = await asyncpg.connect(settings.postgres_dsn_of(settings.database_name("monitor")))
     try:
         incidents = await connection.fetch(
             "SELECT service, place, state, started_at, opened_at, resolved_at FROM incidents"

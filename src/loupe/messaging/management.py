@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
+from loupe.accounts import vhost_of
 from loupe.messaging.consumer import order_id_of
 
 
@@ -86,13 +87,14 @@ class Management:
 
     @property
     def vhost(self) -> str:
-        path = urlsplit(self.amqp_url).path
-        return unquote(path[1:]) if len(path) > 1 else "/"
+        return vhost_of(self.amqp_url)
 
     @property
     def credentials(self) -> tuple[str, str]:
         parts = urlsplit(self.amqp_url)
-        return unquote(parts.username or "guest"), unquote(parts.password or "guest")
+        if not parts.username:
+            return "guest", "guest"  # as AMQP clients sign in when the URL names nobody
+        return unquote(parts.username), unquote(parts.password or "")
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(auth=self.credentials, timeout=self.timeout, trust_env=False)
@@ -106,10 +108,11 @@ class Management:
     async def problem(self) -> str | None:
         """Why the management API (and so, most likely, RabbitMQ) cannot be used now, in
         words; None when it answers for our virtual host."""
-        url = f"{self.url.rstrip('/')}/api/vhosts/{quote(self.vhost, safe='')}"
+        # The vhost's queues by name, not the vhost itself, which only administrators may read.
+        url = f"{self.url.rstrip('/')}/api/queues/{quote(self.vhost, safe='')}"
         try:
             async with self._client() as client:
-                response = await client.get(url)
+                response = await client.get(url, params={"columns": "name"})
         except httpx.HTTPError as exc:
             return (
                 f"RabbitMQ's management API at {self.url} cannot be reached ({type(exc).__name__})"

@@ -1,4 +1,6 @@
-"""Every exchange and queue loupe uses, declared idempotently by whichever service starts first.
+"""Every exchange and queue loupe uses, declared by the set-up (`loupe provision`, as the
+broker's administrator); the services only open what is there (`open_topology`), so none of them
+needs the right to create, change or delete a queue or an exchange (messaging/permissions.py).
 
 Status events go to one topic exchange, routed by `order.<status>`; each interested service
 has its own durable quorum queue bound to the keys it needs, so one event fans out to all of
@@ -80,6 +82,11 @@ QUEUES: dict[str, QueueSpec] = {
 }
 
 
+EXCHANGES = (UNROUTABLE_EXCHANGE, ORDERS_EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE)
+DEFAULT_EXCHANGE = "amq.default"
+"""The nameless exchange as RabbitMQ's permissions name it: publishing straight to a queue."""
+
+
 @dataclass(frozen=True)
 class Exchanges:
     orders: AbstractExchange
@@ -87,7 +94,19 @@ class Exchanges:
     dead_letter: AbstractExchange
 
 
+async def open_topology(channel: AbstractChannel) -> Exchanges:
+    """The exchanges a service publishes to, as the set-up declared them (passively: a missing
+    one closes the channel with NOT_FOUND, and the service tries again later)."""
+    orders, retry, dead_letter = [
+        await channel.get_exchange(name, ensure=True)
+        for name in (ORDERS_EXCHANGE, RETRY_EXCHANGE, DEAD_LETTER_EXCHANGE)
+    ]
+    return Exchanges(orders=orders, retry=retry, dead_letter=dead_letter)
+
+
 async def declare_topology(channel: AbstractChannel) -> Exchanges:
+    """Declares everything, idempotently; needs the configure permission on every name (the
+    set-up's administrator, tests)."""
     durable = {"durable": True}
     unroutable = await channel.declare_exchange(
         UNROUTABLE_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable

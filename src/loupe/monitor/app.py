@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loupe.access import Access, TokenVerifier
+from loupe.accounts import Account
 from loupe.config import SERVICE_NAMES
 from loupe.database import RETRY_AFTER_SECONDS, UNAVAILABLE
 from loupe.hosts import answer_only_known_hosts
@@ -140,7 +141,7 @@ class Monitor:
     def start_loops(self) -> None:
         settings = self.settings
         client = self.client = httpx.AsyncClient(timeout=5.0, trust_env=False)
-        self.watch = BrokerWatch(settings.base.amqp_url, settings.management)
+        self.watch = BrokerWatch(settings.base.amqp_url_of(Account.MONITOR), settings.management)
         retention = settings.retention
         self.loops = [
             asyncio.create_task(_every(settings.tick_seconds, self.detect_once, "detection")),
@@ -231,7 +232,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        monitor.pool = await store.open_store(settings.base.postgres_dsn, settings.database)
+        monitor.pool = await store.open_store(
+            settings.base.postgres_dsn_of(settings.database), settings.database
+        )
         if moved := await store.apply_slo(monitor.pool, monitor.slo):
             log.info("deadlines of %d waiting orders follow the SLO file now", moved)
         if run_loops:

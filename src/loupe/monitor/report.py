@@ -27,7 +27,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from loupe.database import dsn_for
 from loupe.monitor.models import (
     Finding,
     FindingKind,
@@ -64,17 +63,20 @@ async def _with_pool(
 ) -> Any:
     try:
         pool = await asyncpg.create_pool(
-            dsn_for(settings.base.postgres_dsn, settings.database), min_size=1, max_size=2
+            settings.base.postgres_dsn_of(settings.database, settings.base.reader_role),
+            min_size=1,
+            max_size=2,
         )
     except asyncpg.InvalidCatalogNameError:
         raise ReportError(
-            f"the monitor's database {settings.database} does not exist yet: start the monitor "
-            "(`make run`, or `uv run loupe monitor`) first"
+            f"the monitor's database {settings.database} does not exist yet: run `make setup`"
+            " (or `uv run loupe provision`) first"
         ) from None
     except (OSError, asyncpg.PostgresError) as exc:
         raise ReportError(
             f"cannot open the monitor's database {settings.database}: {exc}. Is PostgreSQL "
-            "running (`make setup`), and does your OS user have a PostgreSQL role?"
+            "running, and has `make setup` made the read-only role and its password in"
+            f" {settings.base.secrets_dir}? (`make setup` does both)"
         ) from None
     try:
         return await read(pool)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from loupe.access import AccessSettings
+from loupe.accounts import Account
 from loupe.config import REPO_ROOT, Settings
 from loupe.environment import (
     EnvSettings,
@@ -172,4 +173,4 @@ class MonitorSettings(ListensAtUrl, EnvSettings):
 
     @property
     def management(self) -> Management:
-        return self.base.management()
+        return self.base.management(Account.MONITOR)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from loupe.access import AccessSettings
+from loupe.accounts import Account
 from loupe.config import Settings
 from loupe.environment import EnvSettings, ListensAtUrl, Variable, part, url
 from loupe.messaging.management import Management
@@ -60,14 +61,14 @@ class PortalSettings(ListensAtUrl, EnvSettings):
 
     @property
     def amqp_url(self) -> str:
-        return self.base.amqp_url
+        return self.base.amqp_url_of(Account.PORTAL)
 
     @property
     def management_url(self) -> str:
         return self.base.management_url
 
     def management(self, timeout: float) -> Management:
-        return self.base.management(timeout)
+        return self.base.management(Account.PORTAL, timeout)
 
     @property
     def actions_log(self) -> Path:

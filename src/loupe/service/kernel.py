@@ -14,9 +14,10 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 
+from loupe.accounts import Account
 from loupe.config import SERVICE_NAMES, Settings
 from loupe.database import open_database
-from loupe.messaging import QUEUES, Consumer, Publisher, declare_topology
+from loupe.messaging import QUEUES, Consumer, Publisher, open_topology
 from loupe.messaging.consumer import DeadLetterHook, Handler
 from loupe.messaging.publisher import describe_failure
 from loupe.messaging.topology import Exchanges
@@ -101,8 +102,9 @@ class ServiceKernel:
         A broker that cannot be reached yet does not stop the start: orders are accepted,
         their events wait in the outbox, and the connection is tried again in the background
         until it succeeds."""
+        database = self.settings.database_name(self.service)
         self._pool = await open_service_database(
-            self.settings.postgres_dsn, self.settings.database_name(self.service), self._migrations
+            self.settings.postgres_dsn_of(database), database, self._migrations
         )
         self._relay = outbox.Relay(
             self._pool, self._publish, describe=lambda exc: describe_failure(exc, self._amqp_server)
@@ -143,7 +145,7 @@ class ServiceKernel:
             for role in ("publish", "consume"):
                 connections.append(
                     await aio_pika.connect_robust(
-                        self.settings.amqp_url,
+                        self.settings.amqp_url_of(Account(self.service)),
                         client_properties={"connection_name": f"{self.service_name} {role}"},
                     )
                 )
@@ -161,7 +163,7 @@ class ServiceKernel:
         self, publishing: AbstractRobustConnection, consuming: AbstractRobustConnection
     ) -> Exchanges:
         channel = await publishing.channel(publisher_confirms=True, on_return_raises=True)
-        exchanges = await declare_topology(channel)
+        exchanges = await open_topology(channel)
         consume_channel = await consuming.channel(publisher_confirms=True, on_return_raises=True)
         await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
         for queue, handler, on_dead_letter in self._consumers:

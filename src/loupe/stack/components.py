@@ -416,7 +416,8 @@ def actors_process(
 
 
 def preflight(settings: Settings | None = None) -> None:
-    """Fail early, with the fix, when RabbitMQ or PostgreSQL is not reachable."""
+    """Fail early, with the fix, when RabbitMQ or PostgreSQL is not reachable, or the set-up
+    has not made the processes' accounts."""
     settings = settings or Settings.from_env()
     problems = []
 
@@ -434,6 +435,13 @@ def preflight(settings: Settings | None = None) -> None:
             "; ".join(problems)
             + ". Start them with `make run` or `scripts/setup-infra.sh` (installs and starts"
             " RabbitMQ and PostgreSQL on 127.0.0.1)."
+        )
+    missing = [path for path in settings.password_files() if not path.exists()]
+    if missing:
+        raise StackError(
+            f"{len(missing)} account password(s) missing, e.g. {missing[0]}: run `make setup`"
+            " (or `uv run loupe provision`), which makes each process's RabbitMQ user and"
+            " PostgreSQL role"
         )
 
 

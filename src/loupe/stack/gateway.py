@@ -13,7 +13,7 @@ import html
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 
 import bcrypt
 
-from loupe.config import REPO_ROOT
+from loupe.config import DEFAULT_SECRETS_DIR, REPO_ROOT, SECRETS_DIR
 from loupe.environment import EnvSettings, Variable, file_path, names, port_number, url
 from loupe.monitor.settings import INTAKE_TOKEN_FILE
+from loupe.secretfiles import SecretFileError, generated
 from loupe.stack.process import StackError
 
 DEX_TEMPLATE = REPO_ROOT / "deploy" / "dex" / "config.yaml"
 GATEWAY_TEMPLATE = REPO_ROOT / "deploy" / "oauth2-proxy" / "oauth2-proxy.cfg"
 GATEWAY_PAGES = REPO_ROOT / "deploy" / "oauth2-proxy" / "templates"
 
-DEFAULT_SECRETS_DIR = Path(".secrets")
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:4180"
 DEFAULT_DEX_PORT = 5556
 DEFAULT_ALLOWED_GROUPS = ("devops", "developers")
@@ -55,44 +55,10 @@ PasswordSource = Literal["environment", "generated", "file"]
 # -- secrets -------------------------------------------------------------------------------
 
 
-def _write_private(path: Path, value: str) -> None:
-    """Creates `path` with mode 0600 holding `value`; refuses to replace an existing file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        # No trailing newline: oauth2-proxy reads secret files byte for byte.
-        file.write(value)
-
-
-def _read_private(path: Path) -> str:
-    # A file someone copied in with a wider mode is narrowed rather than trusted as it is.
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    value = path.read_text(encoding="utf-8").strip()
-    if not value:
-        raise StackError(f"{path} is empty; delete it to have a new secret made on the next run")
-    return value
-
-
 def _token() -> str:
     # 32 random bytes, URL-safe base64 without padding: oauth2-proxy decodes this form of a
     # cookie secret back to 32 bytes (an AES-256 key).
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-
-
-def _generated(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
-    """The secret in `path`, made (and kept, mode 0600) on first use; True when made now."""
-    try:
-        return _read_private(path), False
-    except FileNotFoundError:
-        pass
-    value = make()
-    try:
-        _write_private(path, value)
-    except FileExistsError:
-        # Another run created it in between: theirs wins, so both use the same secret.
-        return _read_private(path), False
-    return value, True
 
 
 @dataclass(frozen=True)
@@ -136,14 +102,19 @@ class Secrets:
         blank = cls(directory, "", "environment", "")
         from_env = environ.get(DEMO_PASSWORD.name, "")
         source: PasswordSource
-        if from_env.strip():
-            password, source = from_env, "environment"
-        else:
-            password, made = _generated(blank.demo_password_file, lambda: secrets.token_urlsafe(12))
-            source = "generated" if made else "file"
-        client_secret, _ = _generated(blank.client_secret_file, _token)
-        _generated(blank.cookie_secret_file, _token)
-        intake_token, _ = _generated(blank.monitor_intake_token_file, _token)
+        try:
+            if from_env.strip():
+                password, source = from_env, "environment"
+            else:
+                password, made = generated(
+                    blank.demo_password_file, lambda: secrets.token_urlsafe(12)
+                )
+                source = "generated" if made else "file"
+            client_secret, _ = generated(blank.client_secret_file, _token)
+            generated(blank.cookie_secret_file, _token)
+            intake_token, _ = generated(blank.monitor_intake_token_file, _token)
+        except SecretFileError as exc:
+            raise StackError(str(exc)) from None
         return cls(directory, password, source, client_secret, intake_token)
 
     def monitor_env(self) -> dict[str, str]:
@@ -155,7 +126,7 @@ def trace_context_key(directory: Path = DEFAULT_SECRETS_DIR) -> bytes:
     """The key with which loupe's services vouch for the trace context of their calls to each
     other (telemetry/edge.py): `trace-context-key`, made on first use by whichever service
     starts first, so that all services of one installation share it."""
-    value, _ = _generated(directory.resolve() / "trace-context-key", _token)
+    value, _ = generated(directory.resolve() / "trace-context-key", _token)
     return value.encode()
 
 
@@ -206,12 +177,6 @@ DEMO_PASSWORD = Variable(
     "",
     "the demo users' password; unset: generated once into `.secrets/demo-password` and"
     " printed by `make run`",
-)
-SECRETS_DIR = Variable(
-    "LOUPE_SECRETS_DIR",
-    DEFAULT_SECRETS_DIR,
-    "local secrets, each file mode 0600, the folder 0700, git-ignored",
-    file_path,
 )
 PUBLIC_URL = Variable(
     "LOUPE_GATEWAY_PUBLIC_URL",

@@ -4,20 +4,17 @@ names, its own ports and data folder. Tests and benchmarks run in one, beside `m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-import asyncpg
-import httpx
-
-from loupe.config import RABBITMQ_MANAGEMENT_URL, SERVICES, Settings
-from loupe.database import drop_database, dsn_for
+from loupe.config import SERVICES, Settings
+from loupe.provision import ProvisionSettings, provision, unprovision
 from loupe.stack.process import free_port
-
-MANAGEMENT_API = f"{RABBITMQ_MANAGEMENT_URL.default}/api"
-MANAGEMENT_AUTH = ("guest", "guest")
 
 
 @dataclass
@@ -33,12 +30,19 @@ class Sandbox:
         return f"loupe-sandbox-{self.name}"
 
     @property
+    def secrets_dir(self) -> Path:
+        """Its accounts' passwords, apart from `make run`'s."""
+        return self.root / f"{self.vhost}-secrets"
+
+    @property
     def env(self) -> dict[str, str]:
-        """The LOUPE_* variables that point a service, actor or the monitor into this sandbox."""
+        """The LOUPE_* variables that point a service, actor or the monitor into this sandbox
+        (each signs in as its own account of the sandbox)."""
         return {
-            "LOUPE_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{quote(self.vhost, safe='')}",
+            "LOUPE_AMQP_URL": f"amqp://127.0.0.1:5672/{quote(self.vhost, safe='')}",
             "LOUPE_DATABASE_PREFIX": f"loupe_sandbox_{self.name}",
             "LOUPE_DATA_DIR": str(self.root / "data"),
+            "LOUPE_SECRETS_DIR": str(self.secrets_dir),
             **{f"LOUPE_{s.upper()}_URL": f"http://127.0.0.1:{p}" for s, p in self.ports.items()},
             "LOUPE_MONITOR_URL": self.monitor_url,
         }
@@ -50,40 +54,29 @@ class Sandbox:
     @property
     def settings(self) -> Settings:
         env = self.env
-        return Settings(
-            amqp_url=env["LOUPE_AMQP_URL"],
-            database_prefix=env["LOUPE_DATABASE_PREFIX"],
-            data_dir=Path(env["LOUPE_DATA_DIR"]),
-            service_urls={s: f"http://127.0.0.1:{p}" for s, p in self.ports.items()},
-        )
+        return Settings.from_env({**os.environ, **env})
+
+    @property
+    def provisioning(self) -> ProvisionSettings:
+        """The administrators of `make run`'s set-up, setting up this sandbox."""
+        return dataclasses.replace(ProvisionSettings.from_env(), base=self.settings)
+
+    @property
+    def admin_amqp_url(self) -> str:
+        """The sandbox's vhost as the broker's administrator (tests that purge, peek or
+        publish what no process of loupe may)."""
+        return self.provisioning.admin_amqp_url
 
     @property
     def logs(self) -> Path:
         return self.root / "logs"
 
     def create(self) -> None:
-        httpx.put(
-            f"{MANAGEMENT_API}/vhosts/{self.vhost}", auth=MANAGEMENT_AUTH, timeout=10
-        ).raise_for_status()
-        httpx.put(
-            f"{MANAGEMENT_API}/permissions/{self.vhost}/guest",
-            json={"configure": ".*", "write": ".*", "read": ".*"},
-            auth=MANAGEMENT_AUTH,
-            timeout=10,
-        ).raise_for_status()
+        asyncio.run(provision(self.provisioning))
 
     def destroy(self) -> None:
-        asyncio.run(self._drop_databases())
-        httpx.delete(f"{MANAGEMENT_API}/vhosts/{self.vhost}", auth=MANAGEMENT_AUTH, timeout=10)
-
-    async def _drop_databases(self) -> None:
-        settings = self.settings
-        connection = await asyncpg.connect(dsn_for(settings.postgres_dsn, "postgres"))
-        try:
-            for owner in (*SERVICES, "monitor"):
-                await drop_database(connection, settings.database_name(owner))
-        finally:
-            await connection.close()
+        asyncio.run(unprovision(self.provisioning))
+        shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
         self.create()

@@ -19,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from loupe.bench.journeys import WARM_UP, Batch, steady_flow
 from loupe.bench.measure import metric_sum
 from loupe.bench.slo import slo_toml as demo_slo_toml
-from loupe.database import dsn_for
 from loupe.monitor.settings import MonitorSettings
 from loupe.monitor.spans import decode
 from loupe.stack.components import JaegerPorts, monitor_process
@@ -161,7 +160,7 @@ class RunningMonitor:
 
     @property
     def dsn(self) -> str:
-        return dsn_for(self.settings.base.postgres_dsn, self.settings.database)
+        return self.settings.base.postgres_dsn_of(self.settings.database)
 
     async def received(self, client: httpx.AsyncClient) -> tuple[float, float]:
         text = await scrape(client, self.metrics_url)
