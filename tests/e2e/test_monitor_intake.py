@@ -27,6 +27,7 @@ from loupe.stack.gateway import Secrets
 from loupe.stack.sandbox import Sandbox
 from loupe.stack.supervisor import Stack
 from loupe.telemetry.attributes import ORDER_ID
+from tests.support.otlp_requests import delimited
 from tests.support.otlp_spans import Spans, ago, otlp
 
 pytestmark = pytest.mark.e2e
@@ -110,22 +111,9 @@ def test_jaeger_forwards_to_the_monitor_with_the_token(intake: Intake) -> None:
 # -- bombs -------------------------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes([*out, value])
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 # 4 MiB of empty spans: 2 million messages, which protobuf would parse in one call holding the
 # GIL, into about 350 MB.
-EMPTY_SPANS = _field(1, _field(2, _field(2, b"") * (2 * MIB)))
+EMPTY_SPANS = delimited(1, delimited(2, delimited(2, b"") * (2 * MIB)))
 
 
 @dataclass

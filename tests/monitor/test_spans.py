@@ -31,7 +31,7 @@ from loupe.monitor.spans import (
     screen,
 )
 from loupe.telemetry.attributes import HEARTBEAT, ORDER_ID
-from tests.support.otlp_requests import export_requests
+from tests.support.otlp_requests import delimited, export_requests
 from tests.support.otlp_spans import Spans, otlp
 
 AT = datetime(2026, 3, 1, 10, 15, 2, 118000, tzinfo=UTC)
@@ -455,29 +455,16 @@ def test_any_well_formed_request_decodes_and_screens(request: ExportTraceService
 # -- what one request may cost ------------------------------------------------------------------
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field, as the wire has it."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes([*out, value])
-
-
 def _request(*spans: Span, resource: bytes | None = None) -> bytes:
     if resource is None:
-        resource = _field(
+        resource = delimited(
             1,
             KeyValue(
                 key="service.name", value=AnyValue(string_value="crm-api")
             ).SerializeToString(),
         )
-    scope = b"".join(_field(2, span.SerializeToString()) for span in spans)
-    return _field(1, _field(1, resource) + _field(2, scope))
+    scope = b"".join(delimited(2, span.SerializeToString()) for span in spans)
+    return delimited(1, delimited(1, resource) + delimited(2, scope))
 
 
 def _span(name: str = "step", **attributes: str) -> Span:
@@ -491,8 +478,8 @@ def _span(name: str = "step", **attributes: str) -> Span:
 @pytest.mark.parametrize(
     "entry",
     [
-        _field(2, _field(2, b"")),  # an empty span
-        _field(2, b""),  # an empty scope
+        delimited(2, delimited(2, b"")),  # an empty span
+        delimited(2, b""),  # an empty scope
         b"\xc0\x3e\x01",  # an unknown field (1000, a varint)
     ],
     ids=["spans", "scopes", "unknown fields"],
@@ -501,7 +488,7 @@ def test_a_request_of_more_entries_than_the_limit_is_too_large(entry: bytes) -> 
     if entry.startswith(b"\xc0"):
         body = entry * (MAX_SPANS + 1)
     else:
-        body = _field(1, entry * (MAX_SPANS + 1))
+        body = delimited(1, entry * (MAX_SPANS + 1))
     with pytest.raises(TooLarge, match="over 50000"):
         decode(body)
     # At the limit, it is read.
@@ -515,7 +502,7 @@ def test_a_span_over_the_size_limit_is_refused_and_the_rest_kept() -> None:
     assert [f.order_id for f in kept] == ["o-1"]
     assert received.refused == {Refusal.TOO_LARGE: 1}
     assert received == {"crm-api": 2}
-    big_resource = _field(
+    big_resource = delimited(
         1,
         KeyValue(key="blob", value=AnyValue(string_value="x" * MAX_SPAN_BYTES)).SerializeToString(),
     )
@@ -533,14 +520,14 @@ def test_at_most_max_items_attributes_of_a_span_are_read() -> None:
 
 def test_the_walk_reads_what_protobuf_reads() -> None:
     # The resource after the spans, and in two parts: protobuf merges them into one.
-    named = _field(
+    named = delimited(
         1, KeyValue(key="service.name", value=AnyValue(string_value="mes-api")).SerializeToString()
     )
-    other = _field(
+    other = delimited(
         1, KeyValue(key="host.name", value=AnyValue(string_value="h")).SerializeToString()
     )
-    scope = _field(2, _field(2, _span(**{ORDER_ID: "o-1"}).SerializeToString()))
-    body = _field(1, scope + _field(1, other) + _field(1, named)) + _field(1, scope)
+    scope = delimited(2, delimited(2, _span(**{ORDER_ID: "o-1"}).SerializeToString()))
+    body = delimited(1, scope + delimited(1, other) + delimited(1, named)) + delimited(1, scope)
     reference = ExportTraceServiceRequest.FromString(body)
     assert [len(r.scope_spans) for r in reference.resource_spans] == [1, 1]
     kept, received = decode(body)
@@ -551,7 +538,7 @@ def test_the_walk_reads_what_protobuf_reads() -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        _field(1, _field(2, b"\x12\x05abc")),  # a span said to be longer than it is
+        delimited(1, delimited(2, b"\x12\x05abc")),  # a span said to be longer than it is
         b"\x0b",  # field 1 as a group, which OTLP never uses
         b"\x08",  # a varint cut off
         b"\x02\x00",  # field number 0
