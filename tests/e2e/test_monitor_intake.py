@@ -195,3 +195,12 @@ def test_bombs_get_413_while_healthz_answers_within_a_second(intake: Intake) -> 
         httpx.post(f"{intake.url}/v1/traces", content=body, headers=intake.signed).status_code
         == 200
     )
+
+
+def test_the_real_monitor_refuses_a_host_it_does_not_know(intake: Intake) -> None:
+    # DNS rebinding reaches the intake and the incidents' actions as much as any route.
+    refused = httpx.get(
+        f"{intake.url}/healthz", headers={"Host": "attacker.example"}, timeout=10, trust_env=False
+    )
+    assert refused.status_code == 400
+    assert httpx.get(f"{intake.url}/healthz", timeout=10, trust_env=False).status_code == 200

@@ -416,3 +416,12 @@ async def test_bad_requests_get_clear_errors_and_refusals_are_not_transitions(
     span = wait_for(refusal_span, 30, "the refused approval in Jaeger")
     assert tags(span)["error.type"] == "IllegalTransition"
     assert "order.status.to" not in tags(span), "a refused step must not look like a move"
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "127.0.0.2"])
+def test_the_real_services_refuse_a_host_they_do_not_know(pipeline: Pipeline, host: str) -> None:
+    # DNS rebinding: a page whose name now points at 127.0.0.1 calls the services as itself.
+    for service, url in pipeline.settings.service_urls.items():
+        refused = httpx.get(f"{url}/healthz", headers={"Host": host}, timeout=10)
+        assert refused.status_code == 400, (service, refused.text)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200, service

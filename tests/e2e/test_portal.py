@@ -210,3 +210,14 @@ def test_malformed_and_mismatched_tokens_are_401_from_the_real_portal(
             )
             assert response.status_code == 401, (name, response.text)
             assert response.json()["error"] == "unauthenticated", name
+
+
+def test_the_real_portal_refuses_a_host_it_does_not_know(
+    portal: tuple[Gateway, Sandbox, str],
+) -> None:
+    # DNS rebinding: a page whose name now points at 127.0.0.1 would be same-origin with it.
+    _, _, portal_url = portal
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        refused = client.get(f"{portal_url}/healthz", headers={"Host": "attacker.example"})
+        assert refused.status_code == 400, refused.text
+        assert client.get(f"{portal_url}/healthz").status_code == 200
