@@ -56,7 +56,6 @@ from loupe.bench.measure import (
 from loupe.bench.report import markdown_table, write_section
 from loupe.bench.sink import sink_process
 from loupe.config import SERVICES, Settings
-from loupe.database import dsn_for
 from loupe.orders import OrderStatus
 from loupe.stack.components import JaegerPorts, jaeger_process, service_process
 from loupe.stack.process import Process, free_port
@@ -201,7 +200,8 @@ class StatusWatch:
 
     async def open(self) -> None:
         for service in SERVICES:
-            dsn = dsn_for(self.settings.postgres_dsn, self.settings.database_name(service))
+            # As the service's own role: the only one that may read its database.
+            dsn = self.settings.postgres_dsn_of(self.settings.database_name(service))
             self.connections[service] = await asyncpg.connect(dsn)
 
     async def close(self) -> None:
