@@ -67,6 +67,13 @@ def positive(raw: str, name: str) -> float:
     return value
 
 
+def not_negative(raw: str, name: str) -> float:
+    value = number(raw, name)
+    if value < 0 or value != value:
+        raise ValueError(f"{name} must be 0 or more, got {raw!r}")
+    return value
+
+
 def whole(raw: str, name: str) -> int:
     return _converted(int, raw, name, "a whole number")
 
@@ -238,14 +245,14 @@ def documented() -> dict[str, tuple[Variable[Any], ...]]:
     from loupe.monitor import settings as monitor
     from loupe.portal import settings as portal
     from loupe.stack import components, gateway
-    from loupe.telemetry import edge, encoding, logs, sampling
+    from loupe.telemetry import edge, encoding, logs, statements
 
     return {
         "loupe": (
             *config.Settings.variables(),
             logs.LOG_LEVEL,
             config.ACTOR_RATE,
-            sampling.TRACE_TRANSACTION_CONTROL,
+            statements.STATEMENTS_MIN_MS,
             encoding.SDK_ENCODER,
             edge.TRUSTED_CLIENTS,
         ),

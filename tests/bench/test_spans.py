@@ -50,8 +50,8 @@ def test_the_report_accounts_for_a_span_from_the_figures() -> None:
         f"{spans.FASTAPI}off": 150.0,
         f"{spans.FASTAPI}on": 200.0,
         f"{spans.ASYNCPG}plain": 1.0,
-        f"{spans.ASYNCPG}off": 10.0,
-        f"{spans.ASYNCPG}on": 25.0,
+        f"{spans.ASYNCPG}on, faster than the minimum": 3.0,
+        f"{spans.ASYNCPG}on, a span each": 25.0,
     }
     for name, value in values.items():
         figures.add(name, value)

@@ -74,8 +74,8 @@ SAMPLER_FLAGS: tuple[str, ...] = ("--gil", "--nonblocking")
 class Component(StrEnum):
     SDK = "OpenTelemetry API and SDK: spans, context, sampler, batch processor"
     INSTRUMENTATION = (
-        "instrumentations: FastAPI/ASGI, asyncpg, httpx; loupe's message propagation and span "
-        "attributes"
+        "instrumentations: FastAPI/ASGI, httpx; loupe's statement spans, message propagation and "
+        "span attributes"
     )
     REDACTION = "redaction (loupe.telemetry.redaction)"
     ENCODING = "OTLP encoding: protobuf"

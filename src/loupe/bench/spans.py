@@ -3,17 +3,19 @@
 Everything runs in this one process, so no other process on the machine competes for what is
 measured: each figure is CPU time of the thread that does the work (`time.thread_time`),
 divided by the spans it made. The spans are one order's whole journey as docs/tracing.md
-describes it and `loupe.bench.journeys` counts it (95 spans: HTTP server spans, asyncpg
-statements with their SQL text, publish and process spans, a person's transitions with a link,
-the stale deliveries' events), started and ended through the OpenTelemetry SDK the way the
-services start them, with the services' sampler and resource.
+describes it and `loupe.bench.journeys` counts it (95 spans: HTTP server spans, every
+database statement with its SQL text, as `LOUPE_TRACE_STATEMENTS_MIN_MS=0` records them,
+publish and process spans, a person's transitions with a link, the stale deliveries' events),
+started and ended through the OpenTelemetry SDK the way the services start them, with the
+services' sampler and resource.
 
 Components, each against what the same code costs without it:
 
 * the SDK: starting, filling and ending a span, and the batch processor's queueing of it,
   against the no-op tracer that `OTEL_SDK_DISABLED=true` leaves;
-* the instrumentations' wrappers around a request (FastAPI) and a query (asyncpg), with tracing
-  on, against the same wrapper with tracing off and against no wrapper;
+* the instrumentations' wrappers around a request (FastAPI: with tracing on, against the same
+  wrapper with tracing off and against no wrapper) and a query (loupe's statement spans, with
+  and without a span, against no wrapper);
 * on the batch processor's thread: redaction, the RetryingSpanExporter, OTLP encoding (the
   SDK's, and otlp-proto's when installed, for comparison) and the HTTP POST to a local sink
   that discards what it gets, at several batch sizes.
@@ -70,7 +72,7 @@ from loupe.telemetry.delivery import RetryingSpanExporter
 from loupe.telemetry.encoding import LoupeOTLPSpanExporter
 from loupe.telemetry.encoding import encode_spans as encode_spans_fast
 from loupe.telemetry.redaction import RedactingSpanExporter
-from loupe.telemetry.sampling import SkipTransactionControl
+from loupe.telemetry.statements import StatementSpans
 
 SECTION = "spans"
 
@@ -139,8 +141,7 @@ RESOURCE = Resource.create(
 def _provider(processor: str) -> TracerProvider:
     """The services' provider (resource, sampler); `processor` is `none`, `batch` (queueing
     only, to an exporter that discards) or `collect` (every span kept, for the later stages)."""
-    sampler = SkipTransactionControl(ParentBased(ALWAYS_ON))
-    provider = TracerProvider(resource=RESOURCE, sampler=sampler)
+    provider = TracerProvider(resource=RESOURCE, sampler=ParentBased(ALWAYS_ON))
     if processor == "batch":
         # Queue room for every span of a round: the bench makes them faster than any service,
         # and a dropped span would cost less than a queued one.
@@ -274,7 +275,7 @@ async def _requests(app: Any, count: int) -> int:
 
 
 class _Connection:
-    """What asyncpg's instrumentation reads from a connection: its parameters and address."""
+    """What loupe's statement spans read from a connection: its parameters and address."""
 
     _params = SimpleNamespace(database="loupe_shop", user="loupe")
     _addr = "/var/run/postgresql/.s.PGSQL.5432"
@@ -284,33 +285,18 @@ async def _fetchrow(*_args: object, **_kwargs: object) -> None:
     return None
 
 
-def _asyncpg_wrapper(provider: trace.TracerProvider | None) -> Callable[..., Awaitable[Any]]:
-    """The call asyncpg's instrumentation puts around Connection.fetchrow & co. (None: none)."""
-    if provider is None:
-        return lambda sql, *args: _fetchrow(sql, *args)
-    from opentelemetry.instrumentation._semconv import (
-        _OpenTelemetrySemanticConventionStability,
-        _OpenTelemetryStabilitySignalType,
-    )
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-
-    # What instrument() sets up, without patching asyncpg for the whole process.
-    # An instrumentor is a singleton: each call names its tracer, as instrument() would.
-    instrumentor = AsyncPGInstrumentor()
-    _OpenTelemetrySemanticConventionStability._initialize()
-    instrumentor._semconv_opt_in_mode = (  # type: ignore[attr-defined]
-        _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(
-            _OpenTelemetryStabilitySignalType.DATABASE
-        )
-    )
-    tracer = provider.get_tracer("opentelemetry.instrumentation.asyncpg", "0.66b1")
+def _asyncpg_wrapper(
+    provider: trace.TracerProvider | None, min_ms: float = 0.0
+) -> Callable[..., Awaitable[Any]]:
+    """The call `telemetry/statements.py` puts around Connection.fetchrow & co., recording
+    statements of at least `min_ms` (None: no wrapper, as with tracing off)."""
     connection = _Connection()
-
-    def call(sql: str, *args: object) -> Awaitable[Any]:
-        instrumentor._tracer = tracer
-        return instrumentor._do_execute(_fetchrow, connection, (sql, *args), {})
-
-    return call
+    if provider is None:
+        return lambda sql, *args: _fetchrow(connection, sql, *args)
+    wrapped = StatementSpans(provider.get_tracer("loupe.telemetry.statements"), min_ms).wrap(
+        _fetchrow
+    )
+    return lambda sql, *args: wrapped(connection, sql, *args)
 
 
 async def _queries(call: Callable[..., Awaitable[Any]], count: int) -> int:
@@ -377,8 +363,8 @@ def measure(rounds: int, orders: int, console: Console | None = None) -> Figures
     apps = {"plain": _asgi_app(None), "off": _asgi_app(noop), "on": _asgi_app(bare)}
     calls = {
         "plain": _asyncpg_wrapper(None),
-        "off": _asyncpg_wrapper(noop),
-        "on": _asyncpg_wrapper(bare),
+        "on, faster than the minimum": _asyncpg_wrapper(bare, 10.0),
+        "on, a span each": _asyncpg_wrapper(bare, 0.0),
     }
     fast = _fast_encoder()
     requests = max(200, orders * 6)
@@ -509,8 +495,8 @@ def report(figures: Figures, rounds: int, orders: int, started: datetime) -> str
     thread = m(REDACTION) + m(DELIVERY) + m(ENCODING_LOUPE) + http
     fastapi_own = m(f"{FASTAPI}off") - m(f"{FASTAPI}plain")
     fastapi_span = m(f"{FASTAPI}on") - m(f"{FASTAPI}off")
-    asyncpg_own = m(f"{ASYNCPG}off") - m(f"{ASYNCPG}plain")
-    asyncpg_span = m(f"{ASYNCPG}on") - m(f"{ASYNCPG}off")
+    asyncpg_fast = m(f"{ASYNCPG}on, faster than the minimum") - m(f"{ASYNCPG}plain")
+    asyncpg_span = m(f"{ASYNCPG}on, a span each") - m(f"{ASYNCPG}plain")
     total = sdk + queue + m(PATH_AFTER)
     # Export cost = per_export + per_span * size, from batches of 64 and 512.
     small, large = m(f"{EXPORT}64"), m(f"{EXPORT}512")
@@ -541,9 +527,10 @@ else competes for what is measured, and the figures are CPU time of the thread d
 - Run: {started:%Y-%m-%d %H:%M} UTC
 - Machine: {machine()}
 - Spans: {orders} orders' whole journeys a round, {orders * 95:,} spans (`loupe.bench.journeys`:
-  95 a journey: HTTP server spans, asyncpg statements with their SQL text, publish and process
-  spans, a person's transitions with their link, the stale deliveries' events), started and
-  ended through the SDK with the services' sampler and resource, made afresh each round.
+  95 a journey: HTTP server spans, every database statement with its SQL text as before
+  `LOUPE_TRACE_STATEMENTS_MIN_MS`, publish and process spans, a person's transitions with
+  their link, the stale deliveries' events), started and ended through the SDK with the
+  services' sampler and resource, made afresh each round.
 - {rounds} rounds; in each, every variant below in turn. Each figure is the median of its
   rounds; spread is half their range around the mean. CPU time of a thread still grows when
   other processes share the cores (caches, frequency), so a busy machine widens the spread;
@@ -553,10 +540,12 @@ else competes for what is measured, and the figures are CPU time of the thread d
 |---|---:|---:|
 {chr(10).join(rows)}
 
-The instrumentations' wrappers, per request or query (one span each), called in-process
-(an ASGI call into a FastAPI app instrumented as `service/http.py` does it; asyncpg's wrapper
-around a query that returns at once): without instrumentation, with it and tracing off (the
-no-op tracer), with it and tracing on.
+The instrumentations' wrappers, per request or query, called in-process. A FastAPI request
+(an ASGI call into an app instrumented as `service/http.py` does it, one span): without
+instrumentation, with it and tracing off (the no-op tracer), with it and tracing on. A query
+that returns at once, with loupe's statement wrapper (`telemetry/statements.py`, installed
+only with tracing on): without it, with it as configured (the query is faster than
+`LOUPE_TRACE_STATEMENTS_MIN_MS`, so no span), and with the minimum at 0 (a span each).
 
 | what | µs of CPU per call | spread |
 |---|---:|---:|
@@ -579,11 +568,11 @@ no-op tracer), with it and tracing on.
 A FastAPI request costs {fastapi_span:.0f} µs more with tracing on than off (its span
 included), and the instrumentation costs {fastapi_own:.0f} µs more than none even with tracing
 off (its ASGI middleware collects the request's attributes and matches the route again whether
-or not a span records them). An asyncpg query costs {asyncpg_span:.1f} µs more on than off, and
-the wrapper {asyncpg_own:.1f} µs with tracing off (attributes gathered before the no-op span).
-Tracing off, as the pipeline benchmark measures it, keeps the instrumentations in place, so
-their own cost is in both of its modes: what tracing on adds is the {total:.0f} µs a span
-above.
+or not a span records them). A query costs {asyncpg_fast:.1f} µs more with the statement
+wrapper when it is faster than the minimum, and {asyncpg_span:.1f} µs more when it becomes a
+span. Tracing off, as the pipeline benchmark measures it, keeps the FastAPI instrumentation in
+place, so its own cost is in both of its modes: what tracing on adds is the {total:.0f} µs a
+span above.
 
 The encoders compared on the same spans: the SDK's {m(ENCODING_SDK):.1f} µs a span, loupe's
 {m(ENCODING_LOUPE):.1f} µs (the same bytes; `tests/telemetry/test_encoding.py`). {proto} it is

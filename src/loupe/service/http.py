@@ -230,15 +230,15 @@ def run_service(service: str, port: int | None = None) -> None:
     """Run one order service until SIGINT/SIGTERM."""
     import importlib
 
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     from loupe.stack.gateway import SECRETS_DIR, trace_context_key
     from loupe.telemetry import configure_telemetry
+    from loupe.telemetry.statements import trace_statements
 
     settings = Settings.from_env()
-    configure_telemetry(SERVICE_NAMES[service])
-    AsyncPGInstrumentor().instrument()
+    if configure_telemetry(SERVICE_NAMES[service]) is not None:
+        trace_statements()
     HTTPXClientInstrumentor().instrument()
     # Like the propagator, one per process: the services vouch for their calls to each other.
     edge.use_process_key(TraceKey(trace_context_key(SECRETS_DIR.read())))

@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace.export import (
 from loupe.telemetry.delivery import RetryingSpanExporter, count_queue_drops
 from loupe.telemetry.logs import configure_logging
 from loupe.telemetry.redaction import RedactingSpanExporter
-from loupe.telemetry.sampling import configured_sampler
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,8 @@ def configure_telemetry(service_name: str, service_version: str = "0.1.0") -> Tr
             "service.version": service_version,
         }
     )
-    provider = TracerProvider(resource=resource, sampler=configured_sampler())
+    # The SDK reads OTEL_TRACES_SAMPLER[_ARG] itself.
+    provider = TracerProvider(resource=resource)
     exporter = _exporter()
     if exporter is not None:
         count_queue_drops()
