@@ -128,7 +128,7 @@ async def test_the_monitor_peeks_with_the_monitoring_tag_but_may_not_publish_or_
     monitor = management()
     (peeked,) = await monitor.peek(DEAD_LETTER_QUEUE, 5)
     assert "o-dead" in peeked["payload"]
-    assert await broker.depth(DEAD_LETTER_QUEUE) == 1  # put straight back
+    assert await broker.depth_when(DEAD_LETTER_QUEUE, 1) == 1  # put straight back
     stats = await monitor.queue_stats(UNROUTABLE_QUEUE)
     assert stats is not None and stats.name == UNROUTABLE_QUEUE
     # The management API's administrator-only parts: no vhost of its own, no users.

@@ -36,18 +36,6 @@ async def _dead_letter(broker: Broker, order_id: str, queue: str, message_id: st
     await exchange.publish(message, routing_key=queue)
 
 
-async def _depth(broker: Broker, queue: str, want: int) -> int:
-    """The queue's depth once it is `want`, or what it is after 5 s: letters put back with a
-    nack are counted again a moment after the nack, not at once."""
-    for _ in range(50):
-        declared = await broker.channel.declare_queue(queue, passive=True)
-        depth = declared.declaration_result.message_count or 0
-        if depth == want:
-            break
-        await asyncio.sleep(0.1)
-    return depth
-
-
 async def test_one_letter_of_an_event_fanned_out_to_three_queues(broker: Broker) -> None:
     order_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
     for queue in FANNED_OUT:
@@ -61,8 +49,8 @@ async def test_one_letter_of_an_event_fanned_out_to_three_queues(broker: Broker)
     assert [(d["message_id"], d["queue"]) for d in result["requeued"]] == [
         (message_id, "crm.order-status")
     ]
-    assert await _depth(broker, "crm.order-status", 1) == 1
-    assert await _depth(broker, DEAD_LETTER_QUEUE, 2) == 2, "the other two letters stay"
+    assert await broker.depth_when("crm.order-status", 1) == 1
+    assert await broker.depth_when(DEAD_LETTER_QUEUE, 2) == 2, "the other two letters stay"
 
 
 async def test_requeue_never_loops_while_letters_come_straight_back(broker: Broker) -> None:
@@ -130,7 +118,7 @@ async def test_a_letter_without_a_message_id_that_comes_straight_back_is_left_al
         await work.cancel(tag)
     assert [d["order_id"] for d in result["requeued"]] == [order_id]
     assert bounced == 1, "requeued once, however soon it came back"
-    assert await _depth(broker, DEAD_LETTER_QUEUE, 1) == 1
+    assert await broker.depth_when(DEAD_LETTER_QUEUE, 1) == 1
 
 
 async def test_one_action_reads_a_bounded_number_of_letters_and_says_how_many_it_left(
@@ -141,4 +129,4 @@ async def test_one_action_reads_a_bounded_number_of_letters_and_says_how_many_it
         await _dead_letter(broker, "an-order", "crm.order-status", str(uuid.uuid4()))
     result = await requeue_dead_letters(SETTINGS, "devops@example.com")
     assert (len(result["requeued"]), result["left"]) == (2, 1)
-    assert await _depth(broker, DEAD_LETTER_QUEUE, 1) == 1
+    assert await broker.depth_when(DEAD_LETTER_QUEUE, 1) == 1

@@ -136,6 +136,15 @@ class Broker:
         assert count is not None
         return count
 
+    async def depth_when(self, queue: str, expected: int) -> int:
+        """Messages ready in a queue once they are `expected`, or after TIMEOUT: a queue counts
+        what was peeked at or nacked back a moment after the answer, not at once."""
+        for _ in range(int(TIMEOUT / POLL_INTERVAL)):
+            if (count := await self.depth(queue)) == expected:
+                return count
+            await asyncio.sleep(POLL_INTERVAL)
+        return await self.depth(queue)
+
     async def get(self, queue: str, what: str) -> AbstractIncomingMessage:
         """The next message in a queue (taken off it), waiting for it to arrive."""
         declared = await self.channel.get_queue(queue, ensure=False)
