@@ -104,3 +104,14 @@ def test_the_pipeline_section_keeps_its_shape() -> None:
     assert "| step a | " in text
     assert "PostgreSQL, answering the driver's status queries" in text
     assert "4.0 queries and 1.00 ms of PostgreSQL's CPU per order" in text
+
+
+def test_every_other_cycle_runs_the_modes_in_reverse_so_drift_weighs_on_all_alike() -> None:
+    planned = pipeline.schedule(3)
+    assert [cycle for cycle, _ in planned] == [0] * 4 + [1] * 4 + [2] * 4
+    names = [mode.name for _, mode in planned]
+    forward = [mode.name for mode in pipeline.MODES]
+    assert names == forward + forward[::-1] + forward
+    # Over two cycles every mode's mean position is the same: a linear drift cancels.
+    positions = {name: [i for i, n in enumerate(names[:8]) if n == name] for name in forward}
+    assert {sum(p) for p in positions.values()} == {7}

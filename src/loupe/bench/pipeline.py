@@ -562,7 +562,9 @@ def report(rounds: Sequence[Round], orders: int, concurrency: int) -> str:
         "## What tracing costs the order pipeline",
         "",
         "Every figure in this section comes from one run of this benchmark, the modes "
-        "measured side by side in rounds that take turns.",
+        "measured side by side in rounds that take turns (each cycle runs every mode once, "
+        "every other cycle in reverse order, so a machine's drift over the run weighs on all "
+        "modes alike).",
         "",
         f"- Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}",
@@ -575,8 +577,9 @@ def report(rounds: Sequence[Round], orders: int, concurrency: int) -> str:
         "all-in-one (memory storage) on the same machine or to a sink on the same machine that "
         "answers every export with 200 and discards it unread (`loupe.bench.sink`), so that "
         "Jaeger's work is not on the two cores.",
-        "- Tracing off: `OTEL_SDK_DISABLED=true` (no-op tracer; the instrumentation stays in "
-        "place).",
+        "- Tracing off: `OTEL_SDK_DISABLED=true` (no-op tracer; the FastAPI and httpx "
+        "instrumentations stay in place, loupe's statement spans (`telemetry/statements.py`) "
+        "are only set up with tracing on).",
         "",
         *markdown_table(HEADERS, _rows(rounds)),
         "",
@@ -626,15 +629,31 @@ def report(rounds: Sequence[Round], orders: int, concurrency: int) -> str:
     return "\n".join(lines)
 
 
+def schedule(cycles: int) -> list[tuple[int, Mode]]:
+    """The rounds in the order they run: every mode once a cycle, the odd cycles in reverse
+    (off first, then last, ...), so that a machine getting steadily faster or slower over the
+    run weighs on every mode alike instead of favouring the ones that run after tracing off."""
+    return [
+        (cycle, mode)
+        for cycle in range(cycles)
+        for mode in (MODES if cycle % 2 == 0 else tuple(reversed(MODES)))
+    ]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline benchmark")
-    group.add_argument("--orders", type=int, default=40, help="orders per round (default 40)")
+    group.add_argument(
+        "--orders",
+        type=int,
+        default=100,
+        help="orders per round; more make a round's figures steadier (default 100)",
+    )
     group.add_argument(
         "--rounds",
         type=int,
-        default=6,
+        default=10,
         help="cycles of rounds, one round per mode each; the ratios' intervals narrow with "
-        "more (default 6)",
+        "more (default 10)",
     )
     group.add_argument("--concurrency", type=int, default=8, help="orders in flight (8)")
 
@@ -642,18 +661,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console, output: Path) -> None:
     """Run the benchmark, print the results and write the `pipeline` section of `output`."""
     rounds: list[Round] = []
-    total = args.rounds * len(MODES)
+    planned = schedule(args.rounds)
+    total = len(planned)
     with (
         tempfile.TemporaryDirectory(prefix="loupe-bench-") as root,
         Sandbox(Path(root)) as sandbox,
         receivers(sandbox.logs) as sending,
     ):
-        for n in range(total):
-            mode = MODES[n % len(MODES)]
+        for n, (cycle, mode) in enumerate(planned):
             with console.status(f"round {n + 1}/{total}: tracing {mode.name}"):
-                result = run_round(
-                    sandbox, sending, mode, n // len(MODES), args.orders, args.concurrency
-                )
+                result = run_round(sandbox, sending, mode, cycle, args.orders, args.concurrency)
             rounds.append(result)
             console.print(
                 f"round {n + 1}/{total}: tracing {mode.name:13} "
