@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -69,8 +70,8 @@ def positive(raw: str, name: str) -> float:
 
 def not_negative(raw: str, name: str) -> float:
     value = number(raw, name)
-    if value < 0 or value != value:
-        raise ValueError(f"{name} must be 0 or more, got {raw!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a number, 0 or more, got {raw!r}")
     return value
 
 

@@ -174,7 +174,7 @@ def test_a_statement_is_named_by_its_first_word(query: str, name: str) -> None:
     assert statement_name(query) == name
 
 
-@pytest.mark.parametrize("raw", ["-1", "nan", "soon"])
+@pytest.mark.parametrize("raw", ["-1", "nan", "inf", "soon"])
 def test_a_minimum_below_zero_or_not_a_number_is_refused_by_name(raw: str) -> None:
     with pytest.raises(ValueError, match="LOUPE_TRACE_STATEMENTS_MIN_MS"):
         STATEMENTS_MIN_MS.read({"LOUPE_TRACE_STATEMENTS_MIN_MS": raw})

@@ -119,15 +119,19 @@ class StatementSpans:
         ) -> R:
             if not is_instrumentation_enabled():
                 return await method(connection, query, *args, **kwargs)
+            # The span's times are wall-clock; its duration is the monotonic clock's, which
+            # a clock step during the statement cannot make negative.
             started = time.time_ns()
+            clock = time.monotonic_ns()
             try:
                 result = await method(connection, query, *args, **kwargs)
             except Exception as error:
-                self.record(connection, query, started, time.time_ns(), error)
+                took = time.monotonic_ns() - clock
+                self.record(connection, query, started, started + took, error)
                 raise
-            ended = time.time_ns()
-            if ended - started >= self.min_ns:
-                self.record(connection, query, started, ended, None)
+            took = time.monotonic_ns() - clock
+            if took >= self.min_ns:
+                self.record(connection, query, started, started + took, None)
             return result
 
         traced.__loupe_statements__ = method  # type: ignore[attr-defined]
