@@ -230,11 +230,15 @@ def keep_screenshot(taken: Path) -> None:
 
 
 def open_service_dropdown(page: Page) -> list[str]:
-    """Opens the search form's Service select and returns the services it offers."""
+    """Opens the search form's Service select and returns the services it offers, once it
+    shows the order's: the select draws its list again while it opens and as Jaeger's
+    answer arrives, so a list read at its first option can be empty (seen on a busy clean
+    clone)."""
     service = page.locator(".ant-form-item", has=page.get_by_text("Service", exact=False)).first
     service.locator(".ant-select").click()
     options = page.locator(".ant-select-dropdown:visible .ant-select-item-option")
-    expect(options.first).to_be_visible()
+    for name in ORDER_SERVICES:
+        expect(options.and_(page.locator(f"[title='{name}']"))).to_be_visible()
     return [o.get_attribute("title") or o.inner_text() for o in options.all()]
 
 
